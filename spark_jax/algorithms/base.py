@@ -1,0 +1,67 @@
+"""The algorithm interface: a pair of pure functions (STYLE.md "Shape of the code").
+
+An algorithm is `Algorithm(init, round)`:
+
+  init(key, node_data) -> state          state.params leaves are [M, ...]
+  round(state, node_data, inputs) -> (state, metrics)
+
+`round` is jitted once per run. Everything that changes per round (the graph,
+the round index, keys, learning rate) arrives in `RoundInputs` as arrays, and
+the node data is an argument (not a closed-over constant), so no round ever
+recompiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class RoundInputs(NamedTuple):
+    """Per-round arguments of `Algorithm.round` (all arrays; fixed shapes).
+
+    neighbors: int32 [M, S] closed neighbourhood, slot 0 = the node itself;
+      padding slots hold the node's own index.
+    weights: float32 [M, S] mixing weights W_r[i, neighbors[i, s]] (0 on padding).
+    mask: bool [M, S] real (non-padding) slots.
+    round_index: int32 [] the round r (0-based).
+    key: PRNG key for this round (the `train` stream folded with r).
+    """
+
+    neighbors: jax.Array
+    weights: jax.Array
+    mask: jax.Array
+    round_index: jax.Array
+    key: jax.Array
+
+
+class Algorithm(NamedTuple):
+    """init(key, node_data) -> state; round(state, node_data, inputs) -> (state, metrics).
+
+    `state` must have a `params` attribute whose leaves carry a leading node
+    axis; `metrics` is a dict of arrays (scalars or small per-node vectors).
+    """
+
+    name: str
+    init: Callable[..., Any]
+    round: Callable[..., Any]
+
+
+def mix(tree, neighbors: jax.Array, weights: jax.Array):
+    """SPEC step 2: w̄_i = sum_s weights[i, s] * w[neighbors[i, s]].
+
+    tree leaves [M, ...]; neighbors, weights [M, S]. Loops over the S slots
+    (static, small), gathering one [M, ...] array per slot, so the [M, S, ...]
+    stack of neighbour weights is never built.
+    """
+
+    def mix_leaf(leaf):
+        out = jnp.zeros(leaf.shape, leaf.dtype)
+        for s in range(neighbors.shape[1]):
+            w = weights[:, s].astype(leaf.dtype).reshape((-1,) + (1,) * (leaf.ndim - 1))
+            out = out + w * leaf[neighbors[:, s]]
+        return out
+
+    return jax.tree.map(mix_leaf, tree)

@@ -1,0 +1,96 @@
+"""Models: pure `apply(params, x) -> logits` for flax modules (SPEC "Setting").
+
+Inputs are images `[..., 28, 28, 1]` float32 (normalized); outputs logits
+`[..., C]`. Parameters are a plain pytree `{'Dense_0': {'kernel', 'bias'}, ...}`
+(the flax `params` collection), so `vmap` over a leading node axis works.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Kaiming-normal (fan-in, ReLU gain) as in PyTorch's kaiming_normal_: an
+# untruncated normal (jax "normal") with std sqrt(2 / fan_in).
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class MLP(nn.Module):
+    """784-hidden...-C ReLU MLP; default 784-100-10 has d = 79,510."""
+
+    hidden: Sequence[int] = (100,)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[:-3] + (-1,))
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, kernel_init=kaiming_normal, bias_init=nn.initializers.zeros)(x))
+        return nn.Dense(self.num_classes, kernel_init=kaiming_normal, bias_init=nn.initializers.zeros)(x)
+
+
+class CNN(nn.Module):
+    """Small CNN: conv(3x3, c1)-relu-avgpool2-conv(3x3, c2)-relu-avgpool2-dense(C)."""
+
+    channels: Sequence[int] = (8, 16)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        for c in self.channels:
+            x = nn.Conv(c, (3, 3), padding="SAME", kernel_init=kaiming_normal, bias_init=nn.initializers.zeros)(x)
+            x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[:-3] + (-1,))
+        return nn.Dense(self.num_classes, kernel_init=kaiming_normal, bias_init=nn.initializers.zeros)(x)
+
+
+class Model(NamedTuple):
+    """A model as a pair of pure functions.
+
+    init(key) -> params; apply(params, x [..., 28, 28, 1]) -> logits [..., C].
+    """
+
+    init: Callable[[jax.Array], dict]
+    apply: Callable[[dict, jax.Array], jax.Array]
+    num_classes: int
+
+
+def make_model(name: str = "mlp", *, hidden: Sequence[int] = (100,), channels: Sequence[int] = (8, 16),
+               num_classes: int = 10, input_shape: Sequence[int] = (28, 28, 1)) -> Model:
+    """Builds a `Model` by name ('mlp' or 'cnn')."""
+    if name == "mlp":
+        module = MLP(hidden=tuple(hidden), num_classes=num_classes)
+    elif name == "cnn":
+        module = CNN(channels=tuple(channels), num_classes=num_classes)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose 'mlp' or 'cnn'")
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+
+    def init(key):
+        return module.init(key, dummy)["params"]
+
+    def apply(params, x):
+        return module.apply({"params": params}, x)
+
+    return Model(init=init, apply=apply, num_classes=num_classes)
+
+
+def init_node_params(model: Model, key: jax.Array, num_nodes: int, per_node: bool = False):
+    """Parameters for all nodes, leaves `[M, ...]`.
+
+    Same initial weights at every node (SPEC default) unless `per_node`, in
+    which case node i uses `fold_in(key, i)`.
+    """
+    if per_node:
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_nodes))
+        return jax.vmap(model.init)(keys)
+    params = model.init(key)
+    return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_nodes, *p.shape)), params)
+
+
+def num_params(params) -> int:
+    """Total number of scalars d in a (single-node) parameter pytree."""
+    return int(sum(p.size for p in jax.tree.leaves(params)))

@@ -1,0 +1,39 @@
+"""Shared test setup: strict rank promotion, and where the real data is."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _real_data_dir():
+    """The directory holding fashion_mnist/ (and mnist/), or None.
+
+    Looked up in SPARK_JAX_DATA_DIR, then `../shared/data` beside the checkout
+    (where this project's machines keep it), then the Debian package location.
+    """
+    candidates = [os.environ.get("SPARK_JAX_DATA_DIR"), REPO.parent / "shared" / "data",
+                  "/usr/share/datasets"]
+    for c in candidates:
+        if c and (pathlib.Path(c) / "fashion_mnist" / "train-images-idx3-ubyte.gz").exists():
+            return str(c)
+        if c and (pathlib.Path(c) / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists():
+            return str(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir():
+    """Skips (loudly, with -ra) when the real files are absent, unless CI demands them."""
+    d = _real_data_dir()
+    if d is None:
+        if os.environ.get("SPARK_JAX_REQUIRE_DATA"):
+            pytest.fail("SPARK_JAX_REQUIRE_DATA is set but no Fashion-MNIST IDX files were found; "
+                        "set SPARK_JAX_DATA_DIR or `apt-get install dataset-fashion-mnist`")
+        pytest.skip("real Fashion-MNIST files not found (set SPARK_JAX_DATA_DIR)")
+    return d
