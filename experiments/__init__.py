@@ -1,0 +1,1 @@
+"""Entry points (thin): `python -m experiments.run --config=NAME[:ARG]`."""

@@ -1,0 +1,84 @@
+"""Runs one experiment: `python -m experiments.run --config=fmnist_ring[:small]`.
+
+Thin on purpose: flags -> config -> `spark_jax.experiment.run`. NAME resolves
+to `experiments/configs/NAME.py` (a file path works too); `--config.a.b=v`
+overrides are type-checked by ml_collections; `--workdir` defaults to
+`results/<name>_<timestamp>`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+
+
+def resolve_config_arg(value: str) -> str:
+    """'NAME[:ARG]' or 'path.py[:ARG]' -> 'path.py[:ARG]'; SystemExit if unknown."""
+    name, sep, arg = value.partition(":")
+    if pathlib.Path(name).is_file():
+        return value
+    path = CONFIG_DIR / f"{name}.py"
+    if name in ("base", "__init__") or not path.is_file():
+        sys.exit(f"error: unknown config {name!r}; named configs: {', '.join(named_configs())} "
+                 "(or give a path to a config file)")
+    return f"{path}{sep}{arg}"
+
+
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """Resolves the --config value in argv (both '--config=X' and '--config X')."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config="):
+            a = "--config=" + resolve_config_arg(a.split("=", 1)[1])
+        elif a == "--config" and i + 1 < len(argv):
+            out.append(a)
+            i += 1
+            a = resolve_config_arg(argv[i])
+        out.append(a)
+        i += 1
+    return out
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NAME[:ARG] or path.py[:ARG].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default results/<name>_<timestamp>).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir "
+                                "and $SPARK_JAX_DATA_DIR).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        sys.exit(f"error: --config is required; named configs: {', '.join(named_configs())}")
+    if _DATA_DIR.value:
+        config.data.data_dir = _DATA_DIR.value
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workdir = _WORKDIR.value or f"results/{config.name.replace(':', '_')}_{stamp}"
+
+    from spark_jax.data import DataError
+    from spark_jax.experiment import run
+
+    try:
+        summary = run(config, workdir)
+    except (ValueError, DataError, FileNotFoundError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+    print(f"{summary['config_name']}: final aggregated test accuracy {summary['final_test_accuracy']:.4f} "
+          f"after {summary['rounds']} rounds; run directory {workdir}")
+
+
+if __name__ == "__main__":
+    sys.argv = rewrite_argv(sys.argv)
+    app.run(main)

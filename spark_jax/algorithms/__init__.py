@@ -1,0 +1,36 @@
+"""Algorithm registry: name -> factory(config, model) -> Algorithm.
+
+Later algorithms (NTK-DFL, SPARK, baselines) plug in with `register`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from spark_jax.algorithms import dfedavg
+from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+
+_REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str, factory: Callable) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"algorithm {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_algorithm(config, model) -> Algorithm:
+    """Builds `config.algorithm` from the registry (ValueError if unknown)."""
+    name = config.algorithm
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](config, model)
+
+
+register("dfedavg", dfedavg.make)
+
+__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]

@@ -1,0 +1,237 @@
+"""Image datasets from files to uint8 arrays (SPEC.md "Data").
+
+Fashion-MNIST is the default dataset, MNIST the second. Both are read from the
+four canonical IDX files; `load_dataset` looks, in order, in
+
+1. `data_dir` if given (then only there), else `$SPARK_JAX_DATA_DIR`: in
+   `D/<name>`, `D/<name with - for _>` and `D` itself, `.gz` or uncompressed;
+2. the Debian package location (`apt-get install dataset-fashion-mnist`,
+   Fashion-MNIST only);
+3. an already prepared local TensorFlow Datasets copy, read with
+   `tfds.data_source(..., download=False)`: the network is never touched.
+
+Arrays stay uint8 here; `normalize_images` gives the float32 network inputs
+(x/255 - mean)/std with a trailing channel axis.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+ENV_VAR = "SPARK_JAX_DATA_DIR"
+# Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
+DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+NUM_CLASSES = 10
+# (mean, std) of x/255 over the training images (SPEC.md "Data").
+NORMALIZATION = {"fashion_mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
+IMAGE_SHAPE = (28, 28)
+SPLIT_SIZES = {"train": 60000, "test": 10000}
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_MAGIC = {0x00000801: 1, 0x00000803: 3}  # magic -> number of dimensions (uint8 data)
+_HOW_TO_GET = (f"point --data_dir or ${ENV_VAR} at a directory holding the four IDX .gz files "
+               f"({', '.join(f + '.gz' for f in IDX_FILES.values())}), "
+               "run `apt-get install dataset-fashion-mnist` (Fashion-MNIST), "
+               "or prepare the dataset with TensorFlow Datasets")
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, corrupt or inconsistent; the message says which and how to fix."""
+
+
+class Dataset(NamedTuple):
+    """One image classification dataset as uint8 arrays.
+
+    Shapes: train_images [60000, 28, 28], train_labels [60000],
+    test_images [10000, 28, 28], test_labels [10000]; labels in 0..9.
+    `source` is the directory read from, or "tfds:<name>".
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+
+def check_name(name: str) -> str:
+    """Returns `name` if it is a known dataset, else raises ValueError."""
+    if name not in NORMALIZATION:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(repr(n) for n in NORMALIZATION)}")
+    return name
+
+
+def _idx_error(path: pathlib.Path, what: str) -> DataError:
+    """A one-line DataError naming the file, what is wrong, and how to get good data."""
+    return DataError(f"IDX file {path} {what}; {_HOW_TO_GET}")
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+    """The (gunzipped if `.gz`) contents of `path`; DataError on any read failure."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise _idx_error(path, f"cannot be read ({type(e).__name__}: {e})") from e
+
+
+def parse_idx(path) -> np.ndarray:
+    """Parses one uint8 IDX file (gzip'd if the name ends in `.gz`).
+
+    Labels (magic 0x00000801) give uint8 [N]; images (magic 0x00000803) give
+    uint8 [N, rows, cols]. The header dimensions must match the payload size
+    exactly. Raises DataError naming the file on any mismatch or corruption.
+    """
+    path = pathlib.Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise _idx_error(path, f"is too short for a header ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic not in _IDX_MAGIC:
+        raise _idx_error(path, f"has bad magic 0x{magic:08x}, expected 0x00000801 (uint8 labels) "
+                         "or 0x00000803 (uint8 images)")
+    ndim = _IDX_MAGIC[magic]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise _idx_error(path, f"is truncated inside its header ({len(raw)} < {header} bytes)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise _idx_error(path, f"has {len(raw) - header} payload bytes but its header dims {dims} "
+                         f"need {expected} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def candidate_dirs(directory, name: str) -> list[pathlib.Path]:
+    """Directories searched inside `directory`: D/<name>, D/<name with - for _>, D."""
+    d = pathlib.Path(directory)
+    out = [d / name, d / name.replace("_", "-"), d]
+    return list(dict.fromkeys(out))
+
+
+def find_idx_files(directory, name: str) -> dict[str, pathlib.Path] | None:
+    """The four IDX files of `name` under `directory` (see `candidate_dirs`), or None.
+
+    Each of the four may be `.gz` or uncompressed; the first directory that
+    holds all four wins.
+    """
+    for d in candidate_dirs(directory, name):
+        found = {}
+        for key, stem in IDX_FILES.items():
+            for fname in (stem + ".gz", stem):
+                if (d / fname).is_file():
+                    found[key] = d / fname
+                    break
+        if len(found) == len(IDX_FILES):
+            return found
+    return None
+
+
+def check_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    """Checks counts (60000 train / 10000 test), shapes and labels 0..9; returns a Dataset."""
+    for split, n in SPLIT_SIZES.items():
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
+            raise DataError(f"{name} {split} images from {source} have shape {images.shape} "
+                            f"dtype {images.dtype}; expected uint8 [N, 28, 28]")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"{name} {split} from {source}: {len(images)} images but labels of shape {labels.shape}")
+        if len(images) != n:
+            raise DataError(f"{name} {split} from {source} has {len(images)} examples; expected {n}")
+        if labels.size and int(labels.max()) >= NUM_CLASSES:
+            raise DataError(f"{name} {split} labels from {source} reach {int(labels.max())}; "
+                            f"expected 0..{NUM_CLASSES - 1}")
+    return Dataset(name=name, source=source, **{k: arrays[k].astype(np.uint8) for k in IDX_FILES})
+
+
+def load_from_dir(directory, name: str) -> Dataset:
+    """Reads and checks the four IDX files of `name` under `directory`; DataError if absent or bad."""
+    files = find_idx_files(directory, name)
+    if files is None:
+        tried = ", ".join(str(d) for d in candidate_dirs(directory, name))
+        raise DataError(f"no complete set of {name} IDX files in {tried}; {_HOW_TO_GET}")
+    arrays = {key: parse_idx(path) for key, path in files.items()}
+    return check_arrays(name, arrays, str(files["train_images"].parent))
+
+
+def load_from_tfds(name: str) -> Dataset:
+    """Reads an already prepared local TFDS copy; never downloads.
+
+    Uses `tfds.data_source(name, split=..., download=False, try_gcs=False)`
+    (random-access ArrayRecord reader: no TensorFlow needed). Any failure,
+    including a missing TFDS install, becomes DataError.
+    """
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+        arrays = {}
+        for split, tfds_split in (("train", "train"), ("test", "test")):
+            source = tfds.data_source(name, split=tfds_split, download=False, try_gcs=False)
+            records = [source[i] for i in range(len(source))]
+            arrays[f"{split}_images"] = np.stack([np.asarray(r["image"]).reshape(IMAGE_SHAPE) for r in records])
+            arrays[f"{split}_labels"] = np.asarray([int(r["label"]) for r in records], dtype=np.int64)
+    except Exception as e:  # TFDS raises many types (KeyError, AssertionError, ...) for "not prepared".
+        detail = " ".join(str(e).split())  # TFDS messages span lines; keep the error one line.
+        raise DataError(f"no prepared local TFDS dataset {name!r}: {type(e).__name__}: {detail}") from e
+    for split in SPLIT_SIZES:
+        labels = arrays[f"{split}_labels"]
+        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise DataError(f"TFDS {name} {split} labels outside 0..{NUM_CLASSES - 1}")
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)
+    return check_arrays(name, arrays, f"tfds:{name}")
+
+
+def load_dataset(name: str = "fashion_mnist", data_dir=None) -> Dataset:
+    """Loads `name` ('fashion_mnist' or 'mnist') as uint8 arrays (SPEC.md "Data").
+
+    With `data_dir` only that directory is used. Otherwise tries
+    `$SPARK_JAX_DATA_DIR`, the Debian location, then a prepared local TFDS
+    copy. Raises DataError listing every attempt and how to get the data.
+    """
+    check_name(name)
+    if data_dir is not None:
+        return load_from_dir(data_dir, name)
+    attempts = []
+    dirs = []
+    if os.environ.get(ENV_VAR):
+        dirs.append((f"${ENV_VAR}", os.environ[ENV_VAR]))
+    if name in DEBIAN_DIRS:
+        dirs.append(("Debian package", DEBIAN_DIRS[name]))
+    else:
+        attempts.append(f"Debian package: none exists for {name}")
+    for label, d in dirs:
+        try:
+            return load_from_dir(d, name)
+        except DataError as e:
+            attempts.append(f"{label} {d}: {str(e).removesuffix('; ' + _HOW_TO_GET)}")
+    if not os.environ.get(ENV_VAR):
+        attempts.insert(0, f"${ENV_VAR}: not set")
+    try:
+        return load_from_tfds(name)
+    except DataError as e:
+        attempts.append(str(e))
+    raise DataError(f"could not find dataset {name!r} (tried: {' | '.join(attempts)}); to get it: {_HOW_TO_GET}")
+
+
+def normalize_images(images_uint8: np.ndarray, name: str) -> np.ndarray:
+    """uint8 [..., 28, 28] -> float32 [..., 28, 28, 1] = (x/255 - mean)/std of dataset `name`."""
+    check_name(name)
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8:
+        raise ValueError(f"normalize_images expects uint8 pixels, got {images.dtype}")
+    mean, std = NORMALIZATION[name]
+    x = images.astype(np.float32) / np.float32(255.0)
+    return ((x - np.float32(mean)) / np.float32(std))[..., None]

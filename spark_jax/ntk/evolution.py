@@ -1,0 +1,120 @@
+"""Function evolution of the linearised network on the neighbourhood set (SPEC step 7).
+
+    dF/ds = -(1/N) H (softmax(F) - Y^),   F(0) = F0,
+
+on the grid s_t = eta * t, t = 0 .. tau_max, where N = mask.sum() (N_true) and
+H is the class-traced kernel of step 5. Alongside, the residual sums of step 8
+
+    R_tau = sum_{t < tau} (softmax(F(s_t)) - Y^)
+
+are accumulated for every candidate tau. Padding rows (mask False) have zero
+residual, do not move, and never influence real rows.
+
+Integrators ([choice] `method`):
+  * "rk4": classical Runge-Kutta, `substeps` steps of eta / substeps per grid
+    interval (SPEC default; agrees with a float64 adaptive solver).
+  * "euler": F_{t+1} = F_t - (eta/N) H (softmax(F_t) - Y^), i.e. exact
+    gradient descent on the linearised model.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from spark_jax.ntk.jacobian import num_true
+
+INTEGRATORS = ("rk4", "euler")
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class Evolution(NamedTuple):
+    """Per candidate tau (T = len(taus)); padding rows of `residual_sums` are zero.
+
+    residual_sums: R_tau `[T, N, C]` (SPEC step 8).
+    logits: F(s_tau) `[T, N, C]` (for the `linearized` tau criterion, step 9).
+    """
+
+    residual_sums: jax.Array
+    logits: jax.Array
+
+
+def check_taus(taus: Sequence[int]) -> tuple[int, ...]:
+    """Validates the static candidate set: a non-empty, strictly ascending tuple of ints >= 0."""
+    taus = tuple(int(t) for t in taus)
+    if not taus or taus[0] < 0 or any(b <= a for a, b in zip(taus, taus[1:])):
+        raise ValueError(f"taus must be a non-empty strictly ascending tuple of ints >= 0, got {taus}")
+    return taus
+
+
+def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array, eta: jax.Array,
+                  taus: Sequence[int], method: str = "rk4", substeps: int = 1) -> Evolution:
+    """SPEC step 7 (and the residual sums of step 8).
+
+    Args:
+      H: `[N, N]` kernel (step 5); padding rows/columns are ignored.
+      F0: `[N, C]` logits of the averaged model f(X; w̄_i).
+      Y_hat: `[N, C]` one-hot or soft targets (step 6).
+      mask: bool `[N]`, False on padding rows.
+      eta: scalar learning rate eta_r; may be traced (no recompilation).
+      taus: static strictly ascending candidate step counts; tau_max = taus[-1].
+      method: "rk4" or "euler".
+      substeps: static RK4 steps per grid interval (ignored by "euler").
+
+    Returns:
+      `Evolution(residual_sums [T, N, C], logits [T, N, C])`.
+    """
+    taus = check_taus(taus)
+    if method not in INTEGRATORS:
+        raise ValueError(f"unknown integrator {method!r}; choose one of {INTEGRATORS}")
+    if substeps < 1:
+        raise ValueError(f"substeps must be >= 1, got {substeps}")
+    real = mask[:, None]
+    zero = jnp.zeros((), jnp.float32)
+    H = H.astype(jnp.float32)
+    Y_hat = Y_hat.astype(jnp.float32)
+    eta = jnp.asarray(eta, jnp.float32)
+    inv_n = 1.0 / num_true(mask)
+
+    def residual(F):  # softmax(F) - Y^, zero on padding  [N, C]
+        return jnp.where(real, jax.nn.softmax(F, axis=-1) - Y_hat, zero)
+
+    def velocity_from_residual(r):  # dF/ds  [N, C]
+        return jnp.where(real, -inv_n * jnp.matmul(H, r, precision=_HIGHEST), zero)
+
+    velocity = lambda F: velocity_from_residual(residual(F))
+
+    def rk4_step(F, h, k1):
+        k2 = velocity(F + 0.5 * h * k1)
+        k3 = velocity(F + 0.5 * h * k2)
+        k4 = velocity(F + h * k3)
+        return F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+    def advance(F, r):  # F(s_t) -> F(s_{t+1}); r = residual(F) is already known
+        if method == "euler":
+            return F + eta * velocity_from_residual(r)
+        h = eta / substeps
+        F = rk4_step(F, h, velocity_from_residual(r))
+        if substeps > 1:
+            F = jax.lax.fori_loop(1, substeps, lambda _, G: rk4_step(G, h, velocity(G)), F)
+        return F
+
+    def grid_step(carry, _):
+        F, R = carry
+        r = residual(F)
+        return (advance(F, r), R + r), None
+
+    # One scan per gap between consecutive candidates, so only the T requested
+    # states are kept (no [tau_max, N, C] trajectory).
+    F = F0.astype(jnp.float32)
+    R = jnp.zeros_like(F)
+    sums, logits, prev = [], [], 0
+    for tau in taus:
+        (F, R), _ = jax.lax.scan(grid_step, (F, R), None, length=tau - prev)
+        sums.append(R)
+        logits.append(F)
+        prev = tau
+    return Evolution(residual_sums=jnp.stack(sums), logits=jnp.stack(logits))

@@ -1,0 +1,63 @@
+"""Start-up checks of a run config: one clear line per problem (ConfigError)."""
+
+from __future__ import annotations
+
+DATASETS = ("fashion_mnist", "mnist")
+PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
+TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
+MIXINGS = ("uniform", "metropolis")
+MODELS = ("mlp", "cnn")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _one_of(value, name: str, options) -> None:
+    _require(value in options, f"{name}={value!r} is not one of {', '.join(map(repr, options))}")
+
+
+def _positive_int(value, name: str) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"{name}={value!r} must be an integer >= 1")
+
+
+def validate_config(config, algorithm_names) -> None:
+    """Raises ConfigError for the first invalid field of `config`."""
+    _positive_int(config.rounds, "rounds")
+    _require(isinstance(config.seed, int) and config.seed >= 0, f"seed={config.seed!r} must be an integer >= 0")
+    _one_of(config.algorithm, "algorithm", tuple(algorithm_names))
+    _one_of(config.data.dataset, "data.dataset", DATASETS)
+
+    pc = config.partition
+    _one_of(pc.kind, "partition.kind", PARTITION_KINDS)
+    _require(isinstance(pc.num_nodes, int) and pc.num_nodes >= 2, f"partition.num_nodes={pc.num_nodes!r} must be >= 2")
+    _require(pc.alpha > 0, f"partition.alpha={pc.alpha!r} must be > 0 (smaller alpha = more heterogeneous)")
+    _positive_int(pc.samples_per_node, "partition.samples_per_node")
+    _require(pc.min_size >= 1, f"partition.min_size={pc.min_size!r} must be >= 1")
+
+    tc = config.topology
+    _one_of(tc.kind, "topology.kind", TOPOLOGY_KINDS)
+    _one_of(tc.mixing, "topology.mixing", MIXINGS)
+
+    _one_of(config.model.name, "model.name", MODELS)
+    _require(all(isinstance(h, int) and h >= 1 for h in config.model.hidden) and len(config.model.hidden) >= 1,
+             f"model.hidden={config.model.hidden!r} must be a non-empty tuple of positive widths")
+
+    if config.algorithm == "dfedavg":
+        dc = config.dfedavg
+        _require(dc.lr > 0, f"dfedavg.lr={dc.lr!r} must be > 0")
+        _positive_int(dc.batch_size, "dfedavg.batch_size")
+        _positive_int(dc.local_epochs, "dfedavg.local_epochs")
+
+    ec = config.eval
+    _require(0 <= ec.per_node_test_subset <= 10000,
+             f"eval.per_node_test_subset={ec.per_node_test_subset!r} must be in [0, 10000] (0 = full test set)")
+    _positive_int(ec.node_chunk, "eval.node_chunk")
+    _positive_int(ec.top_m, "eval.top_m")
+    _require(0 < ec.target_accuracy <= 1, f"eval.target_accuracy={ec.target_accuracy!r} must be in (0, 1]")
