@@ -237,7 +237,7 @@ def dense_mixing(graph: Graph) -> np.ndarray:
     m = graph.num_nodes
     w = np.zeros((m, m), dtype=np.float64)
     rows = np.broadcast_to(np.arange(m)[:, None], graph.neighbors.shape)
-    vals = graph.weights.astype(np.float64)
+    vals = np.where(graph.mask, graph.weights.astype(np.float64), 0.0)
     np.add.at(w, (rows, graph.neighbors), vals)
     return w
 
