@@ -12,7 +12,7 @@ import datetime
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
@@ -60,6 +60,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep the progress bar readable
     config = _CONFIG.value
     if config is None:
         sys.exit(f"error: --config is required; named configs: {', '.join(named_configs())}")

@@ -233,5 +233,6 @@ def normalize_images(images_uint8: np.ndarray, name: str) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"normalize_images expects uint8 pixels, got {images.dtype}")
     mean, std = NORMALIZATION[name]
-    x = images.astype(np.float32) / np.float32(255.0)
-    return ((x - np.float32(mean)) / np.float32(std))[..., None]
+    # A 256-entry lookup table: one gather instead of three passes over the images.
+    table = (np.arange(256, dtype=np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
+    return table[images][..., None]

@@ -80,10 +80,10 @@ def make_topology(config) -> topology.TopologyStream:
 def prepare(config) -> Setup:
     """Validates the config and builds data, partition, graphs, model, algorithm."""
     validate_config(config, algorithms.available())
-    topo = make_topology(config)  # graph feasibility errors come before data loading
-    topo.graph(0)
     ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
-    part = build_partition(config, ds.train_labels)
+    part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
+    topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
+    topo.graph(0)
     train_x = data.normalize_images(ds.train_images, ds.name)
     nd = partition.make_node_data(train_x, ds.train_labels.astype(np.int32), part)
     test_x = data.normalize_images(ds.test_images, ds.name)

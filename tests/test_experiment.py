@@ -1,0 +1,66 @@
+"""The runner end to end (real data, tiny config) and its bad-input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_cli(args, data_dir, tmp_path):
+    env = dict(os.environ, SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_cli(["--config=tiny", f"--workdir={workdir}", "--config.rounds=3"], real_data_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt", "label_histogram.png"} <= {
+        p.name for p in workdir.iterdir()}
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["config"]["rounds"] == 3 and config["environment"]["jax"]
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["round"] for l in lines] == [1, 2, 3]
+    for l in lines:
+        for key in ("test_accuracy", "node_accuracy_mean", "node_accuracy_std", "node_accuracy_min",
+                    "train_loss", "bytes_round", "wall_time"):
+            assert key in l, key
+        assert 0.0 <= l["test_accuracy"] <= 1.0
+    # 8 nodes on a ring: 16 directed edges, each carrying d float32 weights.
+    assert lines[0]["bytes_round"] == 16 * 79_510 * 4
+    assert lines[-1]["bytes_cumulative"] == 3 * 16 * 79_510 * 4
+    assert lines[-1]["test_accuracy"] > 0.2  # chance is 0.1
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["final_test_accuracy"] == lines[-1]["test_accuracy"]
+    assert summary["rounds"] == 3
+
+
+BAD_INPUTS = [
+    (["--config=no_such_config"], "unknown config 'no_such_config'"),
+    (["--config=tiny", "--config.partition.no_such_key=1"], "no_such_key"),
+    (["--config=tiny", "--config.partition.alpha=0.0"], "alpha"),
+    (["--config=tiny", "--config.partition.alpha=-1.0"], "alpha"),
+    (["--config=tiny", "--config.rounds=0"], "rounds"),
+    (["--config=tiny", "--config.partition.num_nodes=7", "--config.topology.kind=regular",
+      "--config.topology.degree=3"], "even"),
+    (["--config=tiny", "--config.topology.kind=regular", "--config.topology.degree=8"], "degree"),
+    (["--config=tiny", "--config.partition.kind=iid", "--config.partition.num_nodes=70000"], "samples"),
+    (["--config=tiny", "--config.topology.kind=star"], "topology.kind"),
+    (["--config=tiny", "--config.algorithm=nope"], "algorithm"),
+    (["--config=tiny", "--data_dir=/nonexistent/spark_jax_data"], "apt-get install dataset-fashion-mnist"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a[1:]) or a[0] for a, _ in BAD_INPUTS])
+def test_bad_input_fails_cleanly(args, message, real_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_cli([*args, f"--workdir={workdir}"], real_data_dir, tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not workdir.exists()

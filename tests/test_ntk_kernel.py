@@ -1,0 +1,122 @@
+"""SPEC steps 3 and 5: per-sample Jacobians and every kernel implementation vs float64 NumPy."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spark_jax import models, ntk
+
+N_REAL = 6
+
+
+def _setup(name, seed=0, n=N_REAL, **kw):
+    model = models.make_model(name, **kw)
+    key_p, key_x = jax.random.split(jax.random.key(seed))
+    params = model.init(key_p)
+    # Non-zero biases, so the bias paths of the Jacobian are exercised too.
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.fold_in(key_p, a.size), a.shape),
+                          params)
+    x = jax.random.normal(key_x, (n, 28, 28, 1), jnp.float32)
+    return model, params, x
+
+
+def _jacobian_f64(apply, params, x):
+    """[N, C, d] float64 by jax.jacrev of the whole batch in x64 mode."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), params)
+        x64 = jnp.asarray(np.asarray(x, np.float64))
+        jac = jax.jit(jax.jacrev(lambda p: apply(p, x64)))(p64)
+        leaves = [np.asarray(a) for a in jax.tree.leaves(jac)]
+    assert leaves[0].dtype == np.float64
+    n, c = leaves[0].shape[:2]
+    return np.concatenate([a.reshape(n, c, -1) for a in leaves], axis=-1)
+
+
+def _rel_err(a, b):
+    return np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b))
+
+
+@functools.lru_cache(maxsize=None)
+def _case(name, arch):
+    """(model, params, x, padded x, mask, float64 kernel of x) for one tiny model."""
+    kw = {"hidden": arch} if name == "mlp" else {"channels": arch}
+    model, params, x = _setup(name, **kw)
+    J = _jacobian_f64(model.apply, params, x)
+    want = np.einsum("icp,jcp->ij", J, J) / J.shape[1]
+    # Padding rows interleaved with real ones, holding garbage (one of them NaN).
+    garbage = jnp.full((3, 28, 28, 1), 7.0).at[1].set(jnp.nan)
+    xp = jnp.concatenate([x[:2], garbage[:1], x[2:5], garbage[1:], x[5:]])
+    mask = jnp.array([True, True, False, True, True, True, False, False, True])
+    return model, params, x, xp, mask, want
+
+
+@pytest.mark.parametrize("name,arch,method,kw", [
+    ("mlp", (16,), "contraction", {"chunk_size": 4}),
+    ("mlp", (16,), "structured", {}),
+    ("mlp", (16,), "ntvp", {"chunk_size": 4}),
+    ("mlp", (16,), "reference", {}),
+    ("mlp", (8, 6), "contraction", {}),
+    ("mlp", (8, 6), "structured", {}),
+    ("cnn", (2, 4), "contraction", {"chunk_size": 4}),
+    ("cnn", (2, 4), "ntvp", {}),
+])
+def test_kernel_matches_float64_and_padding_is_inert(name, arch, method, kw):
+    model, params, x, xp, mask, want = _case(name, arch)
+    f = jax.jit(functools.partial(ntk.neighbourhood_kernel, model.apply, method=method, **kw))
+    h = f(params, x)
+    assert h.shape == (N_REAL, N_REAL) and h.dtype == jnp.float32
+    assert _rel_err(h, want) < 1e-5, _rel_err(h, want)
+    hp = np.asarray(f(params, xp, mask))
+    real = np.flatnonzero(np.asarray(mask))
+    np.testing.assert_allclose(hp[np.ix_(real, real)], h, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    pad = ~np.asarray(mask)
+    assert np.all(hp[pad] == 0) and np.all(hp[:, pad] == 0)
+
+
+def test_structured_rejects_cnn():
+    model, params, x, *_ = _case("cnn", (2, 4))
+    with pytest.raises(ValueError, match="dense ReLU MLPs"):
+        ntk.neighbourhood_kernel(model.apply, params, x, method="structured")
+
+
+def test_jacobian_modes_match_float64():
+    model, params, x = _setup("mlp", hidden=(16,), n=3)
+    want = _jacobian_f64(model.apply, params, x)
+    for mode in ntk.MODES:
+        f = jax.jit(functools.partial(ntk.flat_jacobian, model.apply, mode=mode, chunk_size=2))
+        J = f(params, x)
+        assert J.shape == want.shape
+        np.testing.assert_allclose(J, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    tree = ntk.per_sample_jacobian(model.apply, params, x)
+    for leaf, p in zip(jax.tree.leaves(tree), jax.tree.leaves(params)):
+        assert leaf.shape == (3, model.num_classes) + p.shape
+
+
+def test_kernel_from_projected_jacobian():
+    """The sketch path: H~ = (1/C) sum_c (J_c P)(J_c P)^T from a projected Jacobian pytree."""
+    model, params, x = _setup("mlp", hidden=(16,))
+    mask = jnp.array([True] * 4 + [False] * 2)
+    jac = ntk.per_sample_jacobian(model.apply, params, x, mask=mask)
+    keys = jax.random.split(jax.random.key(1), 4)
+    proj = jax.tree.map(lambda a, k: jax.random.normal(k, (a[0, 0].size, 8)) / np.sqrt(8.0), jac,
+                        jax.tree.unflatten(jax.tree.structure(jac), list(keys)))
+    sketch = jax.tree.map(lambda a, p: a.reshape(a.shape[:2] + (-1,)) @ p, jac, proj)
+    h = jax.jit(ntk.kernel_from_jacobian)(sketch, mask)
+    S = np.concatenate([np.asarray(a, np.float64) for a in jax.tree.leaves(sketch)], axis=-1)
+    want = np.einsum("icp,jcp->ij", S, S) / S.shape[1]
+    want[~np.asarray(mask)] = 0
+    want[:, ~np.asarray(mask)] = 0
+    assert _rel_err(h, want) < 1e-5
+
+
+def test_structured_rejects_bad_inputs():
+    model, params, x = _setup("mlp", hidden=(16,))
+    with pytest.raises(ValueError, match="Dense layer"):
+        ntk.structured_kernel({"Dense_0": {"kernel": params["Dense_0"]["kernel"]}}, x)
+    with pytest.raises(ValueError, match="features"):
+        ntk.structured_kernel(params, x[:, :14])
+    with pytest.raises(ValueError, match="unknown kernel method"):
+        ntk.neighbourhood_kernel(model.apply, params, x, method="nope")
