@@ -80,6 +80,17 @@ def main(argv):
           f"after {summary['rounds']} rounds; run directory {workdir}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with bad flags and config overrides turned into one error line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: invalid config override {' '.join(bad)}: unknown key or wrong type ({e})")
+
+
 if __name__ == "__main__":
     sys.argv = rewrite_argv(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

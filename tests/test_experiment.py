@@ -43,6 +43,7 @@ def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
 BAD_INPUTS = [
     (["--config=no_such_config"], "unknown config 'no_such_config'"),
     (["--config=tiny", "--config.partition.no_such_key=1"], "no_such_key"),
+    (["--config=tiny", "--config.rounds=abc"], "--config.rounds=abc"),
     (["--config=tiny", "--config.partition.alpha=0.0"], "alpha"),
     (["--config=tiny", "--config.partition.alpha=-1.0"], "alpha"),
     (["--config=tiny", "--config.rounds=0"], "rounds"),

@@ -1,0 +1,98 @@
+"""SPEC step 7: function evolution vs scipy (RK4) and an explicit NumPy loop (Euler)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from spark_jax import ntk
+
+N, C = 12, 3
+
+
+def _problem(seed=0):
+    """A random PSD kernel [N, N], logits F0 and soft targets [N, C] (float64 NumPy)."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(N, 2 * N))
+    H = a @ a.T / 4.0
+    F0 = rng.normal(size=(N, C))
+    Y = 0.7 * np.eye(C)[rng.integers(0, C, N)] + 0.3 * rng.dirichlet(np.ones(C), N)
+    return H, F0, Y
+
+
+def _softmax(F):
+    e = np.exp(F - F.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _f32(*arrays):
+    return [jnp.asarray(a, jnp.float32) for a in arrays]
+
+
+def _evolve(taus, method, substeps=1):
+    return jax.jit(functools.partial(ntk.evolve_logits, taus=taus, method=method, substeps=substeps))
+
+
+def test_rk4_matches_dop853():
+    H, F0, Y = _problem()
+    eta, taus = 0.1, tuple(range(1, 31))
+    rhs = lambda s, f: (-(H @ (_softmax(f.reshape(N, C)) - Y)) / N).ravel()
+    grid = eta * np.arange(taus[-1] + 1)
+    sol = solve_ivp(rhs, (0.0, grid[-1]), F0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
+    F_ref = sol.y.T.reshape(-1, N, C)  # F(s_t), t = 0 .. tau_max
+    assert np.max(np.abs(F_ref[-1] - F0)) > 0.5  # the dynamics actually move
+    out = _evolve(taus, "rk4", substeps=4)(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
+    np.testing.assert_allclose(out.logits, F_ref[1:], atol=1e-4, rtol=0)
+    R_ref = np.cumsum(_softmax(F_ref[:-1]) - Y, axis=0)  # R_tau = sum_{t < tau}
+    np.testing.assert_allclose(out.residual_sums, R_ref, atol=1e-4, rtol=0)
+
+
+def test_euler_matches_numpy_loop():
+    H, F0, Y = _problem(1)
+    eta, taus = 0.3, (1, 3, 7, 10)
+    F, R, want_F, want_R = F0.copy(), np.zeros_like(F0), [], []
+    for t in range(1, taus[-1] + 1):
+        r = _softmax(F) - Y
+        R, F = R + r, F - eta / N * H @ r
+        if t in taus:
+            want_F.append(F)
+            want_R.append(R)
+    out = _evolve(taus, "euler")(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
+    np.testing.assert_allclose(out.logits, np.stack(want_F), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out.residual_sums, np.stack(want_R), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ntk.INTEGRATORS)
+def test_padding_is_inert_and_eta_is_traced(method):
+    H, F0, Y = _problem(2)
+    taus = (0, 2, 5)
+    f = _evolve(taus, method, substeps=2)
+    ref = f(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.2))
+    # Padded rows at positions 3 and N + 1, with garbage everywhere in their rows/columns.
+    pos = np.array([3, N + 1])
+    real = np.setdiff1d(np.arange(N + 2), pos)
+    Hp = np.full((N + 2, N + 2), 5.0)
+    Hp[np.ix_(real, real)] = H
+    F0p, Yp = np.full((N + 2, C), 3.0), np.full((N + 2, C), 0.5)
+    F0p[real], Yp[real] = F0, Y
+    mask = np.ones(N + 2, bool)
+    mask[pos] = False
+    g = _evolve(taus, method, substeps=2)
+    out = g(*_f32(Hp, F0p, Yp), jnp.asarray(mask), jnp.float32(0.2))
+    np.testing.assert_allclose(out.logits[:, real], ref.logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.residual_sums[:, real], ref.residual_sums, rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(out.residual_sums)[:, pos] == 0)
+    np.testing.assert_array_equal(out.logits[0], F0p.astype(np.float32))  # tau = 0: nothing moved
+    np.testing.assert_array_equal(out.residual_sums[0], 0)
+    # A new learning rate is a traced value: same compiled program.
+    g(*_f32(Hp, F0p, Yp), jnp.asarray(mask), jnp.float32(0.05))
+    assert g._cache_size() == 1
+
+
+def test_rejects_bad_taus():
+    H, F0, Y = _f32(*_problem())
+    with pytest.raises(ValueError, match="ascending"):
+        ntk.evolve_logits(H, F0, Y, jnp.ones(N, bool), 0.1, taus=(5, 2))

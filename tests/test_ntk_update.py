@@ -1,0 +1,118 @@
+"""SPEC steps 8 and 9: VJP weight updates (vs jax.grad) and the choice of tau."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spark_jax import models, ntk
+
+N_REAL, C = 8, 10
+
+
+def _setup(seed=0, hidden=(16,)):
+    model = models.make_model("mlp", hidden=hidden)
+    kp, kx, ky, kb = jax.random.split(jax.random.key(seed), 4)
+    params = model.init(kp)
+    params["Dense_0"]["bias"] = 0.1 * jax.random.normal(kb, params["Dense_0"]["bias"].shape)
+    x = jax.random.normal(kx, (N_REAL, 28, 28, 1))
+    labels = jax.nn.one_hot(jax.random.randint(ky, (N_REAL,), 0, C), C)
+    targets = 0.6 * labels + 0.4 * jax.nn.softmax(model.apply(params, x))  # soft Y^
+    return model, params, x, targets
+
+
+def _pad(x, targets):
+    """Padding rows interleaved (positions 1, 5, 10) with garbage inputs and targets."""
+    pos = np.array([1, 5, 10])
+    n = N_REAL + len(pos)
+    real = np.setdiff1d(np.arange(n), pos)
+    xp = jnp.full((n,) + x.shape[1:], jnp.nan).at[real].set(x)
+    tp = jnp.full((n, C), 3.0).at[real].set(targets)
+    return xp, tp, jnp.asarray(np.isin(np.arange(n), real)), real
+
+
+def _mean_ce(apply, params, x, targets):
+    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(apply(params, x)), axis=-1))
+
+
+def _one_node_round(apply, params, x, mask, targets, eta, taus, method="euler"):
+    """Kernel -> Euler evolution -> updates, the way an algorithm chains them."""
+    x0 = ntk.zero_padding(x, mask)
+    H = ntk.neighbourhood_kernel(apply, params, x, mask, method="contraction")
+    evo = ntk.evolve_logits(H, apply(params, x0), targets, mask, eta, taus, method=method)
+    return ntk.weight_updates(apply, params, x, mask, evo.residual_sums, eta), evo
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_euler_tau1_update_is_a_gradient_step(padded):
+    model, params, x, targets = _setup()
+    eta = 0.3
+    grads = jax.grad(_mean_ce, argnums=1)(model.apply, params, x, targets)
+    want = jax.tree.map(lambda p, g: p - eta * g, params, grads)
+    if padded:
+        x, targets, mask, _ = _pad(x, targets)
+    else:
+        mask = jnp.ones(N_REAL, bool)
+    step = jax.jit(functools.partial(_one_node_round, model.apply, taus=(1,)))
+    deltas, _ = step(params, x, mask, targets, jnp.float32(eta))
+    got = jax.tree.map(lambda p, d: p + d[0], params, deltas)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    # The Jacobian path (used by sketch mode) gives the same updates as the VJP.
+    chex.assert_trees_all_close(*_updates_both_ways(model.apply, params, x, mask, targets, jnp.float32(eta)),
+                                rtol=1e-5, atol=1e-7)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _updates_both_ways(apply, params, x, mask, targets, eta):
+    jac = ntk.per_sample_jacobian(apply, params, x, mask=mask)
+    F0 = apply(params, ntk.zero_padding(x, mask))
+    R = ntk.evolve_logits(ntk.kernel_from_jacobian(jac, mask), F0, targets, mask, eta, (1, 4)).residual_sums
+    return (ntk.weight_updates_from_jacobian(jac, R, eta, mask),
+            ntk.weight_updates(apply, params, x, mask, R, eta))
+
+
+def _ce_f64(logits, targets):
+    logits, targets = np.asarray(logits, np.float64), np.asarray(targets, np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.mean(-np.sum(targets * logp, -1)))
+
+
+def test_select_tau_picks_the_argmin():
+    model, params, x, targets = _setup(2)
+    xp, tp, mask, real = _pad(x, targets)
+    # Candidates of very different quality: no move, gradient steps, large noise, NaN.
+    grads = jax.grad(_mean_ce, argnums=1)(model.apply, params, x, targets)
+    noise = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+    moves = [jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda g: -0.5 * g, grads),
+             jax.tree.map(lambda g: -3.0 * g, grads), noise]
+    deltas = jax.tree.map(lambda *a: jnp.stack(a), *moves)
+    select = jax.jit(functools.partial(ntk.select_tau, model.apply))
+    idx, losses = select(params, xp, mask, tp, deltas)
+    want = [_ce_f64(model.apply(jax.tree.map(jnp.add, params, m), x), targets) for m in moves]
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
+    assert int(idx) == int(np.argmin(want))
+    # A diverged candidate is never chosen.
+    bad = jax.tree.map(lambda d: d.at[3].set(jnp.nan), deltas)
+    idx_bad, losses_bad = select(params, xp, mask, tp, bad)
+    assert np.isnan(losses_bad[3]) and int(idx_bad) == int(np.argmin(want[:3]))
+    # Linearized criterion: the loss of evolved logits F(s_tau).
+    F = jax.random.normal(jax.random.key(3), (5, len(real) + 3, C)) * jnp.arange(1, 6.0)[:, None, None]
+    idx_lin, lin = ntk.select_tau(model.apply, params, xp, mask, tp, None, criterion="linearized",
+                                  evolved_logits=F)
+    want_lin = [_ce_f64(F[t][real], targets) for t in range(5)]
+    np.testing.assert_allclose(lin, want_lin, rtol=1e-5)
+    assert int(idx_lin) == int(np.argmin(want_lin))
+    with pytest.raises(ValueError, match="evolved_logits"):
+        ntk.select_tau(model.apply, params, xp, mask, tp, None, criterion="linearized")
+
+
+def test_masked_cross_entropy():
+    logits = jax.random.normal(jax.random.key(0), (5, C))
+    targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (5, C)))
+    mask = jnp.array([True, False, True, True, False])
+    got = ntk.masked_cross_entropy(logits.at[1].set(jnp.nan), targets, mask)
+    np.testing.assert_allclose(got, _ce_f64(logits[mask], targets[mask]), rtol=1e-6)
