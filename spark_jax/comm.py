@@ -21,3 +21,25 @@ def num_directed_edges(neighbors: np.ndarray, mask: np.ndarray) -> int:
 def weight_bytes(neighbors: np.ndarray, mask: np.ndarray, num_params: int) -> int:
     """Bytes of model averaging in one round: d floats per directed edge."""
     return num_directed_edges(neighbors, mask) * num_params * BYTES_PER_FLOAT
+
+
+def incoming_sample_counts(neighbors: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> int:
+    """sum over directed edges j -> i (j != i) of n_j: samples sent in one round."""
+    own = neighbors == np.arange(neighbors.shape[0])[:, None]
+    return int(np.sum(np.where(mask & ~own, np.asarray(counts)[neighbors], 0), dtype=np.int64))
+
+
+def ntk_message_bytes(neighbors: np.ndarray, mask: np.ndarray, counts: np.ndarray, *, num_classes: int,
+                      jacobian_floats_per_row: int) -> dict:
+    """Step-3 message bytes of one round (SPEC "Evaluation and accounting").
+
+    Over each directed edge j -> i, j sends n_j rows of: its Jacobian (or
+    sketch), `jacobian_floats_per_row` floats (C * d exact, C * k_tot
+    sketched); its outputs F_j (C floats); its one-hot labels Y_j (C floats).
+    """
+    rows = incoming_sample_counts(neighbors, mask, counts)
+    jac = rows * jacobian_floats_per_row * BYTES_PER_FLOAT
+    other = rows * 2 * num_classes * BYTES_PER_FLOAT
+    edges = num_directed_edges(neighbors, mask)
+    return {"message_bytes": jac + other, "jacobian_bytes": jac,
+            "jacobian_bytes_per_edge": jac / max(edges, 1)}

@@ -161,16 +161,19 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
     bar = _progress(cfg, cfg.rounds)
     start = time.perf_counter()
     cumulative, history = 0, []
+    counts = jax.device_get(setup.node_data.counts)
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
         graph = setup.topology.graph(r)
         state, alg_metrics = round_fn(state, setup.node_data, round_inputs(graph, r, train_key))
         ev = evaluate(state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
         ev, alg_metrics = jax.device_get((ev, alg_metrics))
-        sent = comm.weight_bytes(graph.neighbors, graph.mask, setup.num_params)
-        sent += int(alg_metrics.pop("message_bytes", 0))
+        weights_sent = comm.weight_bytes(graph.neighbors, graph.mask, setup.num_params)
+        messages = alg.message_bytes(graph.neighbors, graph.mask, counts) if alg.message_bytes else {}
+        sent = weights_sent + messages.get("message_bytes", 0)
         cumulative += sent
-        record = {"round": r + 1, **ev, **alg_metrics, "bytes_round": sent, "bytes_cumulative": cumulative,
+        record = {"round": r + 1, **ev, **alg_metrics, **messages, "weight_bytes": weights_sent,
+                  "bytes_round": sent, "bytes_cumulative": cumulative,
                   "round_time": time.perf_counter() - t0, "wall_time": time.perf_counter() - start}
         run_dir.append_metrics(record)
         history.append(to_jsonable(record))

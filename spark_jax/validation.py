@@ -55,6 +55,24 @@ def validate_config(config, algorithm_names) -> None:
         _positive_int(dc.batch_size, "dfedavg.batch_size")
         _positive_int(dc.local_epochs, "dfedavg.local_epochs")
 
+    if config.algorithm == "ntk_dfl":
+        nc = config.ntk
+        _require(nc.eta0 > 0, f"ntk.eta0={nc.eta0!r} must be > 0")
+        _require(nc.decay >= 0, f"ntk.decay={nc.decay!r} must be >= 0")
+        taus = tuple(nc.taus)
+        _require(len(taus) >= 1 and all(isinstance(t, int) and t >= 1 for t in taus)
+                 and all(b > a for a, b in zip(taus, taus[1:])),
+                 f"ntk.taus={taus!r} must be positive integers in strictly ascending order")
+        _one_of(nc.integrator, "ntk.integrator", ("rk4", "euler"))
+        _positive_int(nc.substeps, "ntk.substeps")
+        _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
+        _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
+                 f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")
+        _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))
+        _require(nc.sample_chunk >= 0, f"ntk.sample_chunk={nc.sample_chunk!r} must be >= 0 (0 = no chunking)")
+        _positive_int(nc.node_chunk, "ntk.node_chunk")
+        _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
+
     ec = config.eval
     _require(0 <= ec.per_node_test_subset <= 10000,
              f"eval.per_node_test_subset={ec.per_node_test_subset!r} must be in [0, 10000] (0 = full test set)")

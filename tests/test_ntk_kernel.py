@@ -14,13 +14,17 @@ N_REAL = 6
 
 def _setup(name, seed=0, n=N_REAL, **kw):
     model = models.make_model(name, **kw)
-    key_p, key_x = jax.random.split(jax.random.key(seed))
-    params = model.init(key_p)
-    # Non-zero biases, so the bias paths of the Jacobian are exercised too.
-    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.fold_in(key_p, a.size), a.shape),
-                          params)
-    x = jax.random.normal(key_x, (n, 28, 28, 1), jnp.float32)
-    return model, params, x
+
+    @jax.jit
+    def make(key):
+        key_p, key_x = jax.random.split(key)
+        params = model.init(key_p)
+        # Non-zero biases, so the bias paths of the Jacobian are exercised too.
+        params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.fold_in(key_p, a.size), a.shape),
+                              params)
+        return params, jax.random.normal(key_x, (n, 28, 28, 1), jnp.float32)
+
+    return (model, *make(jax.random.key(seed)))
 
 
 def _jacobian_f64(apply, params, x):
@@ -83,32 +87,37 @@ def test_structured_rejects_cnn():
 
 
 def test_jacobian_modes_match_float64():
-    model, params, x = _setup("mlp", hidden=(16,), n=3)
+    model, params, x = _setup("mlp", hidden=(4,), n=3)
     want = _jacobian_f64(model.apply, params, x)
     for mode in ntk.MODES:
         f = jax.jit(functools.partial(ntk.flat_jacobian, model.apply, mode=mode, chunk_size=2))
         J = f(params, x)
         assert J.shape == want.shape
         np.testing.assert_allclose(J, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-    tree = ntk.per_sample_jacobian(model.apply, params, x)
+    tree = jax.eval_shape(functools.partial(ntk.per_sample_jacobian, model.apply), params, x)
     for leaf, p in zip(jax.tree.leaves(tree), jax.tree.leaves(params)):
         assert leaf.shape == (3, model.num_classes) + p.shape
 
 
+@jax.jit
+def _projected_kernel(jac, mask, key):
+    """Sketch-mode use: per leaf J~ = J P with P [leaf size, 8]; returns (J~ pytree, H~)."""
+    keys = jax.random.split(key, len(jax.tree.leaves(jac)))
+    keys = jax.tree.unflatten(jax.tree.structure(jac), list(keys))
+    sketch = jax.tree.map(lambda a, k: a.reshape(a.shape[:2] + (-1,)) @ (
+        jax.random.normal(k, (a[0, 0].size, 8)) / np.sqrt(8.0)), jac, keys)
+    return sketch, ntk.kernel_from_jacobian(sketch, mask)
+
+
 def test_kernel_from_projected_jacobian():
     """The sketch path: H~ = (1/C) sum_c (J_c P)(J_c P)^T from a projected Jacobian pytree."""
-    model, params, x = _setup("mlp", hidden=(16,))
+    model, params, x, *_ = _case("mlp", (16,))
     mask = jnp.array([True] * 4 + [False] * 2)
-    jac = ntk.per_sample_jacobian(model.apply, params, x, mask=mask)
-    keys = jax.random.split(jax.random.key(1), 4)
-    proj = jax.tree.map(lambda a, k: jax.random.normal(k, (a[0, 0].size, 8)) / np.sqrt(8.0), jac,
-                        jax.tree.unflatten(jax.tree.structure(jac), list(keys)))
-    sketch = jax.tree.map(lambda a, p: a.reshape(a.shape[:2] + (-1,)) @ p, jac, proj)
-    h = jax.jit(ntk.kernel_from_jacobian)(sketch, mask)
+    jac = jax.jit(functools.partial(ntk.per_sample_jacobian, model.apply))(params, x, mask=mask)
+    sketch, h = _projected_kernel(jac, mask, jax.random.key(1))
     S = np.concatenate([np.asarray(a, np.float64) for a in jax.tree.leaves(sketch)], axis=-1)
+    assert np.all(S[~np.asarray(mask)] == 0)
     want = np.einsum("icp,jcp->ij", S, S) / S.shape[1]
-    want[~np.asarray(mask)] = 0
-    want[:, ~np.asarray(mask)] = 0
     assert _rel_err(h, want) < 1e-5
 
 

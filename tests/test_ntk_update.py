@@ -15,13 +15,18 @@ N_REAL, C = 8, 10
 
 def _setup(seed=0, hidden=(16,)):
     model = models.make_model("mlp", hidden=hidden)
-    kp, kx, ky, kb = jax.random.split(jax.random.key(seed), 4)
-    params = model.init(kp)
-    params["Dense_0"]["bias"] = 0.1 * jax.random.normal(kb, params["Dense_0"]["bias"].shape)
-    x = jax.random.normal(kx, (N_REAL, 28, 28, 1))
-    labels = jax.nn.one_hot(jax.random.randint(ky, (N_REAL,), 0, C), C)
-    targets = 0.6 * labels + 0.4 * jax.nn.softmax(model.apply(params, x))  # soft Y^
-    return model, params, x, targets
+
+    @jax.jit
+    def make(key):
+        kp, kx, ky, kb = jax.random.split(key, 4)
+        params = model.init(kp)
+        params["Dense_0"]["bias"] = 0.1 * jax.random.normal(kb, params["Dense_0"]["bias"].shape)
+        x = jax.random.normal(kx, (N_REAL, 28, 28, 1))
+        labels = jax.nn.one_hot(jax.random.randint(ky, (N_REAL,), 0, C), C)
+        targets = 0.6 * labels + 0.4 * jax.nn.softmax(model.apply(params, x))  # soft Y^
+        return params, x, targets
+
+    return (model, *make(jax.random.key(seed)))
 
 
 def _pad(x, targets):
@@ -38,6 +43,9 @@ def _mean_ce(apply, params, x, targets):
     return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(apply(params, x)), axis=-1))
 
 
+_grad_mean_ce = jax.jit(jax.grad(_mean_ce, argnums=1), static_argnums=0)
+
+
 def _one_node_round(apply, params, x, mask, targets, eta, taus, method="euler"):
     """Kernel -> Euler evolution -> updates, the way an algorithm chains them."""
     x0 = ntk.zero_padding(x, mask)
@@ -50,7 +58,7 @@ def _one_node_round(apply, params, x, mask, targets, eta, taus, method="euler"):
 def test_euler_tau1_update_is_a_gradient_step(padded):
     model, params, x, targets = _setup()
     eta = 0.3
-    grads = jax.grad(_mean_ce, argnums=1)(model.apply, params, x, targets)
+    grads = _grad_mean_ce(model.apply, params, x, targets)
     want = jax.tree.map(lambda p, g: p - eta * g, params, grads)
     if padded:
         x, targets, mask, _ = _pad(x, targets)
@@ -81,28 +89,35 @@ def _ce_f64(logits, targets):
     return float(np.mean(-np.sum(targets * logp, -1)))
 
 
+@jax.jit
+def _candidate_moves(params, grads):
+    noise = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+    return [jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda g: -0.5 * g, grads),
+            jax.tree.map(lambda g: -3.0 * g, grads), noise]
+
+
 def test_select_tau_picks_the_argmin():
     model, params, x, targets = _setup(2)
     xp, tp, mask, real = _pad(x, targets)
     # Candidates of very different quality: no move, gradient steps, large noise, NaN.
-    grads = jax.grad(_mean_ce, argnums=1)(model.apply, params, x, targets)
-    noise = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
-    moves = [jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda g: -0.5 * g, grads),
-             jax.tree.map(lambda g: -3.0 * g, grads), noise]
+    grads = _grad_mean_ce(model.apply, params, x, targets)
+    moves = _candidate_moves(params, grads)
     deltas = jax.tree.map(lambda *a: jnp.stack(a), *moves)
     select = jax.jit(functools.partial(ntk.select_tau, model.apply))
     idx, losses = select(params, xp, mask, tp, deltas)
-    want = [_ce_f64(model.apply(jax.tree.map(jnp.add, params, m), x), targets) for m in moves]
+    apply = jax.jit(model.apply)
+    want = [_ce_f64(apply(jax.tree.map(np.add, params, m), x), targets) for m in moves]
     np.testing.assert_allclose(losses, want, rtol=1e-5)
     assert int(idx) == int(np.argmin(want))
     # A diverged candidate is never chosen.
-    bad = jax.tree.map(lambda d: d.at[3].set(jnp.nan), deltas)
+    bad = jax.tree.map(lambda d: np.concatenate([d[:3], np.full_like(d[3:], np.nan)]), deltas)
     idx_bad, losses_bad = select(params, xp, mask, tp, bad)
     assert np.isnan(losses_bad[3]) and int(idx_bad) == int(np.argmin(want[:3]))
     # Linearized criterion: the loss of evolved logits F(s_tau).
-    F = jax.random.normal(jax.random.key(3), (5, len(real) + 3, C)) * jnp.arange(1, 6.0)[:, None, None]
-    idx_lin, lin = ntk.select_tau(model.apply, params, xp, mask, tp, None, criterion="linearized",
-                                  evolved_logits=F)
+    F = np.random.default_rng(3).normal(size=(5, len(real) + 3, C)).astype(np.float32)
+    F *= np.arange(1, 6.0, dtype=np.float32)[:, None, None]
+    idx_lin, lin = jax.jit(functools.partial(ntk.select_tau, model.apply, criterion="linearized"))(
+        params, xp, mask, tp, None, evolved_logits=F)
     want_lin = [_ce_f64(F[t][real], targets) for t in range(5)]
     np.testing.assert_allclose(lin, want_lin, rtol=1e-5)
     assert int(idx_lin) == int(np.argmin(want_lin))
@@ -111,8 +126,10 @@ def test_select_tau_picks_the_argmin():
 
 
 def test_masked_cross_entropy():
-    logits = jax.random.normal(jax.random.key(0), (5, C))
-    targets = jax.nn.softmax(jax.random.normal(jax.random.key(1), (5, C)))
-    mask = jnp.array([True, False, True, True, False])
-    got = ntk.masked_cross_entropy(logits.at[1].set(jnp.nan), targets, mask)
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(size=(5, C)), rng.dirichlet(np.ones(C), 5)
+    mask = np.array([True, False, True, True, False])
+    nan_row = logits.copy()
+    nan_row[1] = np.nan
+    got = jax.jit(ntk.masked_cross_entropy)(nan_row.astype(np.float32), targets.astype(np.float32), mask)
     np.testing.assert_allclose(got, _ce_f64(logits[mask], targets[mask]), rtol=1e-6)

@@ -48,6 +48,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.dfedavg.batch_size = 25
     c.dfedavg.local_epochs = 20
 
+    c.ntk = ml_collections.ConfigDict()
+    c.ntk.eta0 = 0.01  # eta_r = eta0 * exp(-decay * r)
+    c.ntk.decay = 0.07
+    c.ntk.taus = (100, 200, 400, 600, 800)  # candidate step counts, ascending
+    c.ntk.integrator = "rk4"  # 'rk4' | 'euler' (SPEC step 7)
+    c.ntk.substeps = 1  # RK4 steps per grid interval
+    c.ntk.kernel = "auto"  # 'auto' (structured for MLPs) | 'structured' | 'contraction' | 'ntvp'
+    c.ntk.jacobian_mode = "rev"  # 'rev' | 'fwd' (contraction kernel)
+    c.ntk.sample_chunk = 0  # samples per Jacobian chunk (0 = all at once)
+    c.ntk.node_chunk = 8  # nodes processed at once (bounds memory)
+    c.ntk.tau_criterion = "network"  # 'network' | 'linearized' (SPEC step 9)
+
     c.eval = ml_collections.ConfigDict()
     c.eval.per_node_test_subset = 0  # 0 = full test set; else a fixed seeded subset
     c.eval.node_chunk = 32  # nodes evaluated at once (bounds memory)

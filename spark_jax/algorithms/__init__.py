@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spark_jax.algorithms import dfedavg
+from spark_jax.algorithms import dfedavg, ntk_dfl
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
 _REGISTRY: dict[str, Callable] = {}
@@ -32,5 +32,6 @@ def make_algorithm(config, model) -> Algorithm:
 
 
 register("dfedavg", dfedavg.make)
+register("ntk_dfl", ntk_dfl.make)
 
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]

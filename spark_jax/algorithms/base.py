@@ -47,6 +47,10 @@ class Algorithm(NamedTuple):
     name: str
     init: Callable[..., Any]
     round: Callable[..., Any]
+    # Host-side accounting of the step-3 messages, beyond the averaging weights:
+    # message_bytes(neighbors [M, S], mask [M, S], counts [M]) -> dict of byte
+    # counts for the round (keys 'message_bytes' and e.g. 'jacobian_bytes').
+    message_bytes: Callable[..., dict] | None = None
 
 
 def mix(tree, neighbors: jax.Array, weights: jax.Array):

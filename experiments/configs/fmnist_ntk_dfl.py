@@ -1,0 +1,35 @@
+"""NTK-DFL paper setting: Fashion-MNIST, 300 nodes, dynamic random 5-regular graph,
+NTK-DFL partition fmnist300/alpha0.1/seed0, eta_0 = 0.01 (decay 0.07), taus
+{100, 200, 400, 600, 800}, exact Jacobians, RK4 evolution.
+
+  python -m experiments.run --config=fmnist_ntk_dfl
+      300 nodes, 40 rounds; paper scale: several minutes per round on 2 CPU
+      cores (see benchmarks/round.py), seconds on a GPU.
+  python -m experiments.run --config=fmnist_ntk_dfl:small
+      100 nodes (the first 100 of the same partition file), 10 rounds,
+      Euler evolution, 1,000-image per-node test subset; minutes on 2 CPU cores.
+"""
+
+from experiments.configs import base
+
+
+def get_config(arg: str = ""):
+    c = base.base_config()
+    c.name = "fmnist_ntk_dfl" + (f":{arg}" if arg else "")
+    c.algorithm = "ntk_dfl"
+    c.partition.kind = "ntk_dfl_file"
+    c.partition.num_nodes = 300
+    c.partition.alpha = 0.1
+    c.partition.file_seed = 0
+    c.topology.kind = "regular"
+    c.topology.degree = 5
+    c.topology.dynamic = True
+    c.rounds = 40
+    if arg == "small":
+        c.partition.num_nodes = 100
+        c.rounds = 10
+        c.ntk.integrator = "euler"
+        c.eval.per_node_test_subset = 1000
+    elif arg:
+        raise ValueError(f"fmnist_ntk_dfl: unknown argument {arg!r}; known: 'small'")
+    return c
