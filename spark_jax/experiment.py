@@ -8,7 +8,6 @@ half-written directory behind.
 
 from __future__ import annotations
 
-import pathlib
 import shutil
 import time
 from typing import Any, NamedTuple

@@ -21,6 +21,6 @@ def get_config(arg: str = ""):
     c.eval.node_chunk = 4
     c.eval.top_m = 2
     c.progress = False
-    if arg:
-        raise ValueError(f"tiny: unknown argument {arg!r}")
+    if arg not in ("", "small"):  # ':small' is accepted (it is already small)
+        raise ValueError(f"tiny: unknown argument {arg!r}; known: 'small'")
     return c

@@ -17,7 +17,7 @@ contraction kernel, that many [N, C, d] Jacobians) are live at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -56,22 +56,52 @@ def resolve_kernel_method(method: str, model_name: str) -> str:
     return method
 
 
-def make_node_step(apply, num_classes: int, cfg, kernel_method: str):
-    """The per-node NTK-DFL update (steps 3-9) for one node's neighbourhood."""
+class NodePhases(NamedTuple):
+    """The per-node steps of a round, separately callable (benchmarks time them).
+
+    messages(w_bar, x, labels, mask) -> (F0 [N, C], Y [N, C])        steps 3-4
+    kernel(w_bar, x, mask) -> H [N, N]                                step 5
+    evolve(H, F0, Y, mask, eta) -> ntk.Evolution                      step 7
+    update(w_bar, x, mask, Y, evolution, eta) -> (w_new, tau index, loss)  steps 8-9, 11
+    """
+
+    messages: Callable
+    kernel: Callable
+    evolve: Callable
+    update: Callable
+
+
+def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePhases:
     taus = ntk.check_taus(cfg.taus)
     chunk = cfg.sample_chunk or None
 
-    def node_step(w_bar, x, labels, mask, eta):
-        y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
-        f0 = apply(w_bar, x)
-        h = ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
-                                     jacobian_mode=cfg.jacobian_mode)
-        evo = ntk.evolve_logits(h, f0, y, mask, eta, taus, method=cfg.integrator, substeps=cfg.substeps)
+    def messages(w_bar, x, labels, mask):
+        return apply(w_bar, x), jax.nn.one_hot(labels, num_classes) * mask[:, None]
+
+    def kernel(w_bar, x, mask):
+        return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
+                                        jacobian_mode=cfg.jacobian_mode)
+
+    def evolve(h, f0, y, mask, eta):
+        return ntk.evolve_logits(h, f0, y, mask, eta, taus, method=cfg.integrator, substeps=cfg.substeps)
+
+    def update(w_bar, x, mask, y, evo, eta):
         deltas = ntk.weight_updates(apply, w_bar, x, mask, evo.residual_sums, eta)
         best, losses = ntk.select_tau(apply, w_bar, x, mask, y, deltas, criterion=cfg.tau_criterion,
                                       evolved_logits=evo.logits)
-        new = jax.tree.map(lambda w, d: w + d[best], w_bar, deltas)
-        return new, best, losses[best]
+        return jax.tree.map(lambda w, d: w + d[best], w_bar, deltas), best, losses[best]
+
+    return NodePhases(messages, kernel, evolve, update)
+
+
+def make_node_step(apply, num_classes: int, cfg, kernel_method: str):
+    """The per-node NTK-DFL update (steps 3-9, 11) for one node's neighbourhood."""
+    ph = make_node_phases(apply, num_classes, cfg, kernel_method)
+
+    def node_step(w_bar, x, labels, mask, eta):
+        f0, y = ph.messages(w_bar, x, labels, mask)
+        evo = ph.evolve(ph.kernel(w_bar, x, mask), f0, y, mask, eta)
+        return ph.update(w_bar, x, mask, y, evo, eta)
 
     return node_step
 

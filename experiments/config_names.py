@@ -1,0 +1,40 @@
+"""Resolves `--config=NAME[:ARG]` to `experiments/configs/NAME.py[:ARG]`."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+
+
+def resolve_config_arg(value: str) -> str:
+    """'NAME[:ARG]' or 'path.py[:ARG]' -> 'path.py[:ARG]'; SystemExit if unknown."""
+    name, sep, arg = value.partition(":")
+    if pathlib.Path(name).is_file():
+        return value
+    path = CONFIG_DIR / f"{name}.py"
+    if name in ("base", "__init__") or not path.is_file():
+        sys.exit(f"error: unknown config {name!r}; named configs: {', '.join(named_configs())} "
+                 "(or give a path to a config file)")
+    return f"{path}{sep}{arg}"
+
+
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """Resolves the --config value in argv (both '--config=X' and '--config X')."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config="):
+            a = "--config=" + resolve_config_arg(a.split("=", 1)[1])
+        elif a == "--config" and i + 1 < len(argv):
+            out.append(a)
+            i += 1
+            a = resolve_config_arg(argv[i])
+        out.append(a)
+        i += 1
+    return out
