@@ -76,7 +76,7 @@ def test_padding_is_inert_and_eta_is_traced(method):
     real = np.setdiff1d(np.arange(N + 2), pos)
     Hp = np.full((N + 2, N + 2), 5.0)
     Hp[np.ix_(real, real)] = H
-    F0p, Yp = np.full((N + 2, C), 3.0), np.full((N + 2, C), 0.5)
+    F0p, Yp = np.full((N + 2, C), np.nan), np.full((N + 2, C), 0.5)
     F0p[real], Yp[real] = F0, Y
     mask = np.ones(N + 2, bool)
     mask[pos] = False
@@ -85,7 +85,8 @@ def test_padding_is_inert_and_eta_is_traced(method):
     np.testing.assert_allclose(out.logits[:, real], ref.logits, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out.residual_sums[:, real], ref.residual_sums, rtol=1e-6, atol=1e-6)
     assert np.all(np.asarray(out.residual_sums)[:, pos] == 0)
-    np.testing.assert_array_equal(out.logits[0], F0p.astype(np.float32))  # tau = 0: nothing moved
+    assert np.all(np.asarray(out.logits)[:, pos] == 0)
+    np.testing.assert_array_equal(out.logits[0][real], F0.astype(np.float32))  # tau = 0: nothing moved
     np.testing.assert_array_equal(out.residual_sums[0], 0)
     # A new learning rate is a traced value: same compiled program.
     g(*_f32(Hp, F0p, Yp), jnp.asarray(mask), jnp.float32(0.05))

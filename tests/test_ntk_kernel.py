@@ -12,19 +12,22 @@ from spark_jax import models, ntk
 N_REAL = 6
 
 
+def numpy_params(model, seed, bias_scale=0.1):
+    """Kaiming-normal (fan-in) kernels and random biases drawn in NumPy: no XLA compile."""
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        if len(leaf.shape) == 1:
+            return (bias_scale * rng.normal(size=leaf.shape)).astype(np.float32)
+        return (np.sqrt(2.0 / np.prod(leaf.shape[:-1])) * rng.normal(size=leaf.shape)).astype(np.float32)
+
+    return jax.tree.map(draw, jax.eval_shape(model.init, jax.random.key(0)))
+
+
 def _setup(name, seed=0, n=N_REAL, **kw):
     model = models.make_model(name, **kw)
-
-    @jax.jit
-    def make(key):
-        key_p, key_x = jax.random.split(key)
-        params = model.init(key_p)
-        # Non-zero biases, so the bias paths of the Jacobian are exercised too.
-        params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.fold_in(key_p, a.size), a.shape),
-                              params)
-        return params, jax.random.normal(key_x, (n, 28, 28, 1), jnp.float32)
-
-    return (model, *make(jax.random.key(seed)))
+    x = np.random.default_rng(seed + 100).normal(size=(n, 28, 28, 1)).astype(np.float32)
+    return model, numpy_params(model, seed), x
 
 
 def _jacobian_f64(apply, params, x):
@@ -51,9 +54,10 @@ def _case(name, arch):
     J = _jacobian_f64(model.apply, params, x)
     want = np.einsum("icp,jcp->ij", J, J) / J.shape[1]
     # Padding rows interleaved with real ones, holding garbage (one of them NaN).
-    garbage = jnp.full((3, 28, 28, 1), 7.0).at[1].set(jnp.nan)
-    xp = jnp.concatenate([x[:2], garbage[:1], x[2:5], garbage[1:], x[5:]])
-    mask = jnp.array([True, True, False, True, True, True, False, False, True])
+    garbage = np.full((3, 28, 28, 1), 7.0, np.float32)
+    garbage[1] = np.nan
+    xp = np.concatenate([x[:2], garbage[:1], x[2:5], garbage[1:], x[5:]])
+    mask = np.array([True, True, False, True, True, True, False, False, True])
     return model, params, x, xp, mask, want
 
 
@@ -74,9 +78,9 @@ def test_kernel_matches_float64_and_padding_is_inert(name, arch, method, kw):
     assert h.shape == (N_REAL, N_REAL) and h.dtype == jnp.float32
     assert _rel_err(h, want) < 1e-5, _rel_err(h, want)
     hp = np.asarray(f(params, xp, mask))
-    real = np.flatnonzero(np.asarray(mask))
+    real = np.flatnonzero(mask)
     np.testing.assert_allclose(hp[np.ix_(real, real)], h, rtol=1e-6, atol=1e-6 * np.abs(want).max())
-    pad = ~np.asarray(mask)
+    pad = ~mask
     assert np.all(hp[pad] == 0) and np.all(hp[:, pad] == 0)
 
 
@@ -99,30 +103,28 @@ def test_jacobian_modes_match_float64():
         assert leaf.shape == (3, model.num_classes) + p.shape
 
 
-@jax.jit
-def _projected_kernel(jac, mask, key):
-    """Sketch-mode use: per leaf J~ = J P with P [leaf size, 8]; returns (J~ pytree, H~)."""
-    keys = jax.random.split(key, len(jax.tree.leaves(jac)))
-    keys = jax.tree.unflatten(jax.tree.structure(jac), list(keys))
-    sketch = jax.tree.map(lambda a, k: a.reshape(a.shape[:2] + (-1,)) @ (
-        jax.random.normal(k, (a[0, 0].size, 8)) / np.sqrt(8.0)), jac, keys)
-    return sketch, ntk.kernel_from_jacobian(sketch, mask)
-
-
 def test_kernel_from_projected_jacobian():
     """The sketch path: H~ = (1/C) sum_c (J_c P)(J_c P)^T from a projected Jacobian pytree."""
     model, params, x, *_ = _case("mlp", (16,))
-    mask = jnp.array([True] * 4 + [False] * 2)
-    jac = jax.jit(functools.partial(ntk.per_sample_jacobian, model.apply))(params, x, mask=mask)
-    sketch, h = _projected_kernel(jac, mask, jax.random.key(1))
+    mask = np.array([True] * 4 + [False] * 2)
+    rng = np.random.default_rng(1)
+    proj = jax.tree.map(lambda p: (rng.normal(size=(p.size, 8)) / np.sqrt(8.0)).astype(np.float32), params)
+
+    @jax.jit
+    def sketch_and_kernel(params, x, mask, proj):
+        jac = ntk.per_sample_jacobian(model.apply, params, x, mask=mask)
+        sketch = jax.tree.map(lambda a, p: a.reshape(a.shape[:2] + (-1,)) @ p, jac, proj)  # [N, C, 8]
+        return sketch, ntk.kernel_from_jacobian(sketch, mask)
+
+    sketch, h = sketch_and_kernel(params, x, mask, proj)
     S = np.concatenate([np.asarray(a, np.float64) for a in jax.tree.leaves(sketch)], axis=-1)
-    assert np.all(S[~np.asarray(mask)] == 0)
+    assert S.shape == (6, 10, 32) and np.all(S[~mask] == 0)
     want = np.einsum("icp,jcp->ij", S, S) / S.shape[1]
     assert _rel_err(h, want) < 1e-5
 
 
 def test_structured_rejects_bad_inputs():
-    model, params, x = _setup("mlp", hidden=(16,))
+    model, params, x, *_ = _case("mlp", (16,))
     with pytest.raises(ValueError, match="Dense layer"):
         ntk.structured_kernel({"Dense_0": {"kernel": params["Dense_0"]["kernel"]}}, x)
     with pytest.raises(ValueError, match="features"):

@@ -9,34 +9,28 @@ import numpy as np
 import pytest
 
 from spark_jax import models, ntk
+from tests.test_ntk_kernel import numpy_params
 
 N_REAL, C = 8, 10
 
 
 def _setup(seed=0, hidden=(16,)):
     model = models.make_model("mlp", hidden=hidden)
-
-    @jax.jit
-    def make(key):
-        kp, kx, ky, kb = jax.random.split(key, 4)
-        params = model.init(kp)
-        params["Dense_0"]["bias"] = 0.1 * jax.random.normal(kb, params["Dense_0"]["bias"].shape)
-        x = jax.random.normal(kx, (N_REAL, 28, 28, 1))
-        labels = jax.nn.one_hot(jax.random.randint(ky, (N_REAL,), 0, C), C)
-        targets = 0.6 * labels + 0.4 * jax.nn.softmax(model.apply(params, x))  # soft Y^
-        return params, x, targets
-
-    return (model, *make(jax.random.key(seed)))
+    params = numpy_params(model, seed)
+    rng = np.random.default_rng(seed + 100)
+    x = rng.normal(size=(N_REAL, 28, 28, 1)).astype(np.float32)
+    targets = 0.6 * np.eye(C)[rng.integers(0, C, N_REAL)] + 0.4 * rng.dirichlet(np.ones(C), N_REAL)  # soft Y^
+    return model, params, x, targets.astype(np.float32)
 
 
 def _pad(x, targets):
     """Padding rows interleaved (positions 1, 5, 10) with garbage inputs and targets."""
-    pos = np.array([1, 5, 10])
-    n = N_REAL + len(pos)
-    real = np.setdiff1d(np.arange(n), pos)
-    xp = jnp.full((n,) + x.shape[1:], jnp.nan).at[real].set(x)
-    tp = jnp.full((n, C), 3.0).at[real].set(targets)
-    return xp, tp, jnp.asarray(np.isin(np.arange(n), real)), real
+    n = N_REAL + 3
+    mask = ~np.isin(np.arange(n), [1, 5, 10])
+    xp = np.full((n,) + x.shape[1:], np.nan, np.float32)
+    tp = np.full((n, C), 3.0, np.float32)
+    xp[mask], tp[mask] = x, targets
+    return xp, tp, mask, np.flatnonzero(mask)
 
 
 def _mean_ce(apply, params, x, targets):
@@ -63,7 +57,7 @@ def test_euler_tau1_update_is_a_gradient_step(padded):
     if padded:
         x, targets, mask, _ = _pad(x, targets)
     else:
-        mask = jnp.ones(N_REAL, bool)
+        mask = np.ones(N_REAL, bool)
     step = jax.jit(functools.partial(_one_node_round, model.apply, taus=(1,)))
     deltas, _ = step(params, x, mask, targets, jnp.float32(eta))
     got = jax.tree.map(lambda p, d: p + d[0], params, deltas)
@@ -89,20 +83,16 @@ def _ce_f64(logits, targets):
     return float(np.mean(-np.sum(targets * logp, -1)))
 
 
-@jax.jit
-def _candidate_moves(params, grads):
-    noise = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
-    return [jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda g: -0.5 * g, grads),
-            jax.tree.map(lambda g: -3.0 * g, grads), noise]
-
-
 def test_select_tau_picks_the_argmin():
     model, params, x, targets = _setup(2)
     xp, tp, mask, real = _pad(x, targets)
     # Candidates of very different quality: no move, gradient steps, large noise, NaN.
     grads = _grad_mean_ce(model.apply, params, x, targets)
-    moves = _candidate_moves(params, grads)
-    deltas = jax.tree.map(lambda *a: jnp.stack(a), *moves)
+    rng = np.random.default_rng(7)
+    moves = [jax.tree.map(np.zeros_like, params), jax.tree.map(lambda g: -0.5 * np.asarray(g), grads),
+             jax.tree.map(lambda g: -3.0 * np.asarray(g), grads),
+             jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)]
+    deltas = jax.tree.map(lambda *a: np.stack(a), *moves)
     select = jax.jit(functools.partial(ntk.select_tau, model.apply))
     idx, losses = select(params, xp, mask, tp, deltas)
     apply = jax.jit(model.apply)

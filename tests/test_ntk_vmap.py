@@ -4,10 +4,10 @@ import functools
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from spark_jax import models, ntk
+from tests.test_ntk_kernel import numpy_params
 
 M, N, C = 3, 7, 10
 TAUS = (1, 3, 6)
@@ -29,19 +29,19 @@ def _node_round(apply, params, x, mask, targets, eta):
 
 def test_vmap_over_nodes_equals_loop():
     model = models.make_model("mlp", hidden=(16,))
-    key = jax.random.key(0)
-    params = jax.jit(lambda k: models.init_node_params(model, k, M, per_node=True))(key)
-    x = jax.random.normal(jax.random.fold_in(key, 1), (M, N, 28, 28, 1))
-    mask = jnp.asarray(np.arange(N)[None, :] < np.array([[N], [5], [3]]))  # 0, 2, 4 padding rows
-    labels = jax.random.randint(jax.random.fold_in(key, 2), (M, N), 0, C)
-    targets = jax.nn.one_hot(labels, C)
-    eta = jnp.float32(0.01)
+    nodes = [numpy_params(model, m) for m in range(M)]
+    params = jax.tree.map(lambda *a: np.stack(a), *nodes)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(M, N, 28, 28, 1)).astype(np.float32)
+    mask = np.arange(N)[None, :] < np.array([[N], [5], [3]])  # 0, 2, 4 padding rows
+    targets = np.eye(C, dtype=np.float32)[rng.integers(0, C, (M, N))]
+    eta = np.float32(0.01)
 
     node = functools.partial(_node_round, model.apply)
     batched = jax.jit(jax.vmap(node, in_axes=(0, 0, 0, 0, None)))(params, x, mask, targets, eta)
     single = jax.jit(node)
     for m in range(M):
-        one = single(jax.tree.map(lambda a: a[m], params), x[m], mask[m], targets[m], eta)
+        one = single(nodes[m], x[m], mask[m], targets[m], eta)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[m], batched), one, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(one["H"], one["H_contraction"], rtol=1e-5, atol=1e-5)
     assert np.asarray(batched["losses"]).std(axis=1).min() > 1e-3

@@ -7,8 +7,8 @@ H is the class-traced kernel of step 5. Alongside, the residual sums of step 8
 
     R_tau = sum_{t < tau} (softmax(F(s_t)) - Y^)
 
-are accumulated for every candidate tau. Padding rows (mask False) have zero
-residual, do not move, and never influence real rows.
+are accumulated for every candidate tau. Padding rows (mask False) never
+influence real rows; their residual sums and logits are returned as zero.
 
 Integrators ([choice] `method`):
   * "rk4": classical Runge-Kutta, `substeps` steps of eta / substeps per grid
@@ -32,7 +32,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Evolution(NamedTuple):
-    """Per candidate tau (T = len(taus)); padding rows of `residual_sums` are zero.
+    """Per candidate tau (T = len(taus)); padding rows are zero in both.
 
     residual_sums: R_tau `[T, N, C]` (SPEC step 8).
     logits: F(s_tau) `[T, N, C]` (for the `linearized` tau criterion, step 9).
@@ -102,19 +102,19 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
             F = jax.lax.fori_loop(1, substeps, lambda _, G: rk4_step(G, h, velocity(G)), F)
         return F
 
-    def grid_step(carry, _):
-        F, R = carry
-        r = residual(F)
-        return (advance(F, r), R + r), None
+    hits = jnp.asarray(taus, jnp.int32)[:, None, None]  # [T, 1, 1]
 
-    # One scan per gap between consecutive candidates, so only the T requested
-    # states are kept (no [tau_max, N, C] trajectory).
-    F = F0.astype(jnp.float32)
-    R = jnp.zeros_like(F)
-    sums, logits, prev = [], [], 0
-    for tau in taus:
-        (F, R), _ = jax.lax.scan(grid_step, (F, R), None, length=tau - prev)
-        sums.append(R)
-        logits.append(F)
-        prev = tau
-    return Evolution(residual_sums=jnp.stack(sums), logits=jnp.stack(logits))
+    def grid_step(carry, t):
+        F, R, R_taus, F_taus = carry
+        r = residual(F)
+        F, R = advance(F, r), R + r  # F(s_{t+1}), R_{t+1}
+        # Keep only the T requested states, never the [tau_max, N, C] trajectory.
+        hit = hits == t + 1
+        return (F, R, jnp.where(hit, R[None], R_taus), jnp.where(hit, F[None], F_taus)), None
+
+    F0 = jnp.where(real, F0.astype(jnp.float32), zero)  # padding rows may hold anything, even NaN
+    R0 = jnp.zeros_like(F0)
+    stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
+    init = (F0, R0, stack(R0), stack(F0))
+    (_, _, R_taus, F_taus), _ = jax.lax.scan(grid_step, init, jnp.arange(taus[-1], dtype=jnp.int32))
+    return Evolution(residual_sums=R_taus, logits=F_taus)

@@ -141,7 +141,10 @@ def structured_kernel(params, x: jax.Array, mask: jax.Array | None = None) -> ja
 
 def ntvp_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None = None,
                 chunk_size: int | None = None) -> jax.Array:
-    """SPEC step 5 by NTK-vector products; columns of H in chunks of `chunk_size`. H `[N, N]`."""
+    """SPEC step 5 by NTK-vector products; columns of H in chunks of `chunk_size`. H `[N, N]`.
+
+    Memory ~ chunk_size * C * N activations (None: all N columns at once).
+    """
     x = zero_padding(x, mask)
     n = x.shape[0]
     batch = lambda p: apply(p, x)  # [N, C]
@@ -151,8 +154,10 @@ def ntvp_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None = Non
         prods = jax.vmap(lambda t: jax.jvp(batch, (params,), (t,))[1])(rows)  # [C, N, C]
         return jnp.trace(prods, axis1=0, axis2=2) / prods.shape[0]  # [N]
 
-    batch_size = None if chunk_size is None or chunk_size >= n else chunk_size
-    cols = jax.lax.map(column, x, batch_size=batch_size)  # cols[j, i] = H[i, j]
+    if chunk_size is None or chunk_size >= n:
+        cols = jax.vmap(column)(x)  # cols[j, i] = H[i, j]; N * C tangents at once
+    else:
+        cols = jax.lax.map(column, x, batch_size=chunk_size)
     h = 0.5 * (cols + cols.T)  # symmetric up to rounding; symmetrize
     return _mask_kernel(h.astype(jnp.float32), mask)
 
