@@ -60,6 +60,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.ntk.node_chunk = 8  # nodes processed at once (bounds memory)
     c.ntk.tau_criterion = "network"  # 'network' | 'linearized' (SPEC step 9)
 
+    # SPARK (SPEC steps 3, 6, 8, 10 and "The three stages"); used by algorithm 'spark'.
+    c.sketch = ml_collections.ConfigDict()
+    c.sketch.enabled = True  # False = exact Jacobians (NTK-DFL messages)
+    c.sketch.k = 512  # sketch columns per group
+    c.sketch.grouping = "layer"  # 'layer' (module weight + bias) | 'tensor' | 'global'
+    c.sketch.redraw = True  # new P every round (key folds in r); False = one P for the run
+    c.sketch.method = "auto"  # 'auto' | 'structured' (dense layers) | 'forward' (JVPs) | 'materialize' (J then J P)
+    c.sketch.direction_chunk = 128  # sketch directions per forward-mode chunk
+    c.sketch.update = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.lambda_max = 0.5  # stage-3 weight of the soft labels (SPEC step 6)
+    c.distill.teacher = "averaged"  # 'averaged' (F0, free) | 'neighbors' (each neighbour's own model)
+    c.distill.temperature = 1.0
+
+    c.momentum = ml_collections.ConfigDict()
+    c.momentum.beta = 0.9  # stage-3 Nesterov momentum (SPEC step 10)
+    c.momentum.velocity = "local"  # 'local' | 'mixed' (mixed with W_r like the weights)
+
+    c.stages = ml_collections.ConfigDict()
+    c.stages.boundaries = (1.0 / 3.0, 2.0 / 3.0)  # stage 2 and 3 starts
+    c.stages.unit = "fraction"  # 'fraction' of config.rounds | 'round' (0-based round numbers)
+    c.stages.ramp = "linear"  # lambda ramp in stage 2: 'linear' | 'cosine'
+
     c.eval = ml_collections.ConfigDict()
     c.eval.per_node_test_subset = 0  # 0 = full test set; else a fixed seeded subset
     c.eval.node_chunk = 32  # nodes evaluated at once (bounds memory)
