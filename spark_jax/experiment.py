@@ -159,7 +159,7 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
     train_key = stream_key(cfg.seed, "train")
     bar = _progress(cfg, cfg.rounds)
     start = time.perf_counter()
-    cumulative, history = 0, []
+    cumulative, history, totals = 0, [], {}
     counts = jax.device_get(setup.node_data.counts)
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
@@ -171,6 +171,8 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
         messages = alg.message_bytes(graph.neighbors, graph.mask, counts) if alg.message_bytes else {}
         sent = weights_sent + messages.get("message_bytes", 0)
         cumulative += sent
+        for key in ("jacobian_bytes", "exact_jacobian_bytes"):
+            totals[key] = totals.get(key, 0) + messages.get(key, 0)
         record = {"round": r + 1, **ev, **alg_metrics, **messages, "weight_bytes": weights_sent,
                   "bytes_round": sent, "bytes_cumulative": cumulative,
                   "round_time": time.perf_counter() - t0, "wall_time": time.perf_counter() - start}
@@ -190,7 +192,10 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
         "final_node_accuracy_mean": history[-1]["node_accuracy_mean"],
         "target_accuracy": cfg.eval.target_accuracy, "rounds_to_target": hit,
         "bytes_to_target": history[hit - 1]["bytes_cumulative"] if hit else None,
-        "bytes_total": cumulative, "wall_time": time.perf_counter() - start,
+        "bytes_total": cumulative, "jacobian_bytes_total": totals.get("jacobian_bytes", 0),
+        "jacobian_traffic_reduction": (1.0 - totals["jacobian_bytes"] / totals["exact_jacobian_bytes"]
+                                       if totals.get("exact_jacobian_bytes") else None),
+        "wall_time": time.perf_counter() - start,
         "final_models": to_jsonable(final_models(setup, state.params)),
     }
     run_dir.write_summary(summary)

@@ -55,7 +55,10 @@ def validate_config(config, algorithm_names) -> None:
         _positive_int(dc.batch_size, "dfedavg.batch_size")
         _positive_int(dc.local_epochs, "dfedavg.local_epochs")
 
-    if config.algorithm == "ntk_dfl":
+    if config.algorithm == "spark":
+        _validate_spark(config)
+
+    if config.algorithm in ("ntk_dfl", "spark"):
         nc = config.ntk
         _require(nc.eta0 > 0, f"ntk.eta0={nc.eta0!r} must be > 0")
         _require(nc.decay >= 0, f"ntk.decay={nc.decay!r} must be >= 0")
@@ -79,3 +82,26 @@ def validate_config(config, algorithm_names) -> None:
     _positive_int(ec.node_chunk, "eval.node_chunk")
     _positive_int(ec.top_m, "eval.top_m")
     _require(0 < ec.target_accuracy <= 1, f"eval.target_accuracy={ec.target_accuracy!r} must be in (0, 1]")
+
+
+def _validate_spark(config) -> None:
+    from spark_jax.schedules import stage_boundaries
+
+    sc, dc, mc = config.sketch, config.distill, config.momentum
+    _positive_int(sc.k, "sketch.k")
+    _one_of(sc.grouping, "sketch.grouping", ("layer", "tensor", "global"))
+    _one_of(sc.method, "sketch.method", ("auto", "structured", "forward", "materialize"))
+    _require(not (sc.enabled and sc.method == "structured" and config.model.name != "mlp"),
+             f"sketch.method='structured' needs model.name='mlp', not {config.model.name!r}")
+    _positive_int(sc.direction_chunk, "sketch.direction_chunk")
+    _one_of(sc.update, "sketch.update", ("backproject", "own_exact", "roundtrip"))
+    _require(0.0 <= dc.lambda_max <= 1.0, f"distill.lambda_max={dc.lambda_max!r} must be in [0, 1]")
+    _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))
+    _require(dc.temperature > 0, f"distill.temperature={dc.temperature!r} must be > 0")
+    _require(0.0 <= mc.beta < 1.0, f"momentum.beta={mc.beta!r} must be in [0, 1)")
+    _one_of(mc.velocity, "momentum.velocity", ("local", "mixed"))
+    _one_of(config.stages.ramp, "stages.ramp", ("linear", "cosine"))
+    try:
+        stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -92,3 +92,36 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.progress = True
     return c
+
+
+def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topology: str = "ring",
+                 degree: int = 5, p: float = 5 / 299, p_small: float = 5 / 29) -> ml_collections.ConfigDict:
+    """SPARK defaults (SPEC) on the NTK-DFL partition <dataset>300/alpha0.1/seed0, 300 nodes.
+
+    arg '' = paper scale; 'small' = the CPU-sized variant: the first 30 nodes of
+    the same partition file, 15 rounds, Euler evolution, per-node accuracy on a
+    1,000-image test subset (stages at rounds 5 and 10).
+    """
+    c = base_config()
+    c.name = name + (f":{arg}" if arg else "")
+    c.algorithm = "spark"
+    c.data.dataset = dataset
+    c.partition.kind = "ntk_dfl_file"
+    c.partition.alpha = 0.1
+    c.partition.num_nodes = 300
+    c.topology.kind = topology
+    c.topology.degree = degree
+    c.topology.p = p
+    c.topology.dynamic = True
+    c.rounds = 40
+    if dataset == "mnist":
+        c.eval.target_accuracy = 0.95
+    if arg == "small":
+        c.partition.num_nodes = 30
+        c.topology.p = p_small
+        c.rounds = 15
+        c.ntk.integrator = "euler"
+        c.eval.per_node_test_subset = 1000
+    elif arg:
+        raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small'")
+    return c

@@ -34,4 +34,13 @@ def make_algorithm(config, model) -> Algorithm:
 register("dfedavg", dfedavg.make)
 register("ntk_dfl", ntk_dfl.make)
 
+
+def _make_spark(config, model):
+    from spark_jax.algorithms import spark  # pylint: disable=g-import-not-at-top
+
+    return spark.make(config, model)
+
+
+register("spark", _make_spark)
+
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]

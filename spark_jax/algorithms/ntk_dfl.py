@@ -26,16 +26,12 @@ import jax.numpy as jnp
 from spark_jax import comm, ntk
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.models import Model, init_node_params, num_params
+from spark_jax.schedules import learning_rate
 
 
 @flax.struct.dataclass
 class State:
     params: Any  # leaves [M, ...]
-
-
-def learning_rate(eta0: float, decay: float, round_index: jax.Array) -> jax.Array:
-    """eta_r = eta_0 * exp(-decay * r) (SPEC "Setting"); r traced."""
-    return eta0 * jnp.exp(-decay * round_index.astype(jnp.float32))
 
 
 def gather_neighbourhood(node_data, neighbors_i: jax.Array, slot_mask_i: jax.Array):

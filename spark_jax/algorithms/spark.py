@@ -1,0 +1,138 @@
+"""SPARK (SPEC steps 1-11 and "The three stages"): NTK-DFL plus Jacobian
+sketches, annealed distillation and stage-3 Nesterov momentum; one jitted round.
+
+Per round r (eta_r, lambda_r, beta_r traced; see `spark_jax.schedules`):
+  2. w̄_i = sum_j W_r[i, j] w_j (and the velocity, when `momentum.velocity='mixed'`)
+  3. messages at w̄_i: outputs F0, labels, and per layer the sketch J_l P_l
+     (P_l from the `sketch` stream, identical at every node) or exact J
+  5. H = (1/C) sum_c sum_l J~_l[:, c] J~_l[:, c]^T
+  6. Y^ = (1 - lambda_r) Y + lambda_r softmax(F_T / T)
+  7. evolution towards Y^; 8. Delta_tau (back-projected, own_exact or exact);
+  9. tau* by CE(f(X; w̄_i + Delta_tau), Y^)
+  10. v_i <- beta_r v_i + Delta; w_i <- w̄_i + Delta + beta_r v_i
+With sketch off, lambda_max = 0 and beta = 0 this is NTK-DFL (tested against
+`algorithms.ntk_dfl`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from spark_jax import comm, ntk, schedules, sketch
+from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
+from spark_jax.models import Model, init_node_params, num_params
+from spark_jax.rng import stream_key
+
+
+@flax.struct.dataclass
+class State:
+    params: Any  # leaves [M, ...]
+    velocity: Any  # leaves [M, ...] (SPEC step 10)
+
+
+def distillation_targets(labels_onehot, teacher_logits, lam, temperature: float):
+    """SPEC step 6: Y^ = (1 - lambda) Y + lambda softmax(F_T / T); [N, C]."""
+    return (1.0 - lam) * labels_onehot + lam * jax.nn.softmax(teacher_logits / temperature, axis=-1)
+
+
+def make(config, model: Model) -> Algorithm:
+    """SPARK from `config.ntk`, `.sketch`, `.distill`, `.momentum`, `.stages`."""
+    nc, sc, dc, mc = config.ntk, config.sketch, config.distill, config.momentum
+    num_nodes = config.partition.num_nodes
+    num_classes = model.num_classes
+    taus = ntk.check_taus(nc.taus)
+    b2, b3 = schedules.stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
+    template = model.init(jax.random.key(0))
+    d = num_params(template)
+    kernel_method = resolve_kernel_method(nc.kernel, config.model.name)
+    sketch_method = sketch.resolve_method(sc.method, config.model.name) if sc.enabled else None
+    sketch_key = stream_key(config.seed, "sketch")
+    k_total = sc.k * len(sketch.group_sizes(template, sc.grouping)) if sc.enabled else 0
+    chunk = nc.sample_chunk or None
+    apply = model.apply
+
+    def init(key, node_data) -> State:
+        del node_data
+        params = init_node_params(model, key, num_nodes, config.model.per_node_init)
+        return State(params=params, velocity=jax.tree.map(jnp.zeros_like, params))
+
+    def node_step(w_bar, x, labels, mask, own_rows, teacher, eta, lam, P):
+        """Steps 3-9 for one node; returns (w̄ + Delta_tau*, Delta_tau*, tau index, loss)."""
+        y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+        f0 = apply(w_bar, x)
+        teacher_logits = f0 if dc.teacher == "averaged" else teacher
+        y_hat = jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
+        if sc.enabled:
+            sk = sketch.sketch_jacobian(apply, w_bar, x, mask, P, grouping=sc.grouping, method=sketch_method,
+                                        direction_chunk=sc.direction_chunk, sample_chunk=chunk)
+            h = sketch.sketched_kernel(sk, mask)
+        else:
+            h = ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
+                                         jacobian_mode=nc.jacobian_mode)
+        evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps)
+        residuals = evo.residual_sums
+        if not sc.enabled or sc.update == "roundtrip":
+            deltas = ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
+        elif sc.update == "backproject":
+            deltas = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
+        else:  # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
+            own = own_rows[None, :, None]
+            exact = ntk.weight_updates(apply, w_bar, x, mask, jnp.where(own, residuals, 0.0), eta)
+            projected = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping,
+                                                       jnp.where(own, 0.0, residuals), eta, mask)
+            deltas = jax.tree.map(jnp.add, exact, projected)
+        best, losses = ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=nc.tau_criterion,
+                                      evolved_logits=evo.logits)
+        delta = jax.tree.map(lambda dl: dl[best], deltas)
+        return delta, best, losses[best]
+
+    def round_fn(state: State, node_data, inputs: RoundInputs):
+        r = inputs.round_index
+        eta = schedules.learning_rate(nc.eta0, nc.decay, r)
+        lam = schedules.distill_weight(r, b2, b3, dc.lambda_max, config.stages.ramp)
+        beta = schedules.momentum_beta(r, b3, mc.beta)
+        w_bar = mix(state.params, inputs.neighbors, inputs.weights)
+        velocity = mix(state.velocity, inputs.neighbors, inputs.weights) if mc.velocity == "mixed" else state.velocity
+        P = (sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw) if sc.enabled else None)
+        # Teacher 'neighbors': every node's own pre-mixing model on its own data, [M, n_max, C].
+        own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
+
+        def one_node(args):
+            w, nbr, slot_mask = args
+            x, labels, mask = gather_neighbourhood(node_data, nbr, slot_mask)
+            own_rows = jnp.zeros(slot_mask.shape[0], bool).at[0].set(True)
+            own_rows = jnp.repeat(own_rows, node_data.mask.shape[1])
+            teacher = own_logits[nbr].reshape(x.shape[0], num_classes) if own_logits is not None else None
+            return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P)
+
+        delta, best, loss = jax.lax.map(one_node, (w_bar, inputs.neighbors, inputs.mask),
+                                        batch_size=min(nc.node_chunk, num_nodes))
+        velocity = jax.tree.map(lambda v, dl: beta * v + dl, velocity, delta)
+        params = jax.tree.map(lambda w, dl, v: w + dl + beta * v, w_bar, delta, velocity)
+        hist = jnp.sum(jax.nn.one_hot(best, len(taus), dtype=jnp.int32), axis=0)
+        return State(params=params, velocity=velocity), {
+            "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist,
+            "eta": eta, "lambda": lam, "beta": beta}
+
+    def message_bytes(neighbors, mask, counts) -> dict:
+        floats_per_row = num_classes * (k_total if sc.enabled else d)
+        out = comm.ntk_message_bytes(neighbors, mask, counts, num_classes=num_classes,
+                                     jacobian_floats_per_row=floats_per_row)
+        rows = comm.incoming_sample_counts(neighbors, mask, counts)
+        edges = comm.num_directed_edges(neighbors, mask)
+        extra = 0
+        if dc.teacher == "neighbors":
+            extra += rows * num_classes * comm.BYTES_PER_FLOAT
+        if sc.enabled and sc.update == "roundtrip":
+            # residual rows out (n_j x C per tau), exact J_j^T R_j back (d floats per tau)
+            extra += (rows * num_classes + edges * d) * len(taus) * comm.BYTES_PER_FLOAT
+        out["message_bytes"] += extra
+        out["exact_jacobian_bytes"] = rows * num_classes * d * comm.BYTES_PER_FLOAT
+        return out
+
+    return Algorithm(name="spark", init=init, round=round_fn, message_bytes=message_bytes)

@@ -1,0 +1,61 @@
+"""Per-round schedules of SPARK (SPEC "Setting" and "The three stages").
+
+All functions take the round index as a traced int and return traced floats,
+so moving between stages never recompiles anything. Stage boundaries are
+static Python ints (rounds, 0-based): stage 1 is r < b2, stage 2 is
+b2 <= r < b3, stage 3 is r >= b3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+RAMPS = ("linear", "cosine")
+
+
+def stage_boundaries(boundaries, unit: str, rounds: int) -> tuple[int, int]:
+    """(b2, b3): first rounds of stages 2 and 3, from fractions of `rounds` or round numbers.
+
+    Fractions are rounded to the nearest round (1/3 and 2/3 of 30 rounds ->
+    10 and 20). Raises ValueError unless 0 <= b2 <= b3.
+    """
+    if len(boundaries) != 2:
+        raise ValueError(f"stages.boundaries must have two entries (stage 2 and 3 starts), got {boundaries!r}")
+    if unit == "fraction":
+        if not all(0.0 <= b <= 1.0 for b in boundaries):
+            raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be fractions in [0, 1] with unit 'fraction'")
+        b2, b3 = (int(math.floor(b * rounds + 0.5)) for b in boundaries)
+    elif unit == "round":
+        b2, b3 = (int(b) for b in boundaries)
+        if any(b != float(x) for b, x in zip((b2, b3), boundaries)):
+            raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be whole rounds with unit 'round'")
+    else:
+        raise ValueError(f"stages.unit={unit!r} is not one of 'fraction', 'round'")
+    if not 0 <= b2 <= b3:
+        raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be ordered: 0 <= stage-2 start <= stage-3 start")
+    return b2, b3
+
+
+def distill_weight(round_index: jax.Array, b2: int, b3: int, lambda_max: float, ramp: str = "linear") -> jax.Array:
+    """lambda_r: 0 in stage 1, ramps 0 -> lambda_max over stage 2, lambda_max in stage 3."""
+    if ramp not in RAMPS:
+        raise ValueError(f"stages.ramp={ramp!r} is not one of {RAMPS}")
+    r = jnp.asarray(round_index, jnp.float32)
+    progress = jnp.clip((r - b2) / max(b3 - b2, 1), 0.0, 1.0)
+    if ramp == "cosine":
+        progress = 0.5 * (1.0 - jnp.cos(jnp.pi * progress))
+    lam = jnp.where(r < b2, 0.0, lambda_max * progress)
+    return jnp.where(r >= b3, lambda_max, lam).astype(jnp.float32)
+
+
+def momentum_beta(round_index: jax.Array, b3: int, beta: float) -> jax.Array:
+    """beta_r: 0 before stage 3, beta from it on."""
+    return jnp.where(jnp.asarray(round_index) >= b3, beta, 0.0).astype(jnp.float32)
+
+
+def learning_rate(eta0: float, decay: float, round_index: jax.Array) -> jax.Array:
+    """eta_r = eta_0 * exp(-decay * r) (SPEC "Setting")."""
+    return (eta0 * jnp.exp(-decay * jnp.asarray(round_index, jnp.float32))).astype(jnp.float32)
