@@ -1,9 +1,11 @@
-"""Resolves `--config=NAME[:ARG]` to `experiments/configs/NAME.py[:ARG]`."""
+"""Command-line helpers: `--config=NAME[:ARG]` -> `experiments/configs/NAME.py[:ARG]`, flag errors."""
 
 from __future__ import annotations
 
 import pathlib
 import sys
+
+from absl import flags
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -38,3 +40,14 @@ def rewrite_argv(argv: list[str]) -> list[str]:
         out.append(a)
         i += 1
     return out
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with bad flags and config overrides turned into one error line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: invalid config override {' '.join(bad)}: unknown key or wrong type ({e})")

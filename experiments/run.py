@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.config_names import named_configs, rewrite_argv
+from experiments.config_names import named_configs, parse_flags, rewrite_argv
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NAME[:ARG] or path.py[:ARG].",
                                           lock_config=True)
@@ -44,17 +44,6 @@ def main(argv):
         sys.exit(f"error: {e}")
     print(f"{summary['config_name']}: final aggregated test accuracy {summary['final_test_accuracy']:.4f} "
           f"after {summary['rounds']} rounds; run directory {workdir}")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with bad flags and config overrides turned into one error line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error: {e}")
-    except (KeyError, AttributeError, TypeError, ValueError) as e:
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"error: invalid config override {' '.join(bad)}: unknown key or wrong type ({e})")
 
 
 if __name__ == "__main__":

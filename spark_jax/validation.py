@@ -94,7 +94,7 @@ def _validate_spark(config) -> None:
     _require(not (sc.enabled and sc.method == "structured" and config.model.name != "mlp"),
              f"sketch.method='structured' needs model.name='mlp', not {config.model.name!r}")
     _positive_int(sc.direction_chunk, "sketch.direction_chunk")
-    _one_of(sc.update, "sketch.update", ("backproject", "own_exact", "roundtrip"))
+    _one_of(sc.update_mode, "sketch.update_mode", ("backproject", "own_exact", "roundtrip"))
     _require(0.0 <= dc.lambda_max <= 1.0, f"distill.lambda_max={dc.lambda_max!r} must be in [0, 1]")
     _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))
     _require(dc.temperature > 0, f"distill.temperature={dc.temperature!r} must be > 0")

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sketch.redraw = True  # new P every round (key folds in r); False = one P for the run
     c.sketch.method = "auto"  # 'auto' | 'structured' (dense layers) | 'forward' (JVPs) | 'materialize' (J then J P)
     c.sketch.direction_chunk = 128  # sketch directions per forward-mode chunk
-    c.sketch.update = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
+    c.sketch.update_mode = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
 
     c.distill = ml_collections.ConfigDict()
     c.distill.lambda_max = 0.5  # stage-3 weight of the soft labels (SPEC step 6)

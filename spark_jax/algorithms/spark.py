@@ -76,9 +76,9 @@ def make(config, model: Model) -> Algorithm:
                                          jacobian_mode=nc.jacobian_mode)
         evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps)
         residuals = evo.residual_sums
-        if not sc.enabled or sc.update == "roundtrip":
+        if not sc.enabled or sc.update_mode == "roundtrip":
             deltas = ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
-        elif sc.update == "backproject":
+        elif sc.update_mode == "backproject":
             deltas = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
         else:  # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
             own = own_rows[None, :, None]
@@ -128,7 +128,7 @@ def make(config, model: Model) -> Algorithm:
         extra = 0
         if dc.teacher == "neighbors":
             extra += rows * num_classes * comm.BYTES_PER_FLOAT
-        if sc.enabled and sc.update == "roundtrip":
+        if sc.enabled and sc.update_mode == "roundtrip":
             # residual rows out (n_j x C per tau), exact J_j^T R_j back (d floats per tau)
             extra += (rows * num_classes + edges * d) * len(taus) * comm.BYTES_PER_FLOAT
         out["message_bytes"] += extra

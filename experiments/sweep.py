@@ -1,0 +1,83 @@
+"""Runs a grid of experiments, resumably: configs x `--sweep` axes x presets x seeds.
+
+  python -m experiments.sweep --config=fmnist_ring:small --workdir=results/sweep_x \
+      --sweep=config.sketch.k=128,512,2048 --sweep=config.distill.lambda_max=0,0.5 --seeds=0,1,2
+  python -m experiments.sweep --config=tiny --preset=spark_ablations --seeds=0,1 \
+      --workdir=results/ablations --config.algorithm=spark --dry_run
+
+Thin on purpose: flags -> `spark_jax.sweep_grid.build_grid` -> `run_sweep`.
+`--config` and fixed `--config.a.b=v` overrides work as in `experiments.run`
+and apply to every run. Axis syntax (tuples: `config.ntk.taus=100:200;100:400`)
+and the directory layout are described in `spark_jax/sweep_grid.py`. Re-running
+the same command resumes: finished runs are skipped, interrupted ones re-run.
+Exits non-zero if any run failed. Cost: the sum of the runs' costs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.config_names import named_configs, parse_flags, rewrite_argv
+from spark_jax import sweep_grid
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config: NAME[:ARG] or path.py[:ARG].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/<setting>/seed<N>.")
+_SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis config.PATH=V1,V2,... (tuple fields: A:B;C:D); "
+                                   "repeat for a Cartesian product.")
+_SEEDS = flags.DEFINE_string("seeds", None, "Comma-separated seeds (default: config.seed).")
+_PRESET = flags.DEFINE_enum("preset", None, sorted(sweep_grid.PRESETS), "Named override sets, crossed with "
+                            "the --sweep axes and seeds.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the grid and exit.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    if config is None:
+        sys.exit(f"error: --config is required; named configs: {', '.join(named_configs())}")
+    if not _WORKDIR.value and not _DRY_RUN.value:
+        sys.exit("error: --workdir is required (the sweep directory; re-use it to resume)")
+    if _DATA_DIR.value:
+        config.data.data_dir = _DATA_DIR.value
+    try:
+        grid = sweep_grid.build_grid(config, _SWEEP.value, _SEEDS.value, _PRESET.value)
+    except sweep_grid.SweepError as e:
+        sys.exit(f"error: {e}")
+
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+    from spark_jax.validation import ConfigError, validate_config  # pylint: disable=g-import-not-at-top
+
+    for spec in grid:
+        try:
+            validate_config(spec.config, algorithms.available())
+        except ConfigError as e:
+            sys.exit(f"error: run {spec.name}: {e}")
+    if _DRY_RUN.value:
+        print(sweep_grid.format_grid(grid, _WORKDIR.value))
+        return
+
+    meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": sys.argv[1:]}
+    print(f"sweep of {len(grid)} runs in {_WORKDIR.value}", flush=True)
+    try:
+        results = sweep_grid.run_sweep(grid, _WORKDIR.value, meta=meta, log=lambda s: print(s, flush=True))
+    except sweep_grid.SweepError as e:
+        sys.exit(f"error: {e}")
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"\n--- {r.spec.name} failed ---\n{r.traceback}", file=sys.stderr)
+    print(f"{len(results) - len(failed)}/{len(results)} runs finished; report: "
+          f"python -m experiments.report {_WORKDIR.value}")
+    if failed:
+        sys.exit(f"error: {len(failed)} of {len(results)} runs failed: {', '.join(r.spec.name for r in failed)}")
+
+
+if __name__ == "__main__":
+    sys.argv = rewrite_argv(sys.argv)
+    app.run(main, flags_parser=parse_flags)

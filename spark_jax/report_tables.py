@@ -1,0 +1,277 @@
+"""Reports regenerated from run directories: tables over seeds and accuracy curves.
+
+`python -m experiments.report DIR` is a thin wrapper around `write_report`.
+Any directory holding config.json and metrics.jsonl below DIR is a run. Runs
+are grouped into settings by their flattened configs with the seed (and
+`IGNORED` keys, which say how a run ran, not what it computed) left out; a
+setting's label lists the keys whose values differ between runs. Rounds and
+bytes to target are recomputed from metrics.jsonl for the requested target.
+Spreads are sample standard deviations over seeds (ddof=1; 0 for one seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+IGNORED = ("seed", "data.data_dir", "progress")
+_MISSING = "<missing>"
+
+
+@dataclasses.dataclass
+class Run:
+    path: pathlib.Path
+    config: dict[str, Any] | None  # flattened, tuples for lists; None if config.json is unreadable
+    records: list[dict]
+    complete: bool  # summary.json present
+
+    @property
+    def seed(self):
+        return (self.config or {}).get("seed")
+
+
+@dataclasses.dataclass
+class Setting:
+    label: str
+    values: dict[str, Any]  # the differing keys and this setting's values
+    runs: list[Run]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': [1, 2]}} -> {'a.b': (1, 2)} (lists become tuples, so values are hashable)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def find_run_dirs(root) -> list[pathlib.Path]:
+    """Every directory under `root` (inclusive) with both metrics.jsonl and config.json, sorted."""
+    root = pathlib.Path(root)
+    return sorted(p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.json").exists())
+
+
+def load_run(path) -> Run:
+    path = pathlib.Path(path)
+    try:
+        config = flatten(json.loads((path / "config.json").read_text())["config"])
+    except (ValueError, KeyError, TypeError):
+        config = None
+    with open(path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return Run(path, config, records, (path / "summary.json").exists())
+
+
+def _relative(path: pathlib.Path, root) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _sort_key(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _spell(value) -> str:
+    if isinstance(value, tuple):
+        return ":".join(_spell(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def group_settings(runs: list[Run], root=None) -> list[Setting]:
+    """Runs grouped by the config keys that differ between them (seed excluded), in value order.
+
+    A run without a readable config is grouped by its parent directory's name
+    (the setting directory of a sweep).
+    """
+    configs = [r.config for r in runs if r.config is not None]
+    keys = sorted(set().union(*configs)) if configs else []
+    varying = [k for k in keys if k not in IGNORED
+               and len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
+    groups: dict[tuple, Setting] = {}
+    for run in runs:
+        if run.config is None:
+            where = _relative(run.path.parent, root) if root else run.path.parent.name
+            key = ("dir", str(where))
+            values = {"directory": str(where)}
+            label = str(where)
+        else:
+            values = {k: run.config.get(k, _MISSING) for k in varying}
+            key = ("config",) + tuple(repr(v) for v in values.values())
+            label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
+        groups.setdefault(key, Setting(label, values, [])).runs.append(run)
+    settings = list(groups.values())
+    settings.sort(key=lambda s: (tuple(_sort_key(v) for v in s.values.values()), s.label))
+    return settings
+
+
+def run_stats(run: Run, target: float) -> dict:
+    """Final/best aggregated accuracy, rounds and bytes to `target`, bytes sent (one run)."""
+    accs = [r["test_accuracy"] for r in run.records]
+    hit = next((r for r in run.records if r["test_accuracy"] >= target), None)
+    return {
+        "final_accuracy": accs[-1] if accs else float("nan"),
+        "best_accuracy": max(accs) if accs else float("nan"),
+        "rounds_to_target": hit["round"] if hit else None,
+        "bytes_to_target": hit["bytes_cumulative"] if hit else None,
+        "jacobian_bytes": sum(r.get("jacobian_bytes", 0) for r in run.records),
+        "bytes_total": run.records[-1]["bytes_cumulative"] if run.records else 0,
+    }
+
+
+def _mean_std(xs) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summarize(settings: list[Setting], target: float) -> list[dict]:
+    """One row per setting with raw numbers (the CSV); `markdown_table` formats them."""
+    rows = []
+    for s in settings:
+        stats = [run_stats(r, target) for r in s.runs]
+        reached = [st for st in stats if st["rounds_to_target"] is not None]
+        final_mean, final_std = _mean_std([st["final_accuracy"] for st in stats])
+        rtt_mean, rtt_std = _mean_std([st["rounds_to_target"] for st in reached])
+        rows.append({
+            "setting": s.label, "n": len(s.runs), "seeds": " ".join(str(r.seed) for r in s.runs),
+            "final_accuracy_mean": final_mean, "final_accuracy_std": final_std,
+            "best_accuracy_mean": _mean_std([st["best_accuracy"] for st in stats])[0],
+            "target": target, "reached": len(reached),
+            "rounds_to_target_mean": rtt_mean if reached else None,
+            "rounds_to_target_std": rtt_std if reached else None,
+            "bytes_to_target_mean": _mean_std([st["bytes_to_target"] for st in reached])[0] if reached else None,
+            "jacobian_bytes_mean": _mean_std([st["jacobian_bytes"] for st in stats])[0],
+            "bytes_total_mean": _mean_std([st["bytes_total"] for st in stats])[0],
+        })
+    return rows
+
+
+def format_bytes(n) -> str:
+    """Decimal units: 1.23 GB, 45.6 MB, 7.8 kB, 12 B."""
+    if n is None:
+        return "–"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ["setting", "seeds (n)", "final acc", "best acc", "rounds to target (reached/n)", "bytes to target",
+            "Jacobian bytes", "total bytes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["reached"]:
+            rtt = f"{r['rounds_to_target_mean']:.1f} ± {r['rounds_to_target_std']:.1f} ({r['reached']}/{r['n']})"
+        else:
+            rtt = f"not reached (0/{r['n']})"
+        cells = [r["setting"].replace("|", "\\|"), f"{r['seeds']} ({r['n']})",
+                 f"{r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f}", f"{r['best_accuracy_mean']:.4f}",
+                 rtt, format_bytes(r["bytes_to_target_mean"]), format_bytes(r["jacobian_bytes_mean"]),
+                 format_bytes(r["bytes_total_mean"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+
+
+def curves(setting: Setting, x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x (mean over seeds), accuracy mean, min, max per round, over the rounds all seeds have."""
+    length = min(len(r.records) for r in setting.runs)
+    x = np.array([[rec[x_key] for rec in r.records[:length]] for r in setting.runs], dtype=np.float64)
+    y = np.array([[rec["test_accuracy"] for rec in r.records[:length]] for r in setting.runs], dtype=np.float64)
+    return x.mean(axis=0), y.mean(axis=0), y.min(axis=0), y.max(axis=0)
+
+
+def plot_accuracy(settings: list[Setting], path, x_key: str, target: float | None = None) -> None:
+    """Accuracy vs `x_key` ('round' or 'bytes_cumulative', log x): mean over seeds, min-max band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    fig = Figure(figsize=(7, 4.5 + 0.25 * len(settings)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for s in settings:
+        x, mean, lo, hi = curves(s, x_key)
+        (line,) = ax.plot(x, mean, label=f"{s.label} (n={len(s.runs)})", lw=1.5)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:g}")
+    if x_key == "bytes_cumulative":
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes sent (cumulative, all nodes)")
+    else:
+        ax.set_xlabel("round")
+    ax.set_ylabel("aggregated test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+
+
+def default_target(runs: list[Run], fallback: float = 0.85) -> float:
+    """The runs' common eval.target_accuracy, else `fallback`."""
+    targets = {r.config.get("eval.target_accuracy") for r in runs if r.config}
+    targets.discard(None)
+    return targets.pop() if len(targets) == 1 else fallback
+
+
+def write_report(root, out=None, target: float | None = None) -> dict:
+    """Writes report.md, report.csv, accuracy_vs_round.png, accuracy_vs_bytes.png to `out`.
+
+    Returns {'rows', 'settings', 'skipped', 'target', 'files'}; ValueError if no finished run.
+    """
+    root = pathlib.Path(root)
+    out = pathlib.Path(out) if out else root / "report"
+    all_runs = [load_run(p) for p in find_run_dirs(root)]
+    runs = [r for r in all_runs if r.complete and r.records]
+    skipped = [r for r in all_runs if not (r.complete and r.records)]
+    if not runs:
+        raise ValueError(f"no finished run directories (config.json + metrics.jsonl + summary.json) under {root}")
+    target = default_target(runs) if target is None else target
+    settings = group_settings(runs, root)
+    rows = summarize(settings, target)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"md": out / "report.md", "csv": out / "report.csv",
+             "round_png": out / "accuracy_vs_round.png", "bytes_png": out / "accuracy_vs_bytes.png"}
+    write_csv(rows, files["csv"])
+    plot_accuracy(settings, files["round_png"], "round", target)
+    plot_accuracy(settings, files["bytes_png"], "bytes_cumulative", target)
+    files["md"].write_text(markdown_report(root, settings, rows, target, skipped, files))
+    return {"rows": rows, "settings": settings, "skipped": skipped, "target": target, "files": files}
+
+
+def markdown_report(root, settings, rows, target, skipped, files) -> str:
+    runs = sum(len(s.runs) for s in settings)
+    parts = [f"# Report: {root}", "",
+             f"{runs} finished runs in {len(settings)} settings; target aggregated test accuracy {target:g}. "
+             "Accuracy mean ± sample std over seeds; rounds to target over the seeds that reached it; "
+             "bytes are means over seeds (1 GB = 1e9 B).", "", markdown_table(rows), "",
+             f"![accuracy vs round]({files['round_png'].name})", "",
+             f"![accuracy vs bytes]({files['bytes_png'].name})", "", "## Runs", ""]
+    for s in settings:
+        dirs = ", ".join(_relative(r.path, root) for r in s.runs)
+        parts.append(f"- {s.label}: {dirs}")
+    if skipped:
+        parts += ["", f"Skipped {len(skipped)} unfinished run(s) (no summary.json): "
+                  + ", ".join(_relative(r.path, root) for r in skipped)]
+    return "\n".join(parts) + "\n"
