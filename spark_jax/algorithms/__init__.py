@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spark_jax.algorithms import dfedavg, ntk_dfl
+from spark_jax.algorithms import dfedavg, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
 _REGISTRY: dict[str, Callable] = {}
@@ -33,14 +33,6 @@ def make_algorithm(config, model) -> Algorithm:
 
 register("dfedavg", dfedavg.make)
 register("ntk_dfl", ntk_dfl.make)
-
-
-def _make_spark(config, model):
-    from spark_jax.algorithms import spark  # pylint: disable=g-import-not-at-top
-
-    return spark.make(config, model)
-
-
-register("spark", _make_spark)
+register("spark", spark.make)
 
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]

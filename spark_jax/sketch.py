@@ -1,0 +1,357 @@
+"""Random-projection sketches of the Jacobian (SPEC step 3 sketch mode, steps 5 and 8).
+
+Node j sends, per group g of parameters (d_g scalars), J~_g = J_g P_g with
+P_g `[d_g, k]` of i.i.d. N(0, 1/k) entries, so E[P_g P_g^T] = I. Every node
+draws the same P_g from the run's sketch stream (`projection_key`); the caller
+generates `projections(...)` once per round outside its map over nodes and
+closes over them.
+
+Conventions (static, from the parameter pytree's structure only):
+  * A leaf's path is the tuple of its keys in `jax.tree_util.tree_flatten_with_path`
+    (dict key -> the key, sequence -> the int index, attribute -> its name),
+    e.g. ('Dense_0', 'bias'). Leaves are in flatten order: dict keys sorted,
+    so a flax Dense layer is ('bias', 'kernel').
+  * Groups (`GROUPINGS`): "layer" = the leaves sharing a top-level key (one
+    module's weight and bias), "tensor" = each leaf alone, "global" = all
+    leaves. Groups are numbered in flatten order (sorted top-level keys:
+    'Dense_0', 'Dense_1', ..., 'Dense_10' before 'Dense_2'); concatenating the
+    groups gives the flatten order of all leaves.
+  * Rows of P_g follow `jax.flatten_util.ravel_pytree` of the group's leaves
+    (a list, in flatten order): each leaf C-order raveled, concatenated. For a
+    dense layer, rows [0, fan_out) are the bias and row fan_out + i*fan_out + o
+    is kernel[i, o]; i.e. P_g.reshape(fan_in + 1, fan_out, k) indexes the
+    augmented input [1; a] (bias first). The "global" group's rows are
+    `ravel_pytree(params)` order, as in `ntk.flatten_jacobian`.
+
+Sketch implementations (`METHODS`, all tested against "materialize"):
+  * "materialize": the exact per-sample Jacobian (sample chunks), then J_g P_g.
+    The reference; holds a `[chunk, C, d]` Jacobian.
+  * "forward": k Jacobian-vector products per group, the tangents being the
+    columns of P_g (the JVP of z -> f(x; w + unravel_g(P_g z)) along e_j),
+    `direction_chunk` columns vectorized at once; never forms J.
+  * "structured": dense ReLU MLPs (`models.MLP`) only. Layer l's Jacobian rows
+    are J_{l,c}(x) = [1; a_l(x)] ⊗ D_{l,c}(x) (input activations a_l, backprops
+    D_l = d f / d z_l), so J~ = sum_o D[n, c, o] Q[n, o, :] with
+    Q = [1; a_l] P_g reshaped `[fan_in + 1, fan_out, k]`: cost N (fan_in + 1)
+    fan_out k for Q, then N C fan_out k. Works for every grouping (a group's
+    rows are blocks of whole bias/kernel leaves).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from spark_jax.ntk.jacobian import Apply, mask_rows, per_sample_jacobian, zero_padding
+from spark_jax.ntk.kernel import kernel_from_jacobian, mlp_activations_and_backprops
+from spark_jax.ntk.update import weight_updates_from_jacobian
+
+GROUPINGS = ("layer", "tensor", "global")
+METHODS = ("structured", "forward", "materialize")
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class _Leaf(NamedTuple):
+    index: int  # position in tree_flatten(params)
+    path: tuple
+    shape: tuple
+    offset: int  # first row of this leaf in P_g
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _key_entry(k):
+    for attr in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return str(k)
+
+
+def _check_grouping(grouping: str):
+    if grouping not in GROUPINGS:
+        raise ValueError(f"unknown sketch grouping {grouping!r}; choose one of {GROUPINGS}")
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"sketch size k must be an int >= 1 (columns per group), got {k!r}")
+    return int(k)
+
+
+def _layout(params, grouping: str) -> tuple[tuple[_Leaf, ...], ...]:
+    """Per group, its leaves with their row offsets in P_g (static)."""
+    _check_grouping(grouping)
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    if not flat:
+        raise ValueError("params has no leaves to sketch")
+    paths = [tuple(_key_entry(k) for k in kp) for kp, _ in flat]
+    shapes = [tuple(leaf.shape) for _, leaf in flat]
+    if grouping == "tensor":
+        members = [[i] for i in range(len(flat))]
+    elif grouping == "global":
+        members = [list(range(len(flat)))]
+    else:  # flatten is depth-first, so one module's leaves are contiguous
+        by_module: dict = {}
+        for i, p in enumerate(paths):
+            by_module.setdefault(p[:1], []).append(i)
+        members = list(by_module.values())
+    layout = []
+    for idx in members:
+        offsets = [0]
+        for i in idx:
+            offsets.append(offsets[-1] + math.prod(shapes[i]))
+        layout.append(tuple(_Leaf(i, paths[i], shapes[i], o) for i, o in zip(idx, offsets)))
+    return tuple(layout)
+
+
+def sketch_groups(params, grouping: str) -> tuple[tuple[tuple, ...], ...]:
+    """Static groups: per group, its leaves' path tuples (e.g. ('Dense_0', 'bias')) in row order."""
+    return tuple(tuple(leaf.path for leaf in group) for group in _layout(params, grouping))
+
+
+def group_sizes(params, grouping: str) -> tuple[int, ...]:
+    """d_g, the number of parameters (rows of P_g) in each group."""
+    return tuple(sum(leaf.size for leaf in group) for group in _layout(params, grouping))
+
+
+def resolve_method(method: str, model_name: str) -> str:
+    """`config.sketch.method` -> a member of `METHODS`; "auto" = "structured" for 'mlp', else "forward"."""
+    if method == "auto":
+        return "structured" if model_name == "mlp" else "forward"
+    if method not in METHODS:
+        raise ValueError(f"unknown sketch method {method!r}; choose 'auto' or one of {METHODS}")
+    return method
+
+
+def projection_key(sketch_key: jax.Array, group_index: int, round_index, redraw: bool) -> jax.Array:
+    """Key of P_g: fold_in(sketch_key, g), then fold_in(., r) if `redraw` (r may be traced).
+
+    Depends on nothing node-specific, so every node derives the same P_g.
+    """
+    key = jax.random.fold_in(sketch_key, group_index)
+    return jax.random.fold_in(key, round_index) if bool(redraw) else key
+
+
+def projections(sketch_key: jax.Array, params, grouping: str, k: int, round_index,
+                redraw: bool) -> tuple[jax.Array, ...]:
+    """SPEC step 3: P_g `[d_g, k]` float32, i.i.d. N(0, 1/k), one per group (rows: module docstring).
+
+    Args:
+      sketch_key: the run's "sketch" stream key (`rng.stream_key(seed, 'sketch')`).
+      params: one model's pytree (only shapes are read; abstract values work).
+      grouping: one of `GROUPINGS`.
+      k: static columns per group.
+      round_index: round r (int or traced int32 scalar); used only if `redraw`.
+      redraw: static; True = a new P every round, False = one P for the run.
+    """
+    k = _check_k(k)
+    scale = 1.0 / math.sqrt(k)
+
+    def draw(g, d):
+        z = jax.random.normal(projection_key(sketch_key, g, round_index, redraw), (d, k), jnp.float32)
+        # The barrier stops XLA folding `scale` into the sampler's own constant
+        # multiply, so P is bitwise the same in every program (jit, vmap, eager).
+        return jax.lax.optimization_barrier(z) * scale
+
+    return tuple(draw(g, d) for g, d in enumerate(group_sizes(params, grouping)))
+
+
+def _check_projections(P, layout) -> int:
+    if not isinstance(P, (tuple, list)) or len(P) != len(layout):
+        raise ValueError(f"P must be a tuple of {len(layout)} projection matrices (one per group)")
+    ks = set()
+    for g, (p, group) in enumerate(zip(P, layout)):
+        d = sum(leaf.size for leaf in group)
+        if p.ndim != 2 or p.shape[0] != d:
+            raise ValueError(f"P[{g}] must be [d_g={d}, k], got shape {p.shape}")
+        ks.add(p.shape[1])
+    if len(ks) != 1:
+        raise ValueError(f"all P_g must have the same k, got {sorted(ks)}")
+    return ks.pop()
+
+
+def _map_sample_chunks(fn, x: jax.Array, chunk: int | None):
+    """fn(x [B, ...]) -> pytree of [B, ...] on chunks of `chunk` samples (None or 0: all at once)."""
+    n = x.shape[0]
+    if not chunk or chunk >= n:
+        return fn(x)
+    if chunk < 0:
+        raise ValueError(f"sample_chunk must be >= 0, got {chunk}")
+    full = n // chunk * chunk
+    head = jax.lax.map(fn, x[:full].reshape((n // chunk, chunk) + x.shape[1:]))
+    head = jax.tree.map(lambda a: a.reshape((full,) + a.shape[2:]), head)
+    if full == n:
+        return head
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, fn(x[full:]))
+
+
+def _materialized(apply: Apply, params, x, P, layout):
+    jac = jax.tree.leaves(per_sample_jacobian(apply, params, x))  # leaves [B, C, *shape]
+    n, c = jac[0].shape[:2]
+    out = []
+    for p, group in zip(P, layout):
+        s = jnp.zeros((n, c, p.shape[1]), jnp.float32)
+        for leaf in group:
+            block = p[leaf.offset:leaf.offset + leaf.size]  # rows of this leaf
+            s = s + jnp.matmul(jac[leaf.index].reshape(n, c, -1), block, precision=_HIGHEST)
+        out.append(s)
+    return tuple(out)
+
+
+def _forward(apply: Apply, params, x, P, layout, direction_chunk: int):
+    leaves, treedef = jax.tree.flatten(params)
+    out = []
+    for p, group in zip(P, layout):
+        idx = [leaf.index for leaf in group]
+
+        def logits(group_leaves, idx=idx):  # only this group's leaves carry tangents
+            new = list(leaves)
+            for i, a in zip(idx, group_leaves):
+                new[i] = a
+            return apply(treedef.unflatten(new), x)  # [B, C]
+
+        def column(col, group=group, logits=logits, idx=idx):  # col [d_g]: one column of P_g
+            tangent = [col[l.offset:l.offset + l.size].reshape(l.shape).astype(leaves[l.index].dtype)
+                       for l in group]
+            return jax.jvp(logits, ([leaves[i] for i in idx],), (tangent,))[1]
+
+        k = p.shape[1]
+        cols = jax.lax.map(column, p.T, batch_size=min(direction_chunk, k))  # [k, B, C]
+        out.append(jnp.transpose(cols, (1, 2, 0)).astype(jnp.float32))
+    return tuple(out)
+
+
+def _dense_layer_index(params) -> dict:
+    """{'Dense_l': l} for `models.MLP` params; ValueError for anything else."""
+    names = sorted(params, key=lambda s: (len(s), s)) if isinstance(params, Mapping) else []
+    if not names or names != [f"Dense_{l}" for l in range(len(names))] or any(
+            set(params[n]) != {"kernel", "bias"} or params[n]["kernel"].ndim != 2 for n in names):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"sketch method 'structured' supports dense ReLU MLPs (`models.MLP` params "
+                         f"Dense_0..Dense_L, each with 2-D kernel and bias) only; got {got} — "
+                         f"use method='forward'")
+    return {n: l for l, n in enumerate(names)}
+
+
+def _structured(params, x, P, layout):
+    layer_of = _dense_layer_index(params)
+    inputs, backprops = mlp_activations_and_backprops(params, x)  # [B, fan_in], [B, C, fan_out]
+    n, c = backprops[-1].shape[:2]
+    out = []
+    for p, group in zip(P, layout):
+        k = p.shape[1]
+        blocks: dict = {}  # layer -> {'kernel': rows, 'bias': rows}
+        for leaf in group:
+            blocks.setdefault(layer_of[leaf.path[0]], {})[leaf.path[1]] = p[leaf.offset:leaf.offset + leaf.size]
+        s = jnp.zeros((n, c, k), jnp.float32)
+        for l, blk in blocks.items():
+            a, d = inputs[l].astype(jnp.float32), backprops[l].astype(jnp.float32)
+            fan_in, fan_out = a.shape[1], d.shape[2]
+            if "kernel" in blk:  # Q[n, o, :] = sum_i [1; a][n, i] P[i, o, :]: contract a first
+                q = jnp.matmul(a, blk["kernel"].reshape(fan_in, fan_out * k), precision=_HIGHEST)
+                q = q.reshape(n, fan_out, k)
+                if "bias" in blk:
+                    q = q + blk["bias"][None]
+                s = s + jnp.einsum("nco,nok->nck", d, q, precision=_HIGHEST)
+            else:
+                s = s + jnp.einsum("nco,ok->nck", d, blk["bias"], precision=_HIGHEST)
+        out.append(s)
+    return tuple(out)
+
+
+def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, P: Sequence[jax.Array], *,
+                    grouping: str, method: str = "structured", direction_chunk: int = 128,
+                    sample_chunk: int | None = None) -> tuple[jax.Array, ...]:
+    """SPEC step 3 (sketch mode): J~_g = J_g P_g for every group g.
+
+    Args:
+      apply: `apply(params, x [B, 28, 28, 1]) -> logits [B, C]` ("structured"
+        ignores it and assumes `models.MLP`).
+      params: one model's pytree (w̄_i).
+      x: `[N, 28, 28, 1]` samples; mask: bool `[N]` (None = all real).
+      P: `projections(...)`, P_g `[d_g, k]`; the same for every node.
+      grouping: one of `GROUPINGS` (the one P was drawn for).
+      method: one of `METHODS` (`resolve_method` maps "auto").
+      direction_chunk: "forward": P columns (JVPs) vectorized at once.
+      sample_chunk: samples per vectorized chunk (None or 0: all at once);
+        bounds memory, e.g. "materialize" holds a `[sample_chunk, C, d]` J.
+
+    Returns:
+      tuple over groups of J~_g `[N, C, k]` float32; padding rows are zero.
+    """
+    layout = _layout(params, grouping)
+    _check_projections(P, layout)
+    if direction_chunk < 1:
+        raise ValueError(f"direction_chunk must be >= 1, got {direction_chunk}")
+    if method == "structured":
+        _dense_layer_index(params)
+        fn = lambda xb: _structured(params, xb, P, layout)
+    elif method == "forward":
+        fn = lambda xb: _forward(apply, params, xb, P, layout, direction_chunk)
+    elif method == "materialize":
+        fn = lambda xb: _materialized(apply, params, xb, P, layout)
+    else:
+        raise ValueError(f"unknown sketch method {method!r}; choose one of {METHODS} (or resolve 'auto' "
+                         f"with resolve_method)")
+    sketches = _map_sample_chunks(fn, zero_padding(x, mask), sample_chunk)
+    return tuple(mask_rows(sketches, mask))
+
+
+def sketched_kernel(sketches: Sequence[jax.Array], mask: jax.Array | None) -> jax.Array:
+    """SPEC step 5 (sketch mode): H~ = (1/C) sum_g sum_c J~_g[:, c] J~_g[:, c]^T, `[N, N]`."""
+    return kernel_from_jacobian(tuple(sketches), mask)
+
+
+def back_project(P: Sequence[jax.Array], sketched_grads: Sequence[jax.Array], params, grouping: str):
+    """P_g g_g for every group, reshaped into the group's leaves (SPEC step 8).
+
+    Args:
+      P: P_g `[d_g, k]`.
+      sketched_grads: per group g_g `[..., k]` (e.g. `[T, k]`), in the sketch
+        space (sum_c J~_g[:, c]^T R[:, c], scaled as the caller wants).
+      params: the pytree whose structure and leaf shapes the output takes.
+      grouping: the grouping P was drawn for.
+
+    Returns:
+      pytree like `params` with leaves `[..., *leaf_shape]`; unbiased:
+      E[P_g P_g^T v] = v when g_g = P_g^T v.
+    """
+    layout = _layout(params, grouping)
+    _check_projections(P, layout)
+    if len(sketched_grads) != len(layout):
+        raise ValueError(f"need one sketched gradient per group ({len(layout)}), got {len(sketched_grads)}")
+    leaves, treedef = jax.tree.flatten(params)
+    out = [None] * len(leaves)
+    for p, g, group in zip(P, sketched_grads, layout):
+        if g.shape[-1] != p.shape[1]:
+            raise ValueError(f"sketched gradient has {g.shape[-1]} columns, P_g has k = {p.shape[1]}")
+        full = jnp.einsum("...k,dk->...d", g.astype(jnp.float32), p, precision=_HIGHEST)  # [..., d_g]
+        for leaf in group:
+            block = full[..., leaf.offset:leaf.offset + leaf.size]
+            out[leaf.index] = block.reshape(g.shape[:-1] + leaf.shape).astype(leaves[leaf.index].dtype)
+    return treedef.unflatten(out)
+
+
+def sketched_weight_updates(sketches: Sequence[jax.Array], P: Sequence[jax.Array], params, grouping: str,
+                            R: jax.Array, eta: jax.Array, mask: jax.Array):
+    """SPEC step 8 (sketch mode): Delta_tau,g = -(eta/N) P_g sum_c J~_g[:, c]^T R_tau[:, c].
+
+    Args:
+      sketches: J~_g `[N, C, k]` (`sketch_jacobian`); P: P_g `[d_g, k]`.
+      params: w̄_i (structure and shapes of the output); grouping: as for P.
+      R: `[T, N, C]` residual sums; eta: scalar (may be traced); mask: bool
+        `[N]`, N = mask.sum() (at least 1).
+
+    Returns:
+      pytree like `params` with leaves `[T, *leaf_shape]`.
+    """
+    grads = weight_updates_from_jacobian(tuple(sketches), R, eta, mask)  # per group [T, k], scaled
+    return back_project(P, grads, params, grouping)
