@@ -148,3 +148,42 @@ def test_default_mlp_reduction_is_98_7_percent():
     d = num_params(make_model("mlp").init(jax.random.key(0)))
     assert round(100 * (1 - 2 * 512 / d), 1) == 98.7
     assert base.base_config().sketch.k == 512
+
+
+@pytest.mark.parametrize("update_mode,teacher,method", [
+    ("own_exact", "neighbors", "structured"), ("roundtrip", "averaged", "forward"),
+    ("backproject", "neighbors", "materialize")])
+def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
+    nd = jax.tree.map(jnp.asarray, _node_data())
+    graph = padded_graph(_adjacency(), "uniform")
+    c = _spark_config(sketch__enabled=True, sketch__k=8, sketch__update_mode=update_mode, sketch__method=method,
+                      distill__teacher=teacher, distill__lambda_max=0.5, momentum__beta=0.9,
+                      momentum__velocity="mixed")
+    c.stages.unit, c.stages.boundaries, c.stages.ramp = "round", (0, 1), "cosine"
+    alg = spark.make(c, make_model("mlp", hidden=(8,)))
+    state = alg.init(jax.random.key(0), nd)
+    for r in range(2):
+        state, metrics = jax.jit(alg.round)(state, nd, _inputs(graph, r, key=r))
+    for leaf in jax.tree.leaves((state.params, state.velocity)):
+        assert np.all(np.isfinite(leaf))
+    assert float(metrics["lambda"]) == pytest.approx(0.5)
+
+
+def test_own_exact_with_no_neighbours_is_the_exact_update():
+    """Isolated nodes, one candidate tau = 1 (so R = softmax(F0) - Y does not depend on the
+    kernel): own_exact must use only exact VJPs and equal the exact round; plain
+    back-projection must not."""
+    nd = jax.tree.map(jnp.asarray, _node_data())
+    isolated = padded_graph(np.zeros((6, 6), bool), "uniform", num_slots=2)
+    model = make_model("mlp", hidden=(8,))
+    results = {}
+    for name, over in {"exact": {}, "own_exact": {"sketch__update_mode": "own_exact"},
+                       "backproject": {"sketch__update_mode": "backproject"}}.items():
+        c = _spark_config(ntk__taus=(1,), **over)
+        c.sketch.enabled, c.sketch.k = bool(over), 4
+        alg = spark.make(c, model)
+        state, _ = jax.jit(alg.round)(alg.init(jax.random.key(1), nd), nd, _inputs(isolated, 0))
+        results[name] = jax.tree.leaves(state.params)
+    for a, b in zip(results["exact"], results["own_exact"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(results["exact"], results["backproject"]))
