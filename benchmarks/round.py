@@ -51,6 +51,30 @@ def timed(fn, *args, repeats: int):
     return sorted(times)[len(times) // 2], compile_s, out
 
 
+def matmul_throughput(n: int, repeats: int = 3) -> float:
+    """Measured float32 GEMM FLOP/s of an [n, n] x [n, n] product (the machine's practical limit)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    t, _, _ = timed(f, a, a, repeats=max(repeats, 1))
+    return 2 * n**3 / t
+
+
+def phase_flops(config, num_nodes: int, rows: int) -> dict:
+    """Analytic FLOPs of the kernel and evolution phases for all nodes (padded rows).
+
+    structured kernel, per dense layer: N^2 (fan_in + 1) + N^2 C fan_out multiply-adds;
+    evolution: tau_max steps x (4 RK4 stages or 1 Euler) x substeps kernel products
+    [N, N] x [N, C].
+    """
+    sizes = (784, *config.model.hidden, 10)
+    c = 10
+    kernel = sum(rows * rows * (fan_in + 1) + rows * rows * c * fan_out
+                 for fan_in, fan_out in zip(sizes[:-1], sizes[1:])) * 2
+    stages = 4 * config.ntk.substeps if config.ntk.integrator == "rk4" else 1
+    evolution = max(config.ntk.taus) * stages * 2 * rows * rows * c
+    return {"kernel": kernel * num_nodes, "evolution": evolution * num_nodes}
+
+
 def peak_memory_bytes() -> int:
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform != "cpu" else None
@@ -143,9 +167,13 @@ def main(argv):
     how = f"median of {repeats} after warm-up" if repeats else "first call, compile included"
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}")
     total = sum(r[1] for r in rows)
-    print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}")
+    peak = matmul_throughput(2048)
+    flops = phase_flops(config, config.partition.num_nodes, n_nb) if config.model.name == "mlp" else {}
+    print(f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     for name, t, c in rows:
-        print(f"{name:<12}{t:>10.3f}{t / total:>8.1%}{c:>11.1f}")
+        rate = f"{flops[name] / t / 1e9:>10.1f}{flops[name] / t / peak:>9.1%}" if name in flops else ""
+        print(f"{name:<12}{t:>10.3f}{t / total:>8.1%}{c:>11.1f}{rate}")
     print(f"{'sum':<12}{total:>10.3f}")
     if _FUSED.value:
         print(f"{'fused round':<12}{t_round:>10.3f}{'':>8}{c_round:>11.1f}   (round without evaluation)")
