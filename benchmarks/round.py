@@ -168,7 +168,8 @@ def main(argv):
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}")
     total = sum(r[1] for r in rows)
     peak = matmul_throughput(2048)
-    flops = phase_flops(config, config.partition.num_nodes, n_nb) if config.model.name == "mlp" else {}
+    structured = ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name) == "structured"
+    flops = phase_flops(config, config.partition.num_nodes, n_nb) if structured else {}
     print(f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s")
     print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     for name, t, c in rows:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spark_jax import algorithms, comm, data, metrics, partition, topology
+from spark_jax import algorithms, comm, data, metrics, parallel, partition, topology
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
@@ -41,6 +41,7 @@ class Setup(NamedTuple):
     num_params: int
     label_hist: np.ndarray  # [M, C]
     data_source: str
+    mesh: Any = None  # 'nodes' mesh (config.parallel.devices > 1), else None: one device
 
 
 def _file_split(config) -> str:
@@ -76,9 +77,28 @@ def make_topology(config) -> topology.TopologyStream:
                                    seed_rng_fn=lambda r: numpy_rng(topo_key, r))
 
 
+def make_mesh(config):
+    """The 'nodes' mesh of `config.parallel.devices` (0 = all), or None for one device."""
+    devices = config.parallel.devices or jax.device_count()
+    if devices == 1:
+        return None
+    try:
+        parallel.check_divisible(config.partition.num_nodes, devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return parallel.node_mesh(devices)
+
+
 def prepare(config) -> Setup:
-    """Validates the config and builds data, partition, graphs, model, algorithm."""
+    """Validates the config and builds data, partition, graphs, model, algorithm.
+
+    With a mesh (several devices) the node data and test sets are replicated on
+    every device: any node's neighbourhood may live on any shard, and a
+    replicated copy placed once costs no per-round all-gather. The node axis
+    of the state is split over the devices in `_run_rounds`.
+    """
     validate_config(config, algorithms.available())
+    mesh = make_mesh(config)
     ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
     part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
     topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
@@ -95,14 +115,15 @@ def prepare(config) -> Setup:
         node_x, node_y = test_x, test_y
     mc = config.model
     model = make_model(mc.name, hidden=mc.hidden, channels=mc.channels, num_classes=data.NUM_CLASSES)
-    algorithm = algorithms.make_algorithm(config, model)
+    algorithm = algorithms.make_algorithm(config, model, mesh)
     d = num_params(model.init(jax.random.key(0)))
+    place = jnp.asarray if mesh is None else lambda a: parallel.replicate(a, mesh)
     return Setup(config=config, model=model, algorithm=algorithm,
-                 node_data=jax.tree.map(jnp.asarray, nd), test_x=jnp.asarray(test_x),
-                 test_y=jnp.asarray(test_y), node_test_x=jnp.asarray(node_x),
-                 node_test_y=jnp.asarray(node_y), topology=topo, num_params=d,
+                 node_data=jax.tree.map(place, nd), test_x=place(test_x),
+                 test_y=place(test_y), node_test_x=place(node_x),
+                 node_test_y=place(node_y), topology=topo, num_params=d,
                  label_hist=partition.label_histogram(part, ds.train_labels, data.NUM_CLASSES),
-                 data_source=ds.source)
+                 data_source=ds.source, mesh=mesh)
 
 
 def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) -> RoundInputs:
@@ -154,6 +175,10 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
     cfg = setup.config
     alg = setup.algorithm
     state = alg.init(stream_key(cfg.seed, "init"), setup.node_data)
+    # With a mesh: state node axis split over the devices, per-round graph arrays replicated.
+    place_inputs = (lambda x: x) if setup.mesh is None else lambda x: parallel.replicate(x, setup.mesh)
+    if setup.mesh is not None:
+        state = parallel.shard_nodes(state, setup.mesh)
     round_fn = jax.jit(alg.round, donate_argnums=0)
     evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
     train_key = stream_key(cfg.seed, "train")
@@ -164,7 +189,7 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
         graph = setup.topology.graph(r)
-        state, alg_metrics = round_fn(state, setup.node_data, round_inputs(graph, r, train_key))
+        state, alg_metrics = round_fn(state, setup.node_data, place_inputs(round_inputs(graph, r, train_key)))
         ev = evaluate(state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
         ev, alg_metrics = jax.device_get((ev, alg_metrics))
         weights_sent = comm.weight_bytes(graph.neighbors, graph.mask, setup.num_params)
@@ -196,7 +221,8 @@ def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
         "jacobian_traffic_reduction": (1.0 - totals["jacobian_bytes"] / totals["exact_jacobian_bytes"]
                                        if totals.get("exact_jacobian_bytes") else None),
         "wall_time": time.perf_counter() - start,
-        "final_models": to_jsonable(final_models(setup, state.params)),
+        "final_models": to_jsonable(final_models(setup, state.params if setup.mesh is None
+                                                 else parallel.replicate(state.params, setup.mesh))),
     }
     run_dir.write_summary(summary)
     return summary

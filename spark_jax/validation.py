@@ -33,6 +33,7 @@ def validate_config(config, algorithm_names) -> None:
     _require(isinstance(config.seed, int) and config.seed >= 0, f"seed={config.seed!r} must be an integer >= 0")
     _one_of(config.algorithm, "algorithm", tuple(algorithm_names))
     _one_of(config.data.dataset, "data.dataset", DATASETS)
+    _validate_devices(config.parallel.devices)
 
     pc = config.partition
     _one_of(pc.kind, "partition.kind", PARTITION_KINDS)
@@ -82,6 +83,15 @@ def validate_config(config, algorithm_names) -> None:
     _positive_int(ec.node_chunk, "eval.node_chunk")
     _positive_int(ec.top_m, "eval.top_m")
     _require(0 < ec.target_accuracy <= 1, f"eval.target_accuracy={ec.target_accuracy!r} must be in (0, 1]")
+
+
+def _validate_devices(devices) -> None:
+    import jax
+
+    available = jax.device_count()
+    _require(isinstance(devices, int) and not isinstance(devices, bool) and 0 <= devices <= available,
+             f"parallel.devices={devices!r} must be an integer in [0, {available}] (0 = all {available} "
+             f"{jax.devices()[0].platform} devices, 1 = no sharding)")
 
 
 def _validate_spark(config) -> None:

@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.target_accuracy = 0.85  # rounds/bytes to this aggregated test accuracy
     c.eval.top_m = 10  # NTK-DFL top-m final model
 
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.devices = 0  # devices the node axis is split over: 0 = all, 1 = no sharding (BUILD.md)
+
     c.progress = True
     return c
 

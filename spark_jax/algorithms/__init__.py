@@ -1,4 +1,4 @@
-"""Algorithm registry: name -> factory(config, model) -> Algorithm.
+"""Algorithm registry: name -> factory(config, model[, mesh]) -> Algorithm.
 
 Later algorithms (NTK-DFL, SPARK, baselines) plug in with `register`.
 """
@@ -23,12 +23,18 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_algorithm(config, model) -> Algorithm:
-    """Builds `config.algorithm` from the registry (ValueError if unknown)."""
+def make_algorithm(config, model, mesh=None) -> Algorithm:
+    """Builds `config.algorithm` from the registry (ValueError if unknown).
+
+    mesh: a 'nodes' mesh (`spark_jax.parallel.node_mesh`) to split the node
+    axis over devices, or None (one device; factories need not accept it).
+    """
     name = config.algorithm
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](config, model)
+    if mesh is None:
+        return _REGISTRY[name](config, model)
+    return _REGISTRY[name](config, model, mesh=mesh)
 
 
 register("dfedavg", dfedavg.make)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spark_jax import parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.losses import masked_mean_cross_entropy
 from spark_jax.models import Model, init_node_params
@@ -73,8 +74,11 @@ def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batc
     return params, epoch_losses[-1]
 
 
-def make(config, model: Model) -> Algorithm:
-    """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs)."""
+def make(config, model: Model, mesh=None) -> Algorithm:
+    """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs).
+
+    With a 'nodes' `mesh`, each device trains its own nodes (`parallel.node_map`).
+    """
     cfg = config.dfedavg
     optimizer = optax.sgd(cfg.lr)
     num_nodes = config.partition.num_nodes
@@ -85,10 +89,11 @@ def make(config, model: Model) -> Algorithm:
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         node_keys = jax.vmap(lambda i: jax.random.fold_in(inputs.key, i))(jnp.arange(num_nodes))
-        train = jax.vmap(lambda p, x, y, m, k: local_sgd(model.apply, optimizer, p, x, y, m, k,
-                                                         cfg.local_epochs, cfg.batch_size))
-        params, losses = train(state.params, node_data.x, node_data.y, node_data.mask, node_keys)
+        train = lambda args: local_sgd(model.apply, optimizer, *args, cfg.local_epochs, cfg.batch_size)
+        # batch_size=0: one vmap over all (local) nodes.
+        params, losses = parallel.node_map(train, (state.params, node_data.x, node_data.y, node_data.mask,
+                                                   node_keys), batch_size=0, mesh=mesh)
         params = mix(params, inputs.neighbors, inputs.weights)
-        return State(params=params), {"train_loss": jnp.mean(losses)}
+        return parallel.constrain_nodes(State(params=params), mesh), {"train_loss": jnp.mean(losses)}
 
     return Algorithm(name="dfedavg", init=init, round=round_fn)

@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from spark_jax import comm, ntk
+from spark_jax import comm, ntk, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.schedules import learning_rate
@@ -102,8 +102,8 @@ def make_node_step(apply, num_classes: int, cfg, kernel_method: str):
     return node_step
 
 
-def make(config, model: Model) -> Algorithm:
-    """NTK-DFL from `config.ntk`."""
+def make(config, model: Model, mesh=None) -> Algorithm:
+    """NTK-DFL from `config.ntk`; with a 'nodes' `mesh`, each device runs its own nodes (`parallel.node_map`)."""
     cfg = config.ntk
     num_nodes = config.partition.num_nodes
     kernel_method = resolve_kernel_method(cfg.kernel, config.model.name)
@@ -119,16 +119,18 @@ def make(config, model: Model) -> Algorithm:
         eta = learning_rate(cfg.eta0, cfg.decay, inputs.round_index)
         w_bar = mix(state.params, inputs.neighbors, inputs.weights)
 
-        def one_node(args):
+        def one_node(args, node_data, eta):
             w, nbr, slot_mask = args
             x, labels, mask = gather_neighbourhood(node_data, nbr, slot_mask)
             return node_step(w, x, labels, mask, eta)
 
-        new, best, loss = jax.lax.map(one_node, (w_bar, inputs.neighbors, inputs.mask),
-                                      batch_size=min(cfg.node_chunk, num_nodes))
+        # node_data whole on every device: neighbours may live on other shards.
+        new, best, loss = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
+                                            batch_size=min(cfg.node_chunk, num_nodes), mesh=mesh,
+                                            shared=(node_data, eta))
         hist = jnp.sum(jax.nn.one_hot(best, num_taus, dtype=jnp.int32), axis=0)
-        return State(params=new), {"train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss),
-                                   "tau_histogram": hist, "eta": eta}
+        return parallel.constrain_nodes(State(params=new), mesh), {
+            "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist, "eta": eta}
 
     def message_bytes(neighbors, mask, counts) -> dict:
         return comm.ntk_message_bytes(neighbors, mask, counts, num_classes=model.num_classes,

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from spark_jax import comm, ntk, schedules, sketch
+from spark_jax import comm, ntk, parallel, schedules, sketch
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.models import Model, init_node_params, num_params
@@ -40,8 +40,11 @@ def distillation_targets(labels_onehot, teacher_logits, lam, temperature: float)
     return (1.0 - lam) * labels_onehot + lam * jax.nn.softmax(teacher_logits / temperature, axis=-1)
 
 
-def make(config, model: Model) -> Algorithm:
-    """SPARK from `config.ntk`, `.sketch`, `.distill`, `.momentum`, `.stages`."""
+def make(config, model: Model, mesh=None) -> Algorithm:
+    """SPARK from `config.ntk`, `.sketch`, `.distill`, `.momentum`, `.stages`.
+
+    With a 'nodes' `mesh`, each device runs its own nodes (`parallel.node_map`).
+    """
     nc, sc, dc, mc = config.ntk, config.sketch, config.distill, config.momentum
     num_nodes = config.partition.num_nodes
     num_classes = model.num_classes
@@ -102,7 +105,7 @@ def make(config, model: Model) -> Algorithm:
         # Teacher 'neighbors': every node's own pre-mixing model on its own data, [M, n_max, C].
         own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
 
-        def one_node(args):
+        def one_node(args, node_data, own_logits, eta, lam, P):
             w, nbr, slot_mask = args
             x, labels, mask = gather_neighbourhood(node_data, nbr, slot_mask)
             own_rows = jnp.zeros(slot_mask.shape[0], bool).at[0].set(True)
@@ -110,12 +113,14 @@ def make(config, model: Model) -> Algorithm:
             teacher = own_logits[nbr].reshape(x.shape[0], num_classes) if own_logits is not None else None
             return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P)
 
-        delta, best, loss = jax.lax.map(one_node, (w_bar, inputs.neighbors, inputs.mask),
-                                        batch_size=min(nc.node_chunk, num_nodes))
+        # node_data and teacher logits whole on every device: neighbours may live on other shards.
+        delta, best, loss = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
+                                              batch_size=min(nc.node_chunk, num_nodes), mesh=mesh,
+                                              shared=(node_data, own_logits, eta, lam, P))
         velocity = jax.tree.map(lambda v, dl: beta * v + dl, velocity, delta)
         params = jax.tree.map(lambda w, dl, v: w + dl + beta * v, w_bar, delta, velocity)
         hist = jnp.sum(jax.nn.one_hot(best, len(taus), dtype=jnp.int32), axis=0)
-        return State(params=params, velocity=velocity), {
+        return parallel.constrain_nodes(State(params=params, velocity=velocity), mesh), {
             "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist,
             "eta": eta, "lambda": lam, "beta": beta}
 
