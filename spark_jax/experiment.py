@@ -78,15 +78,22 @@ def make_topology(config) -> topology.TopologyStream:
 
 
 def make_mesh(config):
-    """The 'nodes' mesh of `config.parallel.devices` (0 = all), or None for one device."""
-    devices = config.parallel.devices or jax.device_count()
-    if devices == 1:
-        return None
-    try:
-        parallel.check_divisible(config.partition.num_nodes, devices)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return parallel.node_mesh(devices)
+    """The 'nodes' mesh, or None for one device.
+
+    config.parallel.devices = 0: the most available devices that divide the
+    node count (all of them when they do); N > 0: exactly N devices (error
+    if the node count does not split evenly over them).
+    """
+    num_nodes = config.partition.num_nodes
+    if config.parallel.devices:
+        devices = config.parallel.devices
+        try:
+            parallel.check_divisible(num_nodes, devices)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    else:
+        devices = max(d for d in range(1, jax.device_count() + 1) if num_nodes % d == 0)
+    return None if devices == 1 else parallel.node_mesh(devices)
 
 
 def prepare(config) -> Setup:

@@ -61,7 +61,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 # Recorded in config.json but not part of what a run computes.
-IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress")
+IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress", "parallel.devices")
 
 
 @dataclasses.dataclass(frozen=True)

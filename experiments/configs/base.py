@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.top_m = 10  # NTK-DFL top-m final model
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.devices = 0  # devices the node axis is split over: 0 = all, 1 = no sharding (BUILD.md)
+    c.parallel.devices = 0  # node-axis devices: 0 = the most that divide the node count, 1 = none (BUILD.md)
 
     c.progress = True
     return c

@@ -1,0 +1,139 @@
+"""The node axis over several devices: a 1-D 'nodes' mesh, placement, `node_map`.
+
+Every array with a leading node axis [M, ...] (the state, the per-node
+outputs of a round) is split into M/D consecutive nodes per device with
+`NamedSharding(mesh, P('nodes'))`; D must divide M. The per-node step of a
+round runs through `node_map`: without a mesh it is `lax.map` (today's
+single-device program), with one it is a `jax.shard_map` over 'nodes' in
+which each device `lax.map`s over its own M/D nodes only.
+
+The neighbour gather works across shards because everything the per-node
+function reads besides its own node's slice — the node data it gathers
+neighbourhoods from, the round's projection matrices, teacher logits — goes
+in `shared`: replicated `shard_map` inputs (spec P()), seen whole on every
+device (XLA all-gathers one that is sharded). They must be passed, not
+closed over: in jax 0.10 a closed-over jit argument placed with a
+NamedSharding keeps its (Auto) mesh in its type and fails inside the
+shard_map's Manual context ("Context mesh ... should match the mesh of
+sharding ... passed to index_to_gather"). The mixing step `base.mix` is plain
+jit code on sharded arrays; XLA inserts the collectives for its gather.
+
+Multi-host: call `jax.distributed.initialize()` first; `jax.devices()` is then
+the global device list and the same program runs on every host (BUILD.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+NODES = "nodes"
+
+
+def node_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh with axis 'nodes' over the first `num_devices` devices (None = all).
+
+    Auto axis type: shardings propagate through jit as usual, and `shard_map`
+    takes explicit in/out specs.
+    """
+    available = jax.device_count()
+    n = available if num_devices is None else num_devices
+    if not 1 <= n <= available:
+        raise ValueError(f"{n} devices requested but {available} available ({jax.devices()[0].platform})")
+    return jax.make_mesh((n,), (NODES,), axis_types=(AxisType.Auto,))
+
+
+def check_divisible(num_nodes: int, num_devices: int) -> None:
+    """ValueError unless the node axis splits evenly over the devices."""
+    if num_nodes % num_devices:
+        lower = num_nodes - num_nodes % num_devices
+        nodes = " or ".join(str(n) for n in (lower, lower + num_devices) if n > 0)
+        devices = max(d for d in range(1, num_devices) if num_nodes % d == 0)
+        raise ValueError(
+            f"{num_nodes} nodes cannot be split evenly over {num_devices} devices: the node count must be "
+            f"divisible by the device count; use {nodes} nodes (partition.num_nodes) "
+            f"or {devices} devices (parallel.devices)")
+
+
+def _place(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # Already a global (multi-host) array: reshard on the devices.
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    if jax.process_count() > 1:
+        return _from_host(x, sharding)
+    return jax.device_put(x, sharding)
+
+
+def _from_host(x, sharding: NamedSharding):
+    """Multi-host placement: every host holds the same full value (same seed,
+    same files) and places the pieces its own devices need."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_from_host(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def node_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (node) axis split over 'nodes', other axes whole."""
+    return NamedSharding(mesh, P(NODES))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_nodes(tree, mesh: Mesh):
+    """Places every leaf [M, ...] with its node axis split over the mesh (M/D nodes each)."""
+    for leaf in jax.tree.leaves(tree):
+        check_divisible(np.shape(leaf)[0], mesh.size)
+    return jax.tree.map(lambda x: _place(x, node_sharding(mesh)), tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Places every leaf whole on every device of the mesh."""
+    return jax.tree.map(lambda x: _place(x, replicated_sharding(mesh)), tree)
+
+
+def constrain_nodes(tree, mesh: Mesh | None):
+    """Inside jit: keeps the node axis of `tree` split over the mesh (identity without one).
+
+    A round's new state must leave with the sharding it came in with, or the
+    next round's call recompiles (XLA may otherwise pick replicated, e.g.
+    after the mixing gather).
+    """
+    if mesh is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, node_sharding(mesh))
+
+
+def node_map(fn: Callable, xs, batch_size: int, mesh: Mesh | None = None, shared: tuple = ()):
+    """ys = [fn(xs[i], *shared) for every node i], stacked: the per-node step of a round.
+
+    xs: pytree, leaves [M, ...] (node i's slice goes to fn); shared: a tuple of
+    pytrees every node reads whole (node data, scalars, projections; None
+    entries are fine). Without a mesh: `jax.lax.map` with `batch_size`
+    (0 = one vmap over all nodes), `shared` simply closed over. With a mesh: a
+    `shard_map` over 'nodes' (xs and the outputs split P('nodes'), `shared`
+    replicated P()) in which each device runs that `lax.map` over its own
+    M/D nodes, `min(batch_size, M/D)` at a time. Traced values `fn` needs
+    besides its node slice must come through `shared`, not a closure (module
+    docstring).
+    """
+    if mesh is None:
+        return jax.lax.map(lambda x: fn(x, *shared), xs, batch_size=batch_size)
+    num_nodes = jax.tree.leaves(xs)[0].shape[0]
+    check_divisible(num_nodes, mesh.size)
+    local = num_nodes // mesh.size
+
+    def local_map(xs_local, shared_whole):
+        return jax.lax.map(lambda x: fn(x, *shared_whole), xs_local, batch_size=min(batch_size, local))
+
+    # check_vma=False: fn has no collectives and every output is split over
+    # 'nodes', so the check has nothing to verify; off, per-node loops whose
+    # carries start from replicated values need no `jax.lax.pcast` (the
+    # default paths also pass with it on).
+    return jax.shard_map(local_map, mesh=mesh, in_specs=(P(NODES), P()), out_specs=P(NODES),
+                         check_vma=False)(xs, tuple(shared))
