@@ -89,6 +89,17 @@ def _spell(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def sweep_setting_names(root) -> dict[str, str]:
+    """Run directory (relative to root) -> setting name, from root/sweep.json when it exists."""
+    path = pathlib.Path(root) / "sweep.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {r["run_dir"]: r["setting"] for r in json.loads(path.read_text()).get("runs", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
 def group_settings(runs: list[Run], root=None) -> list[Setting]:
     """Runs grouped by the config keys that differ between them (seed excluded), in value order.
 
@@ -111,6 +122,11 @@ def group_settings(runs: list[Run], root=None) -> list[Setting]:
             key = ("config",) + tuple(repr(v) for v in values.values())
             label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
         groups.setdefault(key, Setting(label, values, [])).runs.append(run)
+    names = sweep_setting_names(root) if root else {}
+    for setting in groups.values():
+        found = {names.get(_relative(r.path, root)) for r in setting.runs}
+        if len(found) == 1 and None not in found:  # a sweep's own name for the setting (e.g. 'no_sketch')
+            setting.label = found.pop()
     settings = list(groups.values())
     settings.sort(key=lambda s: (tuple(_sort_key(v) for v in s.values.values()), s.label))
     return settings

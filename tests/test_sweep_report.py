@@ -272,6 +272,15 @@ def test_report_labels_and_fallbacks(config, tmp_path):
     assert report_tables.default_target(runs) == config.eval.target_accuracy
 
 
+def test_report_uses_the_sweeps_setting_names(config, tmp_path):
+    write_synthetic_runs(tmp_path, config)
+    runs_json = [{"run_dir": f"group{e}/seed{s}", "setting": name} for e, name in ((1, "short"), (2, "long"))
+                 for s in (0, 1, 2)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs_json}))
+    runs = [r for r in map(report_tables.load_run, report_tables.find_run_dirs(tmp_path)) if r.complete]
+    assert [s.label for s in report_tables.group_settings(runs, tmp_path)] == ["short", "long"]
+
+
 # ---------------------------------------------------------------- end to end (real data, real training)
 
 
