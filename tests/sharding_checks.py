@@ -23,7 +23,7 @@ from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model
 from spark_jax.partition import NodeData
 from spark_jax.topology import TopologyStream
-from tests.test_ntk_dfl import _config, _inputs
+from tests.test_ntk_dfl import _config, _inputs, _node_data
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -33,16 +33,7 @@ ROUNDS = 3
 
 
 def node_data(seed=0) -> NodeData:
-    rng = np.random.default_rng(seed)
-    n_max = max(COUNTS)
-    x = np.zeros((NUM_NODES, n_max, 28, 28, 1), np.float32)
-    y = np.zeros((NUM_NODES, n_max), np.int32)
-    mask = np.zeros((NUM_NODES, n_max), bool)
-    for i, n in enumerate(COUNTS):
-        x[i, :n] = rng.normal(size=(n, 28, 28, 1)) * 0.5
-        y[i, :n] = rng.integers(0, 10, n)
-        mask[i, :n] = True
-    return NodeData(x=x, y=y, mask=mask, counts=np.array(COUNTS, np.int32))
+    return _node_data(seed=seed, counts=COUNTS)
 
 
 def configs() -> dict:

@@ -33,17 +33,18 @@ def _config(integrator="euler", kernel="structured", node_chunk=4):
     return c
 
 
-def _node_data(n_max=9, garbage=0.0, seed=0):
+def _node_data(n_max=None, garbage=0.0, seed=0, counts=COUNTS):
+    """Random padded node data with `counts` real rows per node (padding holds `garbage`)."""
     rng = np.random.default_rng(seed)
-    m = len(COUNTS)
+    m, n_max = len(counts), n_max or max(counts)
     x = np.full((m, n_max, 28, 28, 1), garbage, np.float32)
     y = np.zeros((m, n_max), np.int32)
     mask = np.zeros((m, n_max), bool)
-    for i, n in enumerate(COUNTS):
+    for i, n in enumerate(counts):
         x[i, :n] = rng.normal(size=(n, 28, 28, 1)) * 0.5
         y[i, :n] = rng.integers(0, 10, n)
         mask[i, :n] = True
-    return NodeData(x=x, y=y, mask=mask, counts=np.array(COUNTS, np.int32))
+    return NodeData(x=x, y=y, mask=mask, counts=np.array(counts, np.int32))
 
 
 def _adjacency():
