@@ -56,6 +56,19 @@ def validate_config(config, algorithm_names) -> None:
         _positive_int(dc.batch_size, "dfedavg.batch_size")
         _positive_int(dc.local_epochs, "dfedavg.local_epochs")
 
+    if config.algorithm in ("dfedavgm", "dpsgd", "dfedsam"):
+        bc = config[config.algorithm]
+        name = config.algorithm
+        _require(bc.lr > 0, f"{name}.lr={bc.lr!r} must be > 0")
+        _positive_int(bc.batch_size, f"{name}.batch_size")
+        _positive_int(bc.local_epochs, f"{name}.local_epochs")
+        if name in ("dfedavgm", "dfedsam"):
+            _require(0.0 <= bc.momentum < 1.0, f"{name}.momentum={bc.momentum!r} must be in [0, 1)")
+        if name == "dfedsam":
+            _require(bc.rho >= 0, f"dfedsam.rho={bc.rho!r} must be >= 0")
+            _require(bc.weight_decay >= 0, f"dfedsam.weight_decay={bc.weight_decay!r} must be >= 0")
+            _require(0 < bc.lr_decay <= 1, f"dfedsam.lr_decay={bc.lr_decay!r} must be in (0, 1]")
+
     if config.algorithm == "spark":
         _validate_spark(config)
 

@@ -48,6 +48,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.dfedavg.batch_size = 25
     c.dfedavg.local_epochs = 20
 
+    # Baselines (SPEC "Baselines"); momentum restarts every round (local_baselines.py).
+    c.dfedavgm = ml_collections.ConfigDict()
+    c.dfedavgm.lr = 0.01
+    c.dfedavgm.momentum = 0.9  # heavy ball
+    c.dfedavgm.batch_size = 50
+    c.dfedavgm.local_epochs = 20
+
+    c.dpsgd = ml_collections.ConfigDict()
+    c.dpsgd.lr = 0.1
+    c.dpsgd.batch_size = 10
+    c.dpsgd.local_epochs = 1
+
+    c.dfedsam = ml_collections.ConfigDict()
+    c.dfedsam.lr = 0.01  # lr_r = lr * lr_decay^r
+    c.dfedsam.lr_decay = 0.95
+    c.dfedsam.momentum = 0.99
+    c.dfedsam.weight_decay = 5e-4
+    c.dfedsam.rho = 0.01  # SAM radius
+    c.dfedsam.batch_size = 32
+    c.dfedsam.local_epochs = 5
+
     c.ntk = ml_collections.ConfigDict()
     c.ntk.eta0 = 0.01  # eta_r = eta0 * exp(-decay * r)
     c.ntk.decay = 0.07

@@ -44,12 +44,22 @@ def epoch_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> jax.Array
     return order.reshape(num_batches, batch_size)
 
 
-def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batch_size: int):
+def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batch_size: int,
+              value_and_grad=None):
     """One node's local training (SPEC "Baselines", DFedAvg).
 
     x [n_max, ...], y [n_max], mask [n_max]. Returns (params, mean loss of the
-    last epoch over its real batches).
+    last epoch over its real batches). The optimizer state starts fresh
+    (`optimizer.init`) every call, i.e. every round.
+
+    value_and_grad: (f, p) -> (f(p), gradient to feed the optimizer) for the
+    batch loss f; default `jax.value_and_grad(f)(p)` (DFedSAM passes its SAM
+    gradient). A batch made of padding only leaves params and optimizer state
+    untouched (for plain SGD its zero gradient is a no-op anyway; a momentum or
+    weight-decay optimizer would otherwise still move).
     """
+    if value_and_grad is None:
+        value_and_grad = lambda f, p: jax.value_and_grad(f)(p)
     n_max = mask.shape[0]
     num_batches = math.ceil(n_max / batch_size)
     slot_valid = (jnp.arange(num_batches * batch_size) < n_max).reshape(num_batches, batch_size)
@@ -60,10 +70,11 @@ def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batc
     def step(carry, batch):
         p, opt_state = carry
         idx, valid = batch
-        loss, grads = jax.value_and_grad(loss_fn)(p, idx, valid)
-        updates, opt_state = optimizer.update(grads, opt_state, p)
+        loss, grads = value_and_grad(lambda q: loss_fn(q, idx, valid), p)
+        updates, new_opt_state = optimizer.update(grads, opt_state, p)
         has_rows = jnp.any(mask[idx] & valid)
-        return (optax.apply_updates(p, updates), opt_state), (loss, has_rows)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(has_rows, a, b), new, old)
+        return (keep(optax.apply_updates(p, updates), p), keep(new_opt_state, opt_state)), (loss, has_rows)
 
     def epoch(carry, ekey):
         carry, (losses, has_rows) = jax.lax.scan(step, carry, (epoch_batches(ekey, mask, batch_size), slot_valid))
