@@ -140,12 +140,19 @@ def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topolog
     c.rounds = 40
     if dataset == "mnist":
         c.eval.target_accuracy = 0.95
+    apply_variant(c, name, arg, num_nodes=30, rounds=15)
     if arg == "small":
-        c.partition.num_nodes = 30
         c.topology.p = p_small
-        c.rounds = 15
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, name: str, arg: str, *, num_nodes: int, rounds: int) -> None:
+    """':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds, Euler evolution, a
+    1,000-image per-node test subset; '' = unchanged; anything else is an error."""
+    if arg == "small":
+        c.partition.num_nodes = num_nodes
+        c.rounds = rounds
         c.ntk.integrator = "euler"
         c.eval.per_node_test_subset = 1000
     elif arg:
         raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small'")
-    return c

@@ -25,11 +25,5 @@ def get_config(arg: str = ""):
     c.topology.degree = 5
     c.topology.dynamic = True
     c.rounds = 40
-    if arg == "small":
-        c.partition.num_nodes = 100
-        c.rounds = 10
-        c.ntk.integrator = "euler"
-        c.eval.per_node_test_subset = 1000
-    elif arg:
-        raise ValueError(f"fmnist_ntk_dfl: unknown argument {arg!r}; known: 'small'")
+    base.apply_variant(c, "fmnist_ntk_dfl", arg, num_nodes=100, rounds=10)
     return c
