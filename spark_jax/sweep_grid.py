@@ -60,6 +60,21 @@ PRESETS: dict[str, Preset] = {
         }),
 }
 
+COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam")
+
+
+def _comparison_settings(alphas, topologies) -> dict[str, dict[str, Any]]:
+    """method x alpha x topology, each a named override set (SPEC "Baselines")."""
+    return {f"{method},alpha={alpha},{topology}": {"algorithm": method, "partition.alpha": alpha,
+                                                   "topology.kind": topology}
+            for method in COMPARE_METHODS for alpha in alphas for topology in topologies}
+
+
+PRESETS["compare_fmnist"] = Preset(
+    description="SPARK, NTK-DFL, DFedAvg, DFedAvgM, D-PSGD, DFedSAM x alpha {0.1, 0.3, 0.5} x "
+                "{dynamic 5-regular, ring} on the same partitions, graphs and evaluation",
+    settings=_comparison_settings((0.1, 0.3, 0.5), ("regular", "ring")))
+
 # Recorded in config.json but not part of what a run computes.
 IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress", "parallel.devices")
 

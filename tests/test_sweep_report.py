@@ -120,6 +120,19 @@ def test_every_preset_applies_to_the_base_config(config):
         assert len(grid_of(config, preset=name)) == len(sweep_grid.PRESETS[name].settings)
 
 
+def test_compare_preset_covers_methods_alphas_topologies(config):
+    from spark_jax import algorithms
+    from spark_jax.validation import validate_config
+
+    grid = grid_of(config, preset="compare_fmnist")
+    assert len(grid) == 6 * 3 * 2
+    seen = {(r.config.algorithm, r.config.partition.alpha, r.config.topology.kind) for r in grid}
+    assert seen == {(m, a, t) for m in sweep_grid.COMPARE_METHODS for a in (0.1, 0.3, 0.5)
+                    for t in ("regular", "ring")}
+    for r in grid:
+        validate_config(r.config, algorithms.available())
+
+
 # ---------------------------------------------------------------- running, resuming, failures
 
 
