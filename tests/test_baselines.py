@@ -13,8 +13,8 @@ from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model
 from spark_jax.partition import NodeData
 
-COUNTS = [7, 12, 3, 10, 9]
-N_MAX = 12
+from tests.test_dfedavg import COUNTS, N_MAX, _graph, _node_data
+
 BATCH, EPOCHS = 4, 2
 # Test-sized hyperparameters (large enough that momentum, SAM and decay matter).
 HP = {
@@ -24,34 +24,6 @@ HP = {
 }
 FACTORIES = {"dfedavgm": local_baselines.make_dfedavgm, "dpsgd": local_baselines.make_dpsgd,
              "dfedsam": local_baselines.make_dfedsam}
-
-
-def _node_data(rng, counts=COUNTS, n_max=N_MAX):
-    m = len(counts)
-    x = np.zeros((m, n_max, 28, 28, 1), np.float32)
-    y = np.zeros((m, n_max), np.int32)
-    mask = np.zeros((m, n_max), bool)
-    for i, n in enumerate(counts):
-        x[i, :n] = rng.normal(size=(n, 28, 28, 1))
-        y[i, :n] = rng.integers(0, 10, n)
-        mask[i, :n] = True
-    return NodeData(x=x, y=y, mask=mask, counts=np.array(counts, np.int32))
-
-
-def _graph():
-    adj = {0: [1, 3, 4], 1: [0, 2], 2: [1], 3: [0], 4: [0]}
-    m, s = len(COUNTS), 4
-    nbr = np.tile(np.arange(m)[:, None], (1, s)).astype(np.int32)
-    w = np.zeros((m, s), np.float32)
-    mask = np.zeros((m, s), bool)
-    dense = np.zeros((m, m))
-    for i, js in adj.items():
-        closed = [i] + js
-        nbr[i, : len(closed)] = closed
-        w[i, : len(closed)] = 1.0 / len(closed)
-        mask[i, : len(closed)] = True
-        dense[i, closed] = 1.0 / len(closed)
-    return nbr, w, mask, dense
 
 
 def _config(name, num_nodes, per_node_init=True, batch=BATCH, epochs=EPOCHS, **overrides):

@@ -17,16 +17,16 @@ N_MAX = 12
 LR, BATCH, EPOCHS = 0.05, 4, 2
 
 
-def _node_data(rng):
-    m = len(COUNTS)
-    x = np.zeros((m, N_MAX, 28, 28, 1), np.float32)
-    y = np.zeros((m, N_MAX), np.int32)
-    mask = np.zeros((m, N_MAX), bool)
-    for i, n in enumerate(COUNTS):
+def _node_data(rng, counts=COUNTS, n_max=N_MAX):
+    m = len(counts)
+    x = np.zeros((m, n_max, 28, 28, 1), np.float32)
+    y = np.zeros((m, n_max), np.int32)
+    mask = np.zeros((m, n_max), bool)
+    for i, n in enumerate(counts):
         x[i, :n] = rng.normal(size=(n, 28, 28, 1))
         y[i, :n] = rng.integers(0, 10, n)
         mask[i, :n] = True
-    return NodeData(x=x, y=y, mask=mask, counts=np.array(COUNTS, np.int32))
+    return NodeData(x=x, y=y, mask=mask, counts=np.array(counts, np.int32))
 
 
 def _graph():

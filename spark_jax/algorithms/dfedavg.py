@@ -85,13 +85,15 @@ def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batc
     return params, epoch_losses[-1]
 
 
-def make(config, model: Model, mesh=None) -> Algorithm:
-    """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs).
+def make_local_training(name: str, config, model: Model, mesh, make_optimizer, value_and_grad=None) -> Algorithm:
+    """A local-training baseline `name` from `config[name]` (batch_size, local_epochs).
 
-    With a 'nodes' `mesh`, each device trains its own nodes (`parallel.node_map`).
+    Each round every node runs `local_sgd` with `make_optimizer(round_index)` (an
+    optax optimizer built inside the traced round, so a decaying lr compiles
+    once), then the weights are mixed. With a 'nodes' `mesh`, each device trains
+    its own nodes (`parallel.node_map`).
     """
-    cfg = config.dfedavg
-    optimizer = optax.sgd(cfg.lr)
+    cfg = config[name]
     num_nodes = config.partition.num_nodes
 
     def init(key, node_data) -> State:
@@ -100,11 +102,22 @@ def make(config, model: Model, mesh=None) -> Algorithm:
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         node_keys = jax.vmap(lambda i: jax.random.fold_in(inputs.key, i))(jnp.arange(num_nodes))
-        train = lambda args: local_sgd(model.apply, optimizer, *args, cfg.local_epochs, cfg.batch_size)
-        # batch_size=0: one vmap over all (local) nodes.
+
+        def train(args, round_index):
+            optimizer = make_optimizer(round_index)
+            return local_sgd(model.apply, optimizer, *args, cfg.local_epochs, cfg.batch_size,
+                             value_and_grad=value_and_grad)
+
+        # batch_size=0: one vmap over all (local) nodes; r comes through `shared`.
         params, losses = parallel.node_map(train, (state.params, node_data.x, node_data.y, node_data.mask,
-                                                   node_keys), batch_size=0, mesh=mesh)
+                                                   node_keys), batch_size=0, mesh=mesh,
+                                           shared=(jnp.asarray(inputs.round_index, jnp.int32),))
         params = mix(params, inputs.neighbors, inputs.weights)
         return parallel.constrain_nodes(State(params=params), mesh), {"train_loss": jnp.mean(losses)}
 
-    return Algorithm(name="dfedavg", init=init, round=round_fn)
+    return Algorithm(name=name, init=init, round=round_fn)
+
+
+def make(config, model: Model, mesh=None) -> Algorithm:
+    """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs)."""
+    return make_local_training("dfedavg", config, model, mesh, lambda r: optax.sgd(config.dfedavg.lr))

@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_jax import parallel
-from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
-from spark_jax.algorithms.dfedavg import State, local_sgd
-from spark_jax.models import Model, init_node_params
+from spark_jax.algorithms.base import Algorithm
+from spark_jax.algorithms.dfedavg import make_local_training
+from spark_jax.models import Model
 
 
 def sam_value_and_grad(rho: float):
@@ -51,43 +50,16 @@ def dfedsam_optimizer(lr, momentum: float, weight_decay: float) -> optax.Gradien
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
 
 
-def _make(name: str, config, model: Model, mesh, make_optimizer, value_and_grad=None) -> Algorithm:
-    """make_optimizer(round_index) -> optax optimizer (built inside the traced round)."""
-    cfg = config[name]
-    num_nodes = config.partition.num_nodes
-
-    def init(key, node_data) -> State:
-        del node_data
-        return State(params=init_node_params(model, key, num_nodes, config.model.per_node_init))
-
-    def round_fn(state: State, node_data, inputs: RoundInputs):
-        node_keys = jax.vmap(lambda i: jax.random.fold_in(inputs.key, i))(jnp.arange(num_nodes))
-
-        def train(args, round_index):
-            optimizer = make_optimizer(round_index)
-            return local_sgd(model.apply, optimizer, *args, cfg.local_epochs, cfg.batch_size,
-                             value_and_grad=value_and_grad)
-
-        # batch_size=0: one vmap over all (local) nodes; r comes through `shared`.
-        params, losses = parallel.node_map(train, (state.params, node_data.x, node_data.y, node_data.mask,
-                                                   node_keys), batch_size=0, mesh=mesh,
-                                           shared=(jnp.asarray(inputs.round_index, jnp.int32),))
-        params = mix(params, inputs.neighbors, inputs.weights)
-        return parallel.constrain_nodes(State(params=params), mesh), {"train_loss": jnp.mean(losses)}
-
-    return Algorithm(name=name, init=init, round=round_fn)
-
-
 def make_dfedavgm(config, model: Model, mesh=None) -> Algorithm:
     """DFedAvgM from `config.dfedavgm` (lr, momentum, batch_size, local_epochs)."""
     cfg = config.dfedavgm
-    return _make("dfedavgm", config, model, mesh, lambda r: optax.sgd(cfg.lr, momentum=cfg.momentum))
+    return make_local_training("dfedavgm", config, model, mesh, lambda r: optax.sgd(cfg.lr, momentum=cfg.momentum))
 
 
 def make_dpsgd(config, model: Model, mesh=None) -> Algorithm:
     """D-PSGD from `config.dpsgd` (lr, batch_size, local_epochs)."""
     cfg = config.dpsgd
-    return _make("dpsgd", config, model, mesh, lambda r: optax.sgd(cfg.lr))
+    return make_local_training("dpsgd", config, model, mesh, lambda r: optax.sgd(cfg.lr))
 
 
 def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
@@ -98,4 +70,4 @@ def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
         lr = cfg.lr * jnp.power(jnp.float32(cfg.lr_decay), r.astype(jnp.float32))
         return dfedsam_optimizer(lr, cfg.momentum, cfg.weight_decay)
 
-    return _make("dfedsam", config, model, mesh, make_optimizer, value_and_grad=sam_value_and_grad(cfg.rho))
+    return make_local_training("dfedsam", config, model, mesh, make_optimizer, value_and_grad=sam_value_and_grad(cfg.rho))
