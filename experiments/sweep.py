@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
-from spark_jax import sweep_grid
+from spark_jax import sweep_grid, sweep_presets
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config: NAME[:ARG] or path.py[:ARG].",
                                           lock_config=True)
@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WOR
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis config.PATH=V1,V2,... (tuple fields: A:B;C:D); "
                                    "repeat for a Cartesian product.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Comma-separated seeds (default: config.seed).")
-_PRESET = flags.DEFINE_enum("preset", None, sorted(sweep_grid.PRESETS), "Named override sets, crossed with "
+_PRESET = flags.DEFINE_enum("preset", None, sorted(sweep_presets.PRESETS), "Named override sets, crossed with "
                             "the --sweep axes and seeds.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the grid and exit.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir).")

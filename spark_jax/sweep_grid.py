@@ -3,7 +3,7 @@
 `python -m experiments.sweep` is a thin wrapper around `build_grid` and
 `run_sweep`. A sweep is the Cartesian product of
 
-  preset settings (named override sets, `PRESETS`) x `--sweep` axes x seeds.
+  preset settings (named override sets, `sweep_presets.PRESETS`) x `--sweep` axes x seeds.
 
 Axis syntax (`parse_axis`): `config.PATH=V1,V2,...`. Values are parsed by the
 type of the existing field: int, float (ints accepted), bool (true/false/1/0,
@@ -33,47 +33,12 @@ from typing import Any, Callable
 import ml_collections
 
 from spark_jax.run_io import to_jsonable, write_json_atomic
+from spark_jax.sweep_presets import PRESETS, Preset
 
 
 class SweepError(ValueError):
     """A sweep spec, preset or sweep directory that cannot work; raised before anything runs."""
 
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Named override sets; each setting maps config paths to typed values."""
-
-    description: str
-    settings: dict[str, dict[str, Any]]
-
-
-# More presets (e.g. a method comparison) are added here as data.
-PRESETS: dict[str, Preset] = {
-    "spark_ablations": Preset(
-        description="SPARK with each of sketch / distillation / momentum turned off, and all three (= NTK-DFL)",
-        settings={
-            "spark": {},
-            "no_sketch": {"sketch.enabled": False},
-            "no_distill": {"distill.lambda_max": 0.0},
-            "no_momentum": {"momentum.beta": 0.0},
-            "ntk_dfl": {"sketch.enabled": False, "distill.lambda_max": 0.0, "momentum.beta": 0.0},
-        }),
-}
-
-COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam")
-
-
-def _comparison_settings(alphas, topologies) -> dict[str, dict[str, Any]]:
-    """method x alpha x topology, each a named override set (SPEC "Baselines")."""
-    return {f"{method},alpha={alpha},{topology}": {"algorithm": method, "partition.alpha": alpha,
-                                                   "topology.kind": topology}
-            for method in COMPARE_METHODS for alpha in alphas for topology in topologies}
-
-
-PRESETS["compare_fmnist"] = Preset(
-    description="SPARK, NTK-DFL, DFedAvg, DFedAvgM, D-PSGD, DFedSAM x alpha {0.1, 0.3, 0.5} x "
-                "{dynamic 5-regular, ring} on the same partitions, graphs and evaluation",
-    settings=_comparison_settings((0.1, 0.3, 0.5), ("regular", "ring")))
 
 # Recorded in config.json but not part of what a run computes.
 IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress", "parallel.devices")

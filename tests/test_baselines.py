@@ -13,7 +13,7 @@ from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model
 from spark_jax.partition import NodeData
 
-from tests.test_dfedavg import COUNTS, N_MAX, _graph, _node_data
+from tests.test_dfedavg import COUNTS, _graph, _node_data, reference_batches
 
 BATCH, EPOCHS = 4, 2
 # Test-sized hyperparameters (large enough that momentum, SAM and decay matter).
@@ -51,26 +51,21 @@ def _reference_round(name, model, params, nd, round_key, dense_w, r):
     for i, n in enumerate(COUNTS):
         p = tmap(lambda a: a[i], params)
         buf = tmap(jnp.zeros_like, p)  # momentum restarts every round
-        keys = jax.random.split(jax.random.fold_in(round_key, i), EPOCHS)
-        for e in range(EPOCHS):
-            u = np.asarray(jax.random.uniform(keys[e], (N_MAX,)))
-            order = np.argsort(u[:n], kind="stable")
-            for b in range(0, n, BATCH):
-                idx = order[b:b + BATCH]
-                xb, yb = nd.x[i, idx], nd.y[i, idx]
-                g = grad(p, xb, yb)
-                if name == "dpsgd":
-                    p = tmap(lambda a, ga: a - hp["lr"] * ga, p, g)
-                elif name == "dfedavgm":
-                    buf = tmap(lambda bb, ga: ga + hp["momentum"] * bb, buf, g)
-                    p = tmap(lambda a, bb: a - hp["lr"] * bb, p, buf)
-                else:  # dfedsam
-                    nrm = _tree_norm(g)
-                    g_sam = grad(tmap(lambda a, ga: a + hp["rho"] * ga / nrm, p, g), xb, yb)
-                    d = tmap(lambda gs, a: gs + hp["weight_decay"] * a, g_sam, p)
-                    buf = tmap(lambda bb, da: da + hp["momentum"] * bb, buf, d)
-                    lr = hp["lr"] * hp["lr_decay"] ** r
-                    p = tmap(lambda a, bb: a - lr * bb, p, buf)
+        for idx in reference_batches(round_key, i, n):
+            xb, yb = nd.x[i, idx], nd.y[i, idx]
+            g = grad(p, xb, yb)
+            if name == "dpsgd":
+                p = tmap(lambda a, ga: a - hp["lr"] * ga, p, g)
+            elif name == "dfedavgm":
+                buf = tmap(lambda bb, ga: ga + hp["momentum"] * bb, buf, g)
+                p = tmap(lambda a, bb: a - hp["lr"] * bb, p, buf)
+            else:  # dfedsam
+                nrm = _tree_norm(g)
+                g_sam = grad(tmap(lambda a, ga: a + hp["rho"] * ga / nrm, p, g), xb, yb)
+                d = tmap(lambda gs, a: gs + hp["weight_decay"] * a, g_sam, p)
+                buf = tmap(lambda bb, da: da + hp["momentum"] * bb, buf, d)
+                lr = hp["lr"] * hp["lr_decay"] ** r
+                p = tmap(lambda a, bb: a - lr * bb, p, buf)
         trained.append(tmap(np.asarray, p))
     stacked = jax.tree.map(lambda *a: np.stack(a).astype(np.float64), *trained)
     return jax.tree.map(lambda a: np.tensordot(dense_w, a, axes=1), stacked)

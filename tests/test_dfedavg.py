@@ -54,6 +54,17 @@ def _config(num_nodes):
     return c
 
 
+def reference_batches(round_key, node, n, epochs=EPOCHS, batch=BATCH, n_max=N_MAX):
+    """Row indices of each mini-batch of `node` (n real rows) in round order: each epoch
+    shuffles the real rows by the same uniform keys as the algorithm, last batch short."""
+    keys = jax.random.split(jax.random.fold_in(round_key, node), epochs)
+    for e in range(epochs):
+        u = np.asarray(jax.random.uniform(keys[e], (n_max,)))
+        order = np.argsort(u[:n], kind="stable")
+        for b in range(0, n, batch):
+            yield order[b:b + batch]
+
+
 def _reference_round(model, params, nd, round_key, dense_w):
     """Plain loop over nodes, epochs and batches on each node's unpadded rows."""
 
@@ -64,14 +75,9 @@ def _reference_round(model, params, nd, round_key, dense_w):
     trained = []
     for i, n in enumerate(COUNTS):
         p = jax.tree.map(lambda a: a[i], params)
-        keys = jax.random.split(jax.random.fold_in(round_key, i), EPOCHS)
-        for e in range(EPOCHS):
-            u = np.asarray(jax.random.uniform(keys[e], (N_MAX,)))
-            order = np.argsort(u[:n], kind="stable")
-            for b in range(0, n, BATCH):
-                idx = order[b:b + BATCH]
-                g = grad(p, nd.x[i, idx], nd.y[i, idx])
-                p = jax.tree.map(lambda a, ga: a - LR * ga, p, g)
+        for idx in reference_batches(round_key, i, n):
+            g = grad(p, nd.x[i, idx], nd.y[i, idx])
+            p = jax.tree.map(lambda a, ga: a - LR * ga, p, g)
         trained.append(jax.tree.map(np.asarray, p))
     stacked = jax.tree.map(lambda *a: np.stack(a).astype(np.float64), *trained)
     return jax.tree.map(lambda a: np.tensordot(dense_w, a, axes=1), stacked)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import report_tables, sweep_grid
+from spark_jax import report_tables, sweep_grid, sweep_presets
 from spark_jax.run_io import RunDir
 from spark_jax.sweep_grid import SweepError
 from tests.conftest import REPO
@@ -116,8 +116,8 @@ def test_preset_spark_ablations_crossed_with_axes_and_seeds(config):
 
 
 def test_every_preset_applies_to_the_base_config(config):
-    for name in sweep_grid.PRESETS:
-        assert len(grid_of(config, preset=name)) == len(sweep_grid.PRESETS[name].settings)
+    for name in sweep_presets.PRESETS:
+        assert len(grid_of(config, preset=name)) == len(sweep_presets.PRESETS[name].settings)
 
 
 def test_compare_preset_covers_methods_alphas_topologies(config):
@@ -127,7 +127,7 @@ def test_compare_preset_covers_methods_alphas_topologies(config):
     grid = grid_of(config, preset="compare_fmnist")
     assert len(grid) == 6 * 3 * 2
     seen = {(r.config.algorithm, r.config.partition.alpha, r.config.topology.kind) for r in grid}
-    assert seen == {(m, a, t) for m in sweep_grid.COMPARE_METHODS for a in (0.1, 0.3, 0.5)
+    assert seen == {(m, a, t) for m in sweep_presets.COMPARE_METHODS for a in (0.1, 0.3, 0.5)
                     for t in ("regular", "ring")}
     for r in grid:
         validate_config(r.config, algorithms.available())
