@@ -80,8 +80,9 @@ def validate_config(config, algorithm_names) -> None:
         _require(len(taus) >= 1 and all(isinstance(t, int) and t >= 1 for t in taus)
                  and all(b > a for a, b in zip(taus, taus[1:])),
                  f"ntk.taus={taus!r} must be positive integers in strictly ascending order")
-        _one_of(nc.integrator, "ntk.integrator", ("rk4", "euler"))
+        _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "euler"))
         _positive_int(nc.substeps, "ntk.substeps")
+        _positive_int(nc.stride, "ntk.stride")
         _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
         _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
                  f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")

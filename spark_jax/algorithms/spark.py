@@ -77,7 +77,8 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         else:
             h = ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                          jacobian_mode=nc.jacobian_mode)
-        evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps)
+        evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps,
+                                stride=nc.stride)
         residuals = evo.residual_sums
         if not sc.enabled or sc.update_mode == "roundtrip":
             deltas = ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)

@@ -13,6 +13,13 @@ influence real rows; their residual sums and logits are returned as zero.
 Integrators ([choice] `method`):
   * "rk4": classical Runge-Kutta, `substeps` steps of eta / substeps per grid
     interval (SPEC default; agrees with a float64 adaptive solver).
+  * "rk4_hermite": classical Runge-Kutta with steps of `stride` grid
+    intervals (h = stride * eta); F at the grid points in between from the
+    cubic Hermite interpolant of (F_n, F'_n, F_{n+1}, F'_{n+1}) (dense output,
+    O(h^4) like the step). F'_{n+1} is the next step's first stage, so a step
+    costs 4 kernel products for `stride` grid intervals: `stride` times fewer
+    than "rk4". Accurate while h * ||dF'/dF|| stays inside RK4's stability
+    region (about 2.7); tested against a float64 adaptive solver.
   * "euler": F_{t+1} = F_t - (eta/N) H (softmax(F_t) - Y^), i.e. exact
     gradient descent on the linearised model.
 """
@@ -26,7 +33,7 @@ import jax.numpy as jnp
 
 from spark_jax.ntk.jacobian import num_true
 
-INTEGRATORS = ("rk4", "euler")
+INTEGRATORS = ("rk4", "rk4_hermite", "euler")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -51,7 +58,7 @@ def check_taus(taus: Sequence[int]) -> tuple[int, ...]:
 
 
 def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array, eta: jax.Array,
-                  taus: Sequence[int], method: str = "rk4", substeps: int = 1) -> Evolution:
+                  taus: Sequence[int], method: str = "rk4", substeps: int = 1, stride: int = 4) -> Evolution:
     """SPEC step 7 (and the residual sums of step 8).
 
     Args:
@@ -61,8 +68,9 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
       mask: bool `[N]`, False on padding rows.
       eta: scalar learning rate eta_r; may be traced (no recompilation).
       taus: static strictly ascending candidate step counts; tau_max = taus[-1].
-      method: "rk4" or "euler".
-      substeps: static RK4 steps per grid interval (ignored by "euler").
+      method: "rk4", "rk4_hermite" or "euler".
+      substeps: static RK4 steps per grid interval ("rk4" only).
+      stride: static grid intervals per RK4 step ("rk4_hermite" only).
 
     Returns:
       `Evolution(residual_sums [T, N, C], logits [T, N, C])`.
@@ -70,8 +78,8 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     taus = check_taus(taus)
     if method not in INTEGRATORS:
         raise ValueError(f"unknown integrator {method!r}; choose one of {INTEGRATORS}")
-    if substeps < 1:
-        raise ValueError(f"substeps must be >= 1, got {substeps}")
+    if substeps < 1 or stride < 1:
+        raise ValueError(f"substeps and stride must be >= 1, got {substeps}, {stride}")
     real = mask[:, None]
     zero = jnp.zeros((), jnp.float32)
     H = H.astype(jnp.float32)
@@ -104,17 +112,43 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
 
     hits = jnp.asarray(taus, jnp.int32)[:, None, None]  # [T, 1, 1]
 
+    def record(R_taus, F_taus, t, F, R):  # keep only the T requested states, never the trajectory
+        hit = hits == t
+        return jnp.where(hit, R[None], R_taus), jnp.where(hit, F[None], F_taus)
+
     def grid_step(carry, t):
         F, R, R_taus, F_taus = carry
         r = residual(F)
         F, R = advance(F, r), R + r  # F(s_{t+1}), R_{t+1}
-        # Keep only the T requested states, never the [tau_max, N, C] trajectory.
-        hit = hits == t + 1
-        return (F, R, jnp.where(hit, R[None], R_taus), jnp.where(hit, F[None], F_taus)), None
+        return (F, R) + record(R_taus, F_taus, t + 1, F, R), None
+
+    def hermite(F0, F1, d0, d1, th):  # cubic through (F0, d0) at th=0 and (F1, d1) at th=1; d = h F'
+        return ((2 * th**3 - 3 * th**2 + 1) * F0 + (-2 * th**3 + 3 * th**2) * F1
+                + (th**3 - 2 * th**2 + th) * d0 + (th**3 - th**2) * d1)
+
+    def hermite_step(carry, n):  # grid points t = n*stride .. (n+1)*stride
+        F, k1, R, R_taus, F_taus = carry
+        h = stride * eta
+        k2 = velocity(F + 0.5 * h * k1)
+        k3 = velocity(F + 0.5 * h * k2)
+        k4 = velocity(F + h * k3)
+        F1 = F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        k1_next = velocity(F1)
+        t0 = n * stride
+        F_grid = [F] + [hermite(F, F1, h * k1, h * k1_next, j / stride) for j in range(1, stride)] + [F1]
+        for j in range(stride):  # static; R_{t0+j+1} = R_{t0+j} + residual(F(s_{t0+j}))
+            R = R + residual(F_grid[j])
+            R_taus, F_taus = record(R_taus, F_taus, t0 + j + 1, F_grid[j + 1], R)
+        return (F1, k1_next, R, R_taus, F_taus), None
 
     F0 = jnp.where(real, F0.astype(jnp.float32), zero)  # padding rows may hold anything, even NaN
     R0 = jnp.zeros_like(F0)
     stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
+    if method == "rk4_hermite":
+        steps = -(-taus[-1] // stride)  # ceil: the last step may run past tau_max; extra points never recorded
+        init = (F0, velocity(F0), R0, stack(R0), stack(F0))
+        (_, _, _, R_taus, F_taus), _ = jax.lax.scan(hermite_step, init, jnp.arange(steps, dtype=jnp.int32))
+        return Evolution(residual_sums=R_taus, logits=F_taus)
     init = (F0, R0, stack(R0), stack(F0))
     (_, _, R_taus, F_taus), _ = jax.lax.scan(grid_step, init, jnp.arange(taus[-1], dtype=jnp.int32))
     return Evolution(residual_sums=R_taus, logits=F_taus)
