@@ -178,19 +178,20 @@ def _check_projections(P, layout) -> int:
     return ks.pop()
 
 
-def _map_sample_chunks(fn, x: jax.Array, chunk: int | None):
-    """fn(x [B, ...]) -> pytree of [B, ...] on chunks of `chunk` samples (None or 0: all at once)."""
-    n = x.shape[0]
+def _map_sample_chunks(fn, xs, chunk: int | None):
+    """fn(xs) -> pytree of [B, ...] on chunks of `chunk` samples of every leaf of `xs` (leading axis N;
+    None or 0: all at once)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
     if not chunk or chunk >= n:
-        return fn(x)
+        return fn(xs)
     if chunk < 0:
         raise ValueError(f"sample_chunk must be >= 0, got {chunk}")
     full = n // chunk * chunk
-    head = jax.lax.map(fn, x[:full].reshape((n // chunk, chunk) + x.shape[1:]))
+    head = jax.lax.map(fn, jax.tree.map(lambda a: a[:full].reshape((n // chunk, chunk) + a.shape[1:]), xs))
     head = jax.tree.map(lambda a: a.reshape((full,) + a.shape[2:]), head)
     if full == n:
         return head
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, fn(x[full:]))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, fn(jax.tree.map(lambda a: a[full:], xs)))
 
 
 def _materialized(apply: Apply, params, x, P, layout):
@@ -241,25 +242,55 @@ def _dense_layer_index(params) -> dict:
     return {n: l for l, n in enumerate(names)}
 
 
-def _structured(params, x, P, layout):
+def _layer_blocks(P, group, layer_of) -> dict:
+    """{layer: {'kernel': rows of P_g, 'bias': rows}} for one group."""
+    blocks: dict = {}
+    for leaf in group:
+        blocks.setdefault(layer_of[leaf.path[0]], {})[leaf.path[1]] = P[leaf.offset:leaf.offset + leaf.size]
+    return blocks
+
+
+def _input_products(a, blk, k):
+    """Q[n, o, :] = sum_i [1; a][n, i] P[i, o, :] for one dense layer: `[B, fan_out, k]`."""
+    fan_in = a.shape[1]
+    fan_out = blk["kernel"].shape[0] // fan_in
+    q = jnp.matmul(a.astype(jnp.float32), blk["kernel"].reshape(fan_in, fan_out * k), precision=_HIGHEST)
+    q = q.reshape(a.shape[0], fan_out, k)
+    return q + blk["bias"][None] if "bias" in blk else q
+
+
+def first_layer_products(params, x: jax.Array, P: Sequence[jax.Array], grouping: str) -> jax.Array:
+    """The data side of the first dense layer's sketch: Q0 = [1; x] P_0 `[B, fan_out, k]` ("structured").
+
+    Depends on the samples and P only, not on the weights, so it can be computed
+    once per sample per round and shared by every neighbourhood holding the
+    sample (`sketch_jacobian(..., first_layer=...)`): the N (fan_in + 1) fan_out k
+    FLOPs that dominate the structured sketch are paid once instead of once per
+    neighbourhood (degree + 1 times). `x` `[B, 28, 28, 1]` (any shape whose
+    trailing axes flatten to fan_in).
+    """
+    layer_of = _dense_layer_index(params)
+    layout = _layout(params, grouping)
+    _check_projections(P, layout)
+    for p, group in zip(P, layout):
+        blk = _layer_blocks(p, group, layer_of).get(0, {})
+        if "kernel" in blk:
+            return _input_products(x.reshape(x.shape[0], -1), blk, p.shape[1])
+    raise ValueError("no group holds the first layer's kernel")
+
+
+def _structured(params, x, P, layout, first_layer=None):
     layer_of = _dense_layer_index(params)
     inputs, backprops = mlp_activations_and_backprops(params, x)  # [B, fan_in], [B, C, fan_out]
     n, c = backprops[-1].shape[:2]
     out = []
     for p, group in zip(P, layout):
         k = p.shape[1]
-        blocks: dict = {}  # layer -> {'kernel': rows, 'bias': rows}
-        for leaf in group:
-            blocks.setdefault(layer_of[leaf.path[0]], {})[leaf.path[1]] = p[leaf.offset:leaf.offset + leaf.size]
         s = jnp.zeros((n, c, k), jnp.float32)
-        for l, blk in blocks.items():
-            a, d = inputs[l].astype(jnp.float32), backprops[l].astype(jnp.float32)
-            fan_in, fan_out = a.shape[1], d.shape[2]
-            if "kernel" in blk:  # Q[n, o, :] = sum_i [1; a][n, i] P[i, o, :]: contract a first
-                q = jnp.matmul(a, blk["kernel"].reshape(fan_in, fan_out * k), precision=_HIGHEST)
-                q = q.reshape(n, fan_out, k)
-                if "bias" in blk:
-                    q = q + blk["bias"][None]
+        for l, blk in _layer_blocks(p, group, layer_of).items():
+            d = backprops[l].astype(jnp.float32)
+            if "kernel" in blk:  # contract [1; a] with P first
+                q = first_layer if (l == 0 and first_layer is not None) else _input_products(inputs[l], blk, k)
                 s = s + jnp.einsum("nco,nok->nck", d, q, precision=_HIGHEST)
             else:
                 s = s + jnp.einsum("nco,ok->nck", d, blk["bias"], precision=_HIGHEST)
@@ -269,7 +300,8 @@ def _structured(params, x, P, layout):
 
 def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, P: Sequence[jax.Array], *,
                     grouping: str, method: str = "structured", direction_chunk: int = 128,
-                    sample_chunk: int | None = None) -> tuple[jax.Array, ...]:
+                    sample_chunk: int | None = None,
+                    first_layer: jax.Array | None = None) -> tuple[jax.Array, ...]:
     """SPEC step 3 (sketch mode): J~_g = J_g P_g for every group g.
 
     Args:
@@ -283,6 +315,9 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
       direction_chunk: "forward": P columns (JVPs) vectorized at once.
       sample_chunk: samples per vectorized chunk (None or 0: all at once);
         bounds memory, e.g. "materialize" holds a `[sample_chunk, C, d]` J.
+      first_layer: "structured" only: `first_layer_products(params, x, P,
+        grouping)` `[N, fan_out, k]` precomputed for these rows (e.g. shared by
+        all neighbourhoods); None = computed here.
 
     Returns:
       tuple over groups of J~_g `[N, C, k]` float32; padding rows are zero.
@@ -291,17 +326,19 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
     _check_projections(P, layout)
     if direction_chunk < 1:
         raise ValueError(f"direction_chunk must be >= 1, got {direction_chunk}")
+    if first_layer is not None and method != "structured":
+        raise ValueError(f"first_layer products are only used by method 'structured', not {method!r}")
     if method == "structured":
         _dense_layer_index(params)
-        fn = lambda xb: _structured(params, xb, P, layout)
+        fn = lambda xq: _structured(params, xq[0], P, layout, xq[1])
     elif method == "forward":
-        fn = lambda xb: _forward(apply, params, xb, P, layout, direction_chunk)
+        fn = lambda xq: _forward(apply, params, xq[0], P, layout, direction_chunk)
     elif method == "materialize":
-        fn = lambda xb: _materialized(apply, params, xb, P, layout)
+        fn = lambda xq: _materialized(apply, params, xq[0], P, layout)
     else:
         raise ValueError(f"unknown sketch method {method!r}; choose one of {METHODS} (or resolve 'auto' "
                          f"with resolve_method)")
-    sketches = _map_sample_chunks(fn, zero_padding(x, mask), sample_chunk)
+    sketches = _map_sample_chunks(fn, (zero_padding(x, mask), first_layer), sample_chunk)
     return tuple(mask_rows(sketches, mask))
 
 

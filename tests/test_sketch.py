@@ -143,6 +143,25 @@ def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, groupin
     assert np.all(H[~MASK] == 0) and np.all(H[:, ~MASK] == 0)
 
 
+@pytest.mark.parametrize("arch,grouping,kw", [((16,), "layer", {}), ((16,), "tensor", {"sample_chunk": 3}),
+                                               ((8, 6), "global", {"sample_chunk": 5})])
+def test_shared_first_layer_products_match_float64(arch, grouping, kw):
+    """first_layer_products computed on the unpadded rows, gathered into a padded neighbourhood,
+    then passed to the structured sketch == J P (float64) to 1e-5; padding rows still zero."""
+    model, params, x, xp, J = _case("mlp", arch)
+    P = sketch.projections(jax.random.key(1), params, grouping, 20, 0, True)
+    q = jax.jit(sketch.first_layer_products, static_argnums=3)(params, jnp.asarray(x), P, grouping)
+    assert q.shape == (N_REAL, arch[0], 20)
+    qp = np.full((len(MASK),) + q.shape[1:], np.nan, np.float32)  # padding rows: garbage
+    qp[MASK] = q
+    f = jax.jit(functools.partial(sketch.sketch_jacobian, model.apply, grouping=grouping, method="structured",
+                                  **kw))
+    got = np.concatenate([np.asarray(s) for s in f(params, xp, MASK, P, first_layer=jnp.asarray(qp))], -1)
+    assert np.all(got[~MASK] == 0)
+    want = J @ _block_diag(P)
+    assert _rel_err(got[MASK], want) < 1e-5, _rel_err(got[MASK], want)
+
+
 def test_sketch_vmap_over_nodes_with_shared_projection():
     """The caller's pattern: P drawn once, closed over, per-node function vmapped over nodes."""
     model = models.make_model("mlp", hidden=(16,))
