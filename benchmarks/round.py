@@ -15,14 +15,13 @@ Peak memory: the process's max RSS on CPU; the device's peak bytes on GPU.
 
 from __future__ import annotations
 
-import resource
 import sys
-import time
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from benchmarks.common import matmul_throughput, peak_memory_bytes, phase_flops, timed
 from experiments.config_names import rewrite_argv
 from spark_jax import metrics
 from spark_jax.algorithms import ntk_dfl
@@ -34,53 +33,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after
                                 "first call (compile included; for paper-scale CPU runs).")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
-
-
-def timed(fn, *args, repeats: int):
-    """(median seconds over `repeats` runs after one compile+warm-up run, output)."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    if repeats == 0:
-        return compile_s, float("nan"), out
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], compile_s, out
-
-
-def matmul_throughput(n: int, repeats: int = 3) -> float:
-    """Measured float32 GEMM FLOP/s of an [n, n] x [n, n] product (the machine's practical limit)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    t, _, _ = timed(f, a, a, repeats=max(repeats, 1))
-    return 2 * n**3 / t
-
-
-def phase_flops(config, num_nodes: int, rows: int) -> dict:
-    """Analytic FLOPs of the kernel and evolution phases for all nodes (padded rows).
-
-    structured kernel, per dense layer: N^2 (fan_in + 1) + N^2 C fan_out multiply-adds;
-    evolution: tau_max steps x (4 RK4 stages or 1 Euler) x substeps kernel products
-    [N, N] x [N, C].
-    """
-    sizes = (784, *config.model.hidden, 10)
-    c = 10
-    kernel = sum(rows * rows * (fan_in + 1) + rows * rows * c * fan_out
-                 for fan_in, fan_out in zip(sizes[:-1], sizes[1:])) * 2
-    stages = 4 * config.ntk.substeps if config.ntk.integrator == "rk4" else 1
-    evolution = max(config.ntk.taus) * stages * 2 * rows * rows * c
-    return {"kernel": kernel * num_nodes, "evolution": evolution * num_nodes}
-
-
-def peak_memory_bytes() -> int:
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if dev.platform != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def phase_functions(setup):

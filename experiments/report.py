@@ -1,36 +1,48 @@
 """Tables and plots from run directories: `python -m experiments.report DIR`.
 
-  python -m experiments.report results/sweep_x [--target=0.85] [--out=results/sweep_x/report]
+  python -m experiments.report results/sweep_x [--target=0.85] [--out=results/sweep_x/report] [--compare]
       writes report.md, report.csv, accuracy_vs_round.png, accuracy_vs_bytes.png;
       seconds for hundreds of runs.
+  python -m experiments.report results/compare_cpu
+      a method comparison (sweep preset compare_fmnist) also gets compare.csv, compare_vs_round.png,
+      compare_vs_bytes.png and partition_*.png, and its tables in report.md.
 
-Thin on purpose: the logic is in `spark_jax.report_tables`. DIR is any tree
-holding run directories (config.json + metrics.jsonl); runs are grouped into
-settings by the config keys that differ between them, seeds aggregated.
-`--target` defaults to the runs' common config.eval.target_accuracy (else
-0.85); rounds/bytes to target are recomputed from metrics.jsonl.
+Thin on purpose: the logic is in `spark_jax.report_tables` (per-setting table)
+and `spark_jax.report_compare` (methods x settings). DIR is any tree holding
+run directories (config.json + metrics.jsonl); runs are grouped into settings
+by the config keys that differ between them, seeds aggregated. The comparison
+view is added when those keys include `algorithm` and another key, or with
+--compare (--nocompare turns it off). `--target` defaults to the runs' common
+config.eval.target_accuracy (else 0.85); rounds/bytes to target are
+recomputed from metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from absl import app, flags
 
-from spark_jax import report_tables
+from spark_jax import report_compare, report_tables
 
 _TARGET = flags.DEFINE_float("target", None, "Target aggregated test accuracy for rounds/bytes to target.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default DIR/report).")
+_COMPARE = flags.DEFINE_bool("compare", None, "Methods x settings comparison tables and figures "
+                             "(default: when `algorithm` and another config key vary).")
 
 
 def main(argv):
     if len(argv) != 2:
-        sys.exit("usage: python -m experiments.report DIR [--target=0.85] [--out=DIR/report]")
+        sys.exit("usage: python -m experiments.report DIR [--target=0.85] [--out=DIR/report] [--compare]")
+    compare = functools.partial(report_compare.section, force=_COMPARE.value)
     try:
-        report = report_tables.write_report(argv[1], _OUT.value, _TARGET.value)
+        report = report_tables.write_report(argv[1], _OUT.value, _TARGET.value, sections=[compare])
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(report_tables.markdown_table(report["rows"]))
+    for section in report["sections"]:
+        print("\n" + section["text"])
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} unfinished run(s)")
     print(f"target {report['target']:g}; wrote {', '.join(str(p) for p in report['files'].values())}")

@@ -251,10 +251,12 @@ def default_target(runs: list[Run], fallback: float = 0.85) -> float:
     return targets.pop() if len(targets) == 1 else fallback
 
 
-def write_report(root, out=None, target: float | None = None) -> dict:
+def write_report(root, out=None, target: float | None = None, sections=()) -> dict:
     """Writes report.md, report.csv, accuracy_vs_round.png, accuracy_vs_bytes.png to `out`.
 
-    Returns {'rows', 'settings', 'skipped', 'target', 'files'}; ValueError if no finished run.
+    `sections`: callables (root, settings, out, target) -> None or a dict whose 'markdown' goes into
+    report.md before the per-setting table and whose 'files' it wrote (e.g. report_compare.section).
+    Returns {'rows', 'settings', 'skipped', 'target', 'files', 'sections'}; ValueError if no finished run.
     """
     root = pathlib.Path(root)
     out = pathlib.Path(out) if out else root / "report"
@@ -272,18 +274,27 @@ def write_report(root, out=None, target: float | None = None) -> dict:
     write_csv(rows, files["csv"])
     plot_accuracy(settings, files["round_png"], "round", target)
     plot_accuracy(settings, files["bytes_png"], "bytes_cumulative", target)
-    files["md"].write_text(markdown_report(root, settings, rows, target, skipped, files))
-    return {"rows": rows, "settings": settings, "skipped": skipped, "target": target, "files": files}
+    extra = [x for x in (section(root, settings, out, target) for section in sections) if x is not None]
+    for x in extra:
+        files.update(x["files"])
+    files["md"].write_text(markdown_report(root, settings, rows, target, skipped, files,
+                                           [x["markdown"] for x in extra]))
+    return {"rows": rows, "settings": settings, "skipped": skipped, "target": target, "files": files,
+            "sections": extra}
 
 
-def markdown_report(root, settings, rows, target, skipped, files) -> str:
+def markdown_report(root, settings, rows, target, skipped, files, sections=()) -> str:
     runs = sum(len(s.runs) for s in settings)
     parts = [f"# Report: {root}", "",
              f"{runs} finished runs in {len(settings)} settings; target aggregated test accuracy {target:g}. "
              "Accuracy mean ± sample std over seeds; rounds to target over the seeds that reached it; "
-             "bytes are means over seeds (1 GB = 1e9 B).", "", markdown_table(rows), "",
-             f"![accuracy vs round]({files['round_png'].name})", "",
-             f"![accuracy vs bytes]({files['bytes_png'].name})", "", "## Runs", ""]
+             "bytes are means over seeds (1 GB = 1e9 B).", ""]
+    for text in sections:
+        parts += [text.rstrip(), ""]
+    parts += ["## Per setting", ""] if sections else []
+    parts += [markdown_table(rows), "",
+              f"![accuracy vs round]({files['round_png'].name})", "",
+              f"![accuracy vs bytes]({files['bytes_png'].name})", "", "## Runs", ""]
     for s in settings:
         dirs = ", ".join(_relative(r.path, root) for r in s.runs)
         parts.append(f"- {s.label}: {dirs}")

@@ -32,9 +32,9 @@ def _f32(*arrays):
     return [jnp.asarray(a, jnp.float32) for a in arrays]
 
 
-def _evolve(taus, method, substeps=1, stride=4):
+def _evolve(taus, method, substeps=1, stride=4, warmup=0):
     return jax.jit(functools.partial(ntk.evolve_logits, taus=taus, method=method, substeps=substeps,
-                                     stride=stride))
+                                     stride=stride, warmup=warmup))
 
 
 def _dop853(H, F0, Y, eta, tau_max):
@@ -59,8 +59,8 @@ def test_rk4_matches_dop853(method, substeps, stride):
     np.testing.assert_allclose(out.residual_sums, R_ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("stiffness,stride", [(2.0, 1), (1.0, 2), (0.5, 4)])
-def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride):
+@pytest.mark.parametrize("stiffness,stride,warmup", [(2.0, 1, 0), (1.0, 2, 0), (0.5, 4, 0), (2.0, 4, 50)])
+def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride, warmup):
     """eta * lambda_max(H) / N = `stiffness` per grid interval (about 2 on real Fashion-MNIST
     neighbourhoods at eta_0; benchmarks/evolution.py); the RK4 step h = stride * eta keeps
     h * lambda_max / N <= 2. Candidates not multiples of the stride; long horizon (800 steps)."""
@@ -68,7 +68,8 @@ def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride):
     eta = stiffness * N / np.linalg.eigvalsh(H)[-1]
     taus = (100, 203, 401, 600, 799)
     F_ref, R_ref = _dop853(H, F0, Y, eta, taus[-1])
-    out = _evolve(taus, "rk4_hermite", stride=stride)(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
+    out = _evolve(taus, "rk4_hermite", stride=stride, warmup=warmup)(*_f32(H, F0, Y), jnp.ones(N, bool),
+                                                                      jnp.float32(eta))
     idx = np.asarray(taus)
     np.testing.assert_allclose(out.logits, F_ref[idx], atol=1e-4, rtol=0)
     # R_tau sums up to 800 residuals of size ~1: compare relative to the number of terms summed

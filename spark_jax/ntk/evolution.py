@@ -58,7 +58,8 @@ def check_taus(taus: Sequence[int]) -> tuple[int, ...]:
 
 
 def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array, eta: jax.Array,
-                  taus: Sequence[int], method: str = "rk4", substeps: int = 1, stride: int = 4) -> Evolution:
+                  taus: Sequence[int], method: str = "rk4", substeps: int = 1, stride: int = 4,
+                  warmup: int = 0) -> Evolution:
     """SPEC step 7 (and the residual sums of step 8).
 
     Args:
@@ -71,6 +72,8 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
       method: "rk4", "rk4_hermite" or "euler".
       substeps: static RK4 steps per grid interval ("rk4" only).
       stride: static grid intervals per RK4 step ("rk4_hermite" only).
+      warmup: static; "rk4_hermite" takes its first `warmup` grid intervals at
+        stride 1 (the stiff transient, where most of the error is made).
 
     Returns:
       `Evolution(residual_sums [T, N, C], logits [T, N, C])`.
@@ -78,8 +81,8 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     taus = check_taus(taus)
     if method not in INTEGRATORS:
         raise ValueError(f"unknown integrator {method!r}; choose one of {INTEGRATORS}")
-    if substeps < 1 or stride < 1:
-        raise ValueError(f"substeps and stride must be >= 1, got {substeps}, {stride}")
+    if substeps < 1 or stride < 1 or warmup < 0:
+        raise ValueError(f"need substeps >= 1, stride >= 1, warmup >= 0; got {substeps}, {stride}, {warmup}")
     real = mask[:, None]
     zero = jnp.zeros((), jnp.float32)
     H = H.astype(jnp.float32)
@@ -126,28 +129,38 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
         return ((2 * th**3 - 3 * th**2 + 1) * F0 + (-2 * th**3 + 3 * th**2) * F1
                 + (th**3 - 2 * th**2 + th) * d0 + (th**3 - th**2) * d1)
 
-    def hermite_step(carry, n):  # grid points t = n*stride .. (n+1)*stride
-        F, k1, R, R_taus, F_taus = carry
-        h = stride * eta
-        k2 = velocity(F + 0.5 * h * k1)
-        k3 = velocity(F + 0.5 * h * k2)
-        k4 = velocity(F + h * k3)
-        F1 = F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        k1_next = velocity(F1)
-        t0 = n * stride
-        F_grid = [F] + [hermite(F, F1, h * k1, h * k1_next, j / stride) for j in range(1, stride)] + [F1]
-        for j in range(stride):  # static; R_{t0+j+1} = R_{t0+j} + residual(F(s_{t0+j}))
-            R = R + residual(F_grid[j])
-            R_taus, F_taus = record(R_taus, F_taus, t0 + j + 1, F_grid[j + 1], R)
-        return (F1, k1_next, R, R_taus, F_taus), None
+    def hermite_steps(carry, start: int, num_steps: int, stride: int):
+        """`num_steps` RK4 steps of `stride` grid intervals from grid point `start` (all static)."""
+
+        def step(carry, n):  # grid points t0 .. t0 + stride
+            F, k1, R, R_taus, F_taus = carry
+            h = stride * eta
+            k2 = velocity(F + 0.5 * h * k1)
+            k3 = velocity(F + 0.5 * h * k2)
+            k4 = velocity(F + h * k3)
+            F1 = F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            k1_next = velocity(F1)
+            t0 = start + n * stride
+            F_grid = [F] + [hermite(F, F1, h * k1, h * k1_next, j / stride) for j in range(1, stride)] + [F1]
+            for j in range(stride):  # static; R_{t0+j+1} = R_{t0+j} + residual(F(s_{t0+j}))
+                R = R + residual(F_grid[j])
+                R_taus, F_taus = record(R_taus, F_taus, t0 + j + 1, F_grid[j + 1], R)
+            return (F1, k1_next, R, R_taus, F_taus), None
+
+        if num_steps <= 0:
+            return carry
+        return jax.lax.scan(step, carry, jnp.arange(num_steps, dtype=jnp.int32))[0]
 
     F0 = jnp.where(real, F0.astype(jnp.float32), zero)  # padding rows may hold anything, even NaN
     R0 = jnp.zeros_like(F0)
     stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
     if method == "rk4_hermite":
-        steps = -(-taus[-1] // stride)  # ceil: the last step may run past tau_max; extra points never recorded
-        init = (F0, velocity(F0), R0, stack(R0), stack(F0))
-        (_, _, _, R_taus, F_taus), _ = jax.lax.scan(hermite_step, init, jnp.arange(steps, dtype=jnp.int32))
+        # The stiff transient of the first `warmup` intervals at stride 1 (plain RK4), then `stride`.
+        first = min(warmup, taus[-1])
+        steps = -(-(taus[-1] - first) // stride)  # ceil: the last step may run past tau_max (never recorded)
+        carry = (F0, velocity(F0), R0, stack(R0), stack(F0))
+        carry = hermite_steps(carry, 0, first, 1)
+        _, _, _, R_taus, F_taus = hermite_steps(carry, first, steps, stride)
         return Evolution(residual_sums=R_taus, logits=F_taus)
     init = (F0, R0, stack(R0), stack(F0))
     (_, _, R_taus, F_taus), _ = jax.lax.scan(grid_step, init, jnp.arange(taus[-1], dtype=jnp.int32))

@@ -1,0 +1,160 @@
+"""Per-round wall time of SPARK, split by phase, with FLOP rates and peak memory.
+
+  python -m benchmarks.spark_round --config=fmnist_ring:small [--config.a.b=v ...] [--repeats=2]
+
+All M nodes' sketches at once would be M x N x C x k_tot floats (300 nodes:
+~15 GB), so the phases are timed on one node chunk (`config.ntk.node_chunk`
+nodes, vmapped as in the round) and reported per node and scaled to M; the
+fused jitted round is timed on all M nodes (the figure that counts). Phases
+(SPEC steps):
+  projections  P_l for this round (3; drawn once per round, shared by all nodes)
+  first_layer  [1; x] P_0 for every sample (3; only with sketch.share_first_layer)
+  sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4)
+  kernel       H~ = (1/C) sum J~ J~^T (5)
+  evolution    F(s) and R_tau (6-7)
+  update       back-projected Delta_tau for every tau (8)
+  selection    tau* by the network's loss (9)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from benchmarks.common import matmul_throughput, peak_memory_bytes, phase_flops, timed
+from experiments.config_names import rewrite_argv
+from spark_jax import ntk, schedules, sketch
+from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
+from spark_jax.experiment import prepare, round_inputs
+from spark_jax.rng import stream_key
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions after one warm-up; 0 = first call only.")
+_FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round on all nodes.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
+
+
+def sketch_flops(config, rows: int, k: int) -> dict:
+    """Analytic FLOPs per node (dense MLP, 'layer' grouping): sketch (input side + backprop side), kernel."""
+    sizes = (784, *config.model.hidden, 10)
+    c = 10
+    first = 2 * rows * (sizes[0] + 1) * sizes[1] * k
+    rest = sum(2 * rows * (fi + 1) * fo * k for fi, fo in zip(sizes[1:-1], sizes[2:]))
+    backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
+    kernel = 2 * rows * rows * c * k * (len(sizes) - 1)
+    evolution = phase_flops(config, 1, rows)["evolution"]
+    shared = config.sketch.share_first_layer
+    return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
+            "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel, "evolution": evolution}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    if _DATA_DIR.value:
+        config.data.data_dir = _DATA_DIR.value
+    if config.algorithm != "spark" or not config.sketch.enabled:
+        sys.exit("error: benchmarks.spark_round times SPARK with sketches (config.algorithm='spark', "
+                 "sketch.enabled=True); use benchmarks.round for exact NTK-DFL")
+    setup = prepare(config)
+    sc, nc = config.sketch, config.ntk
+    repeats = _REPEATS.value
+    apply = setup.model.apply
+    template = setup.model.init(jax.random.key(0))
+    method = sketch.resolve_method(sc.method, config.model.name)
+    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
+    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    eta = schedules.learning_rate(nc.eta0, nc.decay, inputs.round_index)
+    nd = setup.node_data
+    b = min(nc.node_chunk, config.partition.num_nodes)
+    nbr, smask = inputs.neighbors[:b], inputs.mask[:b]
+    w_bar = jax.tree.map(lambda a: a[:b], state.params)
+    sketch_key = stream_key(config.seed, "sketch")
+    taus = tuple(nc.taus)
+
+    projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
+    first_layer = jax.jit(lambda P: sketch.first_layer_products(
+        template, nd.x.reshape((-1,) + nd.x.shape[2:]), P, sc.grouping).reshape(nd.x.shape[:2] + (-1, sc.k)))
+
+    def per_node(fn):
+        return jax.jit(jax.vmap(fn))
+
+    def gathered(n, s):
+        return gather_neighbourhood(nd, n, s)
+
+    def sketch_one(w, n, s, P, first):
+        x, labels, mask = gathered(n, s)
+        f0 = apply(w, x)
+        q = first[n].reshape((x.shape[0],) + first.shape[2:]) if first is not None else None
+        sk = sketch.sketch_jacobian(apply, w, x, mask, P, grouping=sc.grouping, method=method,
+                                    direction_chunk=sc.direction_chunk, sample_chunk=nc.sample_chunk or None,
+                                    first_layer=q)
+        return f0, jax.nn.one_hot(labels, setup.model.num_classes) * mask[:, None], sk
+
+    rows = []
+    t, c, P = timed(projections, inputs.round_index, repeats=repeats)
+    rows.append(("projections", t, c, 1))
+    first = None
+    if sc.share_first_layer and method == "structured":
+        t, c, first = timed(first_layer, P, repeats=repeats)
+        rows.append(("first_layer", t, c, 1))
+    sk_fn = jax.jit(jax.vmap(sketch_one, in_axes=(0, 0, 0, None, None)))
+    t, c, (f0, y, sk) = timed(sk_fn, w_bar, nbr, smask, P, first, repeats=repeats)
+    rows.append(("sketch", t, c, b))
+    masks = jax.vmap(lambda n, s: gathered(n, s)[2])(nbr, smask)
+    t, c, h = timed(per_node(sketch.sketched_kernel), sk, masks, repeats=repeats)
+    rows.append(("kernel", t, c, b))
+    evolve = lambda hh, f, yy, m: ntk.evolve_logits(hh, f, yy, m, eta, taus, method=nc.integrator,
+                                                    substeps=nc.substeps, stride=nc.stride,
+                                                    warmup=nc.warmup)
+    t, c, evo = timed(per_node(evolve), h, f0, y, masks, repeats=repeats)
+    rows.append(("evolution", t, c, b))
+    update = lambda s_, w, e, m: sketch.sketched_weight_updates(s_, P, w, sc.grouping, e.residual_sums, eta, m)
+    t, c, deltas = timed(per_node(update), sk, w_bar, evo, masks, repeats=repeats)
+    rows.append(("update", t, c, b))
+
+    def select(w, n, s, yy, dl, e):
+        x, _, mask = gathered(n, s)
+        return ntk.select_tau(apply, w, x, mask, yy, dl, criterion=nc.tau_criterion, evolved_logits=e.logits)
+
+    t, c, _ = timed(per_node(select), w_bar, nbr, smask, y, deltas, evo, repeats=repeats)
+    rows.append(("selection", t, c, b))
+    del sk, h, deltas
+    if _FUSED.value:
+        round_fn = jax.jit(setup.algorithm.round)
+        t_round, c_round, _ = timed(round_fn, state, nd, inputs, repeats=repeats)
+
+    m = config.partition.num_nodes
+    n_nb = int(inputs.neighbors.shape[1] * nd.mask.shape[1])
+    flops = sketch_flops(config, n_nb, sc.k)
+    print(f"config {config.name}: {m} nodes, topology {config.topology.kind} (slots {inputs.neighbors.shape[1]}), "
+          f"n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows; sketch {method}, k = {sc.k} per "
+          f"{sc.grouping}, share_first_layer {sc.share_first_layer}; integrator {nc.integrator}, taus {taus}; "
+          f"phases on {b} nodes, scaled to {m}")
+    how = f"median of {repeats} after warm-up" if repeats else "first call, compile included"
+    peak = matmul_throughput(2048)
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}; "
+          f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'phase':<12}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
+    scaled = [(name, t / nodes, t / nodes * m if nodes > 1 else t, c) for name, t, c, nodes in rows]
+    total = sum(s for _, _, s, _ in scaled)
+    for name, per, s, c in scaled:
+        work = (flops["first_layer_per_sample"] * int(nd.counts.sum()) if name == "first_layer"
+                else flops.get(name, 0) * m)
+        rate = f"{work / s / 1e9:>10.1f}{work / s / peak:>9.1%}" if work else ""
+        per_txt = f"{per:>9.3f}" if name not in ("projections", "first_layer") else f"{'-':>9}"
+        print(f"{name:<12}{per_txt}{s:>10.3f}{s / total:>8.1%}{c:>11.1f}{rate}")
+    print(f"{'sum':<12}{'':>9}{total:>10.3f}")
+    if _FUSED.value:
+        print(f"{'fused round':<12}{'':>9}{t_round:>10.3f}{'':>8}{c_round:>11.1f}   (all {m} nodes, "
+              f"without evaluation)")
+    print(f"peak memory: {peak_memory_bytes() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    sys.argv = rewrite_argv(sys.argv)
+    app.run(main)
