@@ -3,7 +3,14 @@
 Thin on purpose: flags -> config -> `spark_jax.experiment.run`. NAME resolves
 to `experiments/configs/NAME.py` (a file path works too); `--config.a.b=v`
 overrides are type-checked by ml_collections; `--workdir` defaults to
-`results/<name>_<timestamp>`.
+`results/<name>_<timestamp>`. `--resume` continues the run in `--workdir` from
+its last checkpoint (same command, same config):
+
+  python -m experiments.run --config=fmnist_ring:small --workdir=results/a --resume
+
+Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
+input, a config that differs from the resumed run's, or a NaN/Inf (the round,
+nodes and phase named; checkpoints and metrics of the good rounds are kept).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from experiments.config_names import named_configs, parse_flags, rewrite_argv
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NAME[:ARG] or path.py[:ARG].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default results/<name>_<timestamp>).")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last checkpoint "
+                            "(a new run if --workdir is empty; nothing to do if it finished).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir "
                                 "and $SPARK_JAX_DATA_DIR).")
 
@@ -32,18 +41,26 @@ def main(argv):
         sys.exit(f"error: --config is required; named configs: {', '.join(named_configs())}")
     if _DATA_DIR.value:
         config.data.data_dir = _DATA_DIR.value
+    if _RESUME.value and not _WORKDIR.value:
+        sys.exit("error: --resume needs --workdir (the run directory to continue)")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = _WORKDIR.value or f"results/{config.name.replace(':', '_')}_{stamp}"
 
     from spark_jax.data import DataError
     from spark_jax.experiment import run
+    from spark_jax.guard import NonFiniteError
 
     try:
-        summary = run(config, workdir)
-    except (ValueError, DataError, FileNotFoundError, FileExistsError) as e:
+        summary = run(config, workdir, resume=_RESUME.value)
+    except (ValueError, DataError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
         sys.exit(f"error: {e}")
+    if summary.get("run_status") == "already finished":
+        print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
+              f"accuracy {summary['final_test_accuracy']:.4f}")
+        return
+    resumed = " (resumed)" if summary.get("run_status") == "resumed" else ""
     print(f"{summary['config_name']}: final aggregated test accuracy {summary['final_test_accuracy']:.4f} "
-          f"after {summary['rounds']} rounds; run directory {workdir}")
+          f"after {summary['rounds']} rounds{resumed}; run directory {workdir}")
 
 
 if __name__ == "__main__":

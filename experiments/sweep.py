@@ -9,7 +9,8 @@ Thin on purpose: flags -> `spark_jax.sweep_grid.build_grid` -> `run_sweep`.
 `--config` and fixed `--config.a.b=v` overrides work as in `experiments.run`
 and apply to every run. Axis syntax (tuples: `config.ntk.taus=100:200;100:400`)
 and the directory layout are described in `spark_jax/sweep_grid.py`. Re-running
-the same command resumes: finished runs are skipped, interrupted ones re-run.
+the same command resumes: finished runs are skipped, interrupted ones continue
+from their last checkpoint (or re-run when they have none).
 Exits non-zero if any run failed. Cost: the sum of the runs' costs.
 """
 

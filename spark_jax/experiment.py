@@ -1,9 +1,16 @@
 """One experiment from a config: validate, prepare, run the rounds, write files.
 
-`run(config, workdir)` is what `experiments/run.py` calls. Every fallible
-step (config checks, data, partition, graph feasibility) happens in
-`prepare`, before the run directory is created, so bad input never leaves a
-half-written directory behind.
+`run(config, workdir, resume)` is what `experiments/run.py` calls. Every
+fallible step (config checks, data, partition, graph feasibility, the resume
+checks) happens before the run directory is created or touched, so bad input
+never leaves a half-written directory behind.
+
+Each round: the jitted round (with the NaN guard's per-node finiteness flags,
+`spark_jax.guard`), evaluation, one metrics.jsonl line, and every
+`config.checkpoint_every` rounds a checkpoint (`spark_jax.checkpoint`). A
+round that trips the guard raises `guard.NonFiniteError` before its metrics
+line is written: metrics.jsonl and the checkpoints stay those of the last good
+rounds.
 """
 
 from __future__ import annotations
@@ -15,15 +22,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from spark_jax import algorithms, comm, data, metrics, parallel, partition, topology
+from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, topology
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_io import RunDir, to_jsonable
+from spark_jax.run_io import RunDir, config_differences, environment_info, flatten_config, to_jsonable
 from spark_jax.validation import ConfigError, validate_config
 
-__all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition"]
+__all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition", "check_resumable"]
 
 
 class Setup(NamedTuple):
@@ -139,12 +147,12 @@ def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) 
                        key=jax.random.fold_in(train_key, round_index))
 
 
-def _progress(config, total):
+def _progress(config, total, initial=0):
     if not config.progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=config.name, unit="round")
+    return tqdm(total=total, initial=initial, desc=config.name, unit="round")
 
 
 def final_models(setup: Setup, node_params) -> dict:
@@ -161,16 +169,64 @@ def final_models(setup: Setup, node_params) -> dict:
             "aggregated_test_half_accuracy": acc(metrics.mean_params(node_params))}
 
 
-def run(config, workdir) -> dict:
-    """Runs `config.rounds` rounds and writes the run directory; returns the summary."""
-    setup = prepare(config)
+def check_resumable(config, run_dir: RunDir) -> None:
+    """Raises unless `run_dir` holds a run of `config` (fields that change no result aside).
+
+    Differences in the recorded environment (versions, device kind, XLA flags)
+    only warn: the run continues, but may not be bit-identical to an
+    uninterrupted one.
+    """
+    saved = run_dir.read_config()
+    if saved is None:
+        raise FileExistsError(f"cannot resume: workdir {run_dir.path} is not empty but has no config.json "
+                              "(not a run directory); pass another --workdir or remove it")
+    diff = config_differences(saved, config.to_dict())
+    if diff:
+        old, new = flatten_config(saved), flatten_config(config.to_dict())
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+        raise ConfigError(f"cannot resume {run_dir.path}: the config differs from its config.json in "
+                          f"{len(diff)} field(s) ({shown}{'; ...' if len(diff) > 3 else ''}); resume with the "
+                          "same config or pass another --workdir")
+    env = run_dir.read_environment()
+    now = environment_info()
+    changed = [k for k in ("jax", "jaxlib", "device_kind", "devices", "XLA_FLAGS", "jax_flags")
+               if k in env and env[k] != now[k]]
+    if changed:
+        logging.warning("resuming %s in another environment (%s differ): the rest of the run may not be "
+                        "bit-identical to an uninterrupted one", run_dir.path, ", ".join(changed))
+
+
+def run(config, workdir, resume: bool = False) -> dict:
+    """Runs `config.rounds` rounds and writes the run directory; returns the summary.
+
+    resume=False: `workdir` must not exist or be empty. resume=True: continue
+    the run in `workdir` from its last complete checkpoint (from round 0 when
+    it has none; metrics.jsonl is cut back to the checkpoint's round); its
+    config.json must hold the same config (`check_resumable`). A finished run
+    (summary.json) is not run again: its summary comes back with
+    'run_status': 'already finished'. A `workdir` that does not exist or is
+    empty starts a new run. The returned summary's 'run_status' is 'ran',
+    'resumed' or 'already finished'.
+    """
+    validate_config(config, algorithms.available())
     run_dir = RunDir(workdir)
+    resuming = resume and run_dir.exists()
+    if resuming:
+        check_resumable(config, run_dir)
+        done = run_dir.read_summary()
+        if done is not None:
+            return {**done, "run_status": "already finished"}
+    elif run_dir.exists():
+        run_dir.create()  # raises: not empty (before loading any data)
+    setup = prepare(config)
+    if resuming:
+        return {**_run_rounds(setup, run_dir, resume=True), "run_status": "resumed"}
     run_dir.create()
     try:
         run_dir.write_config(config.to_dict())
         (run_dir.path / "partition.txt").write_text(partition.histogram_summary(setup.label_hist) + "\n")
         partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
-        return _run_rounds(setup, run_dir)
+        return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException:
         # Nothing half-written: a run that failed before its first round leaves no directory.
         if not (run_dir.path / "metrics.jsonl").exists():
@@ -178,58 +234,121 @@ def run(config, workdir) -> dict:
         raise
 
 
-def _run_rounds(setup: Setup, run_dir: RunDir) -> dict:
+def guarded_round(round_fn):
+    """`round_fn` with the NaN guard's 'finite_state' [M] flags added to its metrics."""
+
+    def guarded(state, node_data, inputs):
+        state, out = round_fn(state, node_data, inputs)
+        return state, {**out, "finite_state": guard.nodes_finite(state)}
+
+    return guarded
+
+
+def _start(setup: Setup, run_dir: RunDir, resume: bool):
+    """(state, progress): a fresh state at round 0, or the last checkpoint's when resuming."""
+    cfg = setup.config
+    state = setup.algorithm.init(stream_key(cfg.seed, "init"), setup.node_data)
+    if setup.mesh is not None:  # state node axis split over the devices
+        state = parallel.shard_nodes(state, setup.mesh)
+    progress = checkpoint.Progress()
+    if resume:
+        step = checkpoint.latest_step(run_dir.path)
+        if step is not None:
+            state, progress = checkpoint.restore(run_dir.path, step, like=state)
+        run_dir.rewrite_metrics(progress.history)
+        logging.warning("resuming %s at round %d of %d", run_dir.path, progress.round, cfg.rounds)
+    return state, progress
+
+
+def _where_kept(run_dir: RunDir, progress: checkpoint.Progress) -> str:
+    """What a run stopped by the NaN guard keeps (its bad round's metrics line is not written)."""
+    if progress.round == 0:
+        return "no round completed"
+    step = checkpoint.latest_step(run_dir.path)
+    ckpt = (f"last good checkpoint: round {step} ({checkpoint.checkpoint_dir(run_dir.path) / str(step)})"
+            if step is not None else "no checkpoint yet")
+    rounds = "round 1" if progress.round == 1 else f"rounds 1-{progress.round}"
+    return f"{ckpt}; metrics.jsonl holds {rounds}"
+
+
+def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
+    """Rounds from the start (or the last checkpoint), then summary.json; returns the summary."""
+    state, progress = _start(setup, run_dir, resume)
+    manager = checkpoint.open_manager(run_dir.path) if setup.config.checkpoint_every else None
+    try:
+        state = _rounds(setup, run_dir, state, progress, manager)
+        summary = _summary(setup, state, progress)
+        run_dir.write_summary(summary)
+        if manager is not None:
+            checkpoint.keep_only_latest(manager)  # a finished run keeps its final state only
+        return summary
+    finally:
+        if manager is not None:
+            manager.close()
+
+
+def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager):
+    """Runs rounds progress.round .. config.rounds - 1, updating `progress`; returns the final state."""
     cfg = setup.config
     alg = setup.algorithm
-    state = alg.init(stream_key(cfg.seed, "init"), setup.node_data)
-    # With a mesh: state node axis split over the devices, per-round graph arrays replicated.
+    # With a mesh: per-round graph arrays replicated.
     place_inputs = (lambda x: x) if setup.mesh is None else lambda x: parallel.replicate(x, setup.mesh)
-    if setup.mesh is not None:
-        state = parallel.shard_nodes(state, setup.mesh)
-    round_fn = jax.jit(alg.round, donate_argnums=0)
+    round_fn = jax.jit(guarded_round(alg.round), donate_argnums=0)
     evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
     train_key = stream_key(cfg.seed, "train")
-    bar = _progress(cfg, cfg.rounds)
-    start = time.perf_counter()
-    cumulative, history, totals = 0, [], {}
+    bar = _progress(cfg, cfg.rounds, progress.round)
+    start = time.perf_counter() - progress.wall_time
     counts = jax.device_get(setup.node_data.counts)
-    for r in range(cfg.rounds):
+    for r in range(progress.round, cfg.rounds):
         t0 = time.perf_counter()
         graph = setup.topology.graph(r)
         state, alg_metrics = round_fn(state, setup.node_data, place_inputs(round_inputs(graph, r, train_key)))
         ev = evaluate(state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
         ev, alg_metrics = jax.device_get((ev, alg_metrics))
+        alg_metrics, flags = guard.split_flags(alg_metrics)
+        try:
+            guard.check(flags, r + 1)
+        except guard.NonFiniteError as e:
+            raise guard.NonFiniteError(f"{e}; {_where_kept(run_dir, progress)}") from None
         weights_sent = comm.weight_bytes(graph.neighbors, graph.mask, setup.num_params)
         messages = alg.message_bytes(graph.neighbors, graph.mask, counts) if alg.message_bytes else {}
         sent = weights_sent + messages.get("message_bytes", 0)
-        cumulative += sent
+        progress.bytes_cumulative += sent
         for key in ("jacobian_bytes", "exact_jacobian_bytes"):
-            totals[key] = totals.get(key, 0) + messages.get(key, 0)
+            progress.byte_totals[key] = progress.byte_totals.get(key, 0) + messages.get(key, 0)
         record = {"round": r + 1, **ev, **alg_metrics, **messages, "weight_bytes": weights_sent,
-                  "bytes_round": sent, "bytes_cumulative": cumulative,
+                  "bytes_round": sent, "bytes_cumulative": progress.bytes_cumulative,
                   "round_time": time.perf_counter() - t0, "wall_time": time.perf_counter() - start}
         run_dir.append_metrics(record)
-        history.append(to_jsonable(record))
+        progress.history.append(to_jsonable(record))
+        progress.round = r + 1
+        progress.wall_time = time.perf_counter() - start
+        if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):
+            checkpoint.save(manager, state, progress)
         if bar is not None:
             bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{record.get('train_loss', float('nan')):.3f}")
             bar.update(1)
     if bar is not None:
         bar.close()
+    progress.wall_time = time.perf_counter() - start
+    return state
+
+
+def _summary(setup: Setup, state, progress: checkpoint.Progress) -> dict:
+    cfg, history, totals = setup.config, progress.history, progress.byte_totals
     accs = [h["test_accuracy"] for h in history]
     hit = metrics.rounds_to_target(accs, cfg.eval.target_accuracy)
-    summary = {
-        "config_name": cfg.name, "algorithm": alg.name, "rounds": cfg.rounds, "num_nodes": cfg.partition.num_nodes,
-        "num_params": setup.num_params, "data_source": setup.data_source,
+    return {
+        "config_name": cfg.name, "algorithm": setup.algorithm.name, "rounds": cfg.rounds,
+        "num_nodes": cfg.partition.num_nodes, "num_params": setup.num_params, "data_source": setup.data_source,
         "final_test_accuracy": accs[-1], "best_test_accuracy": max(accs),
         "final_node_accuracy_mean": history[-1]["node_accuracy_mean"],
         "target_accuracy": cfg.eval.target_accuracy, "rounds_to_target": hit,
         "bytes_to_target": history[hit - 1]["bytes_cumulative"] if hit else None,
-        "bytes_total": cumulative, "jacobian_bytes_total": totals.get("jacobian_bytes", 0),
+        "bytes_total": progress.bytes_cumulative, "jacobian_bytes_total": totals.get("jacobian_bytes", 0),
         "jacobian_traffic_reduction": (1.0 - totals["jacobian_bytes"] / totals["exact_jacobian_bytes"]
                                        if totals.get("exact_jacobian_bytes") else None),
-        "wall_time": time.perf_counter() - start,
+        "wall_time": progress.wall_time,
         "final_models": to_jsonable(final_models(setup, state.params if setup.mesh is None
                                                  else parallel.replicate(state.params, setup.mesh))),
     }
-    run_dir.write_summary(summary)
-    return summary

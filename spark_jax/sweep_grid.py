@@ -15,7 +15,10 @@ shell). A scalar axis may also use `;` instead of `,` (strings with commas).
 Layout: `SWEEP_DIR/<setting>/seed<N>/` is an ordinary run directory, where
 <setting> is the preset setting's name and the axis values, e.g.
 `no_sketch,sketch.k=128`, or `default` when there are neither; `sweep.json`
-lists the grid and each run's status.
+lists the grid and each run's status. Re-running a sweep skips finished runs
+(summary.json), resumes interrupted runs from their last checkpoint
+(`spark_jax.checkpoint`), and re-runs from scratch an interrupted run that has
+none.
 """
 
 from __future__ import annotations
@@ -32,16 +35,13 @@ from typing import Any, Callable
 
 import ml_collections
 
-from spark_jax.run_io import to_jsonable, write_json_atomic
+from spark_jax import checkpoint
+from spark_jax.run_io import config_differences, write_json_atomic
 from spark_jax.sweep_presets import PRESETS, Preset
 
 
 class SweepError(ValueError):
     """A sweep spec, preset or sweep directory that cannot work; raised before anything runs."""
-
-
-# Recorded in config.json but not part of what a run computes.
-IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress", "parallel.devices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,9 @@ class RunSpec:
 @dataclasses.dataclass
 class RunResult:
     spec: RunSpec
-    status: str  # 'done' (already finished, skipped) | 'ran' | 'redone' (interrupted, re-run) | 'failed'
+    # 'done' (already finished, skipped) | 'ran' | 'resumed' (interrupted, continued from its checkpoint)
+    # | 'redone' (interrupted without a checkpoint, re-run) | 'failed'
+    status: str
     final_test_accuracy: float | None = None
     error: str | None = None
     traceback: str | None = None
@@ -257,15 +259,6 @@ def run_state(run_dir: pathlib.Path) -> str:
     return "interrupted" if run_dir.exists() else "new"
 
 
-def _normalized(config_dict: dict) -> dict:
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-    flat = walk(json.loads(json.dumps(to_jsonable(config_dict))))
-    return {k: v for k, v in flat if k not in IGNORED_IN_RESUME_CHECK}
-
-
 def check_resumable(grid: list[RunSpec], sweep_dir) -> None:
     """SweepError if an existing run directory holds a run of a different config."""
     problems = []
@@ -274,11 +267,10 @@ def check_resumable(grid: list[RunSpec], sweep_dir) -> None:
         if not path.exists():
             continue
         try:
-            old = _normalized(json.loads(path.read_text())["config"])
+            old = json.loads(path.read_text())["config"]
         except (ValueError, KeyError):
             continue  # unreadable: an interrupted run, re-run
-        new = _normalized(spec.config.to_dict())
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        diff = config_differences(old, spec.config.to_dict())
         if diff:
             problems.append(f"{spec.name} (differs in {', '.join(diff[:5])})")
     if problems:
@@ -310,9 +302,11 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
               log: Callable[[str], None] = print) -> list[RunResult]:
     """Runs the grid in order, resumably; a failing run is recorded and the sweep goes on.
 
-    `runner(config, run_dir) -> summary dict` (default `spark_jax.experiment.run`).
-    A run whose directory has summary.json is skipped; a directory without one
-    (an interrupted run) is removed and re-run. sweep.json is rewritten after
+    `runner(config, run_dir, resume=False) -> summary dict` (default
+    `spark_jax.experiment.run`). A run whose directory has summary.json is
+    skipped; an interrupted one (a directory without it) with a complete
+    checkpoint is resumed (`runner(..., resume=True)`); without one, its
+    directory is removed and the run redone. sweep.json is rewritten after
     every run.
     """
     if runner is None:
@@ -331,12 +325,14 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
             summary = json.loads((run_dir / "summary.json").read_text())
             res = RunResult(spec, "done", _final_accuracy(summary))
         else:
-            if state == "interrupted":
+            resume = state == "interrupted" and checkpoint.latest_step(run_dir) is not None
+            if state == "interrupted" and not resume:
                 shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
+            status = "resumed" if resume else "redone" if state == "interrupted" else "ran"
             try:
-                summary = runner(spec.config, run_dir)
-                res = RunResult(spec, "redone" if state == "interrupted" else "ran", _final_accuracy(summary))
+                summary = runner(spec.config, run_dir, resume=True) if resume else runner(spec.config, run_dir)
+                res = RunResult(spec, status, _final_accuracy(summary))
             except Exception as e:  # pylint: disable=broad-except
                 res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         res.seconds = time.perf_counter() - start

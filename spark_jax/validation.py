@@ -1,8 +1,21 @@
-"""Start-up checks of a run config: one clear line per problem (ConfigError)."""
+"""Start-up checks of a run config: one clear line per problem (ConfigError).
+
+Every field of `experiments/configs/base.py` is checked, in every section
+(also sections the chosen algorithm does not read, so a typo in a sweep or a
+config file fails at once): its type, its range, its options. Cross-field
+checks (graph feasibility, sizes against the dataset, sketch k against the
+layer sizes, stage boundaries) apply to the parts the run uses. Data files are
+checked where they are read (`spark_jax.data`, `spark_jax.partition`).
+"""
 
 from __future__ import annotations
 
+import math
+
 DATASETS = ("fashion_mnist", "mnist")
+NUM_TRAIN = 60_000  # training images of both datasets
+NUM_TEST = 10_000
+NTK_DFL_FILE_NODES = 300  # nodes in the NTK-DFL partition files
 PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
 MIXINGS = ("uniform", "metropolis")
@@ -18,114 +31,223 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _one_of(value, name: str, options) -> None:
     _require(value in options, f"{name}={value!r} is not one of {', '.join(map(repr, options))}")
 
 
+def _int(value, name: str, lo: int = 1, hi: int | None = None, why: str = "") -> None:
+    """An int in [lo, hi] (bools are not ints here)."""
+    ok = _is_int(value) and value >= lo and (hi is None or value <= hi)
+    rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    _require(ok, f"{name}={value!r} must be an integer {rng}{why}")
+
+
 def _positive_int(value, name: str) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-             f"{name}={value!r} must be an integer >= 1")
+    _int(value, name, 1)
+
+
+def _number(value, name: str, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+            hi_open: bool = False, why: str = "") -> None:
+    """A finite int or float in the interval given (open or closed at each end)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi))
+    if hi == math.inf:
+        rng = f"> {lo:g}" if lo_open else f">= {lo:g}"
+    else:
+        rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    _require(ok, f"{name}={value!r} must be a finite number {rng}{why}")
+
+
+def _bool(value, name: str) -> None:
+    _require(isinstance(value, bool), f"{name}={value!r} must be True or False")
+
+
+def _str(value, name: str) -> None:
+    _require(isinstance(value, str), f"{name}={value!r} must be a string")
+
+
+def _int_tuple(value, name: str) -> None:
+    _require(isinstance(value, (tuple, list)) and len(value) >= 1 and all(_is_int(v) and v >= 1 for v in value),
+             f"{name}={value!r} must be a non-empty tuple of integers >= 1")
 
 
 def validate_config(config, algorithm_names) -> None:
     """Raises ConfigError for the first invalid field of `config`."""
-    _positive_int(config.rounds, "rounds")
-    _require(isinstance(config.seed, int) and config.seed >= 0, f"seed={config.seed!r} must be an integer >= 0")
-    _one_of(config.algorithm, "algorithm", tuple(algorithm_names))
-    _one_of(config.data.dataset, "data.dataset", DATASETS)
-    _validate_devices(config.parallel.devices)
+    try:
+        _validate(config, tuple(algorithm_names))
+    except (AttributeError, KeyError) as e:  # a config file built without the base schema
+        raise ConfigError(f"config is missing a field ({e}); start configs from experiments/configs/base.py") from None
 
+
+def _validate(config, algorithm_names) -> None:
+    _require(isinstance(config.name, str) and config.name != "", f"name={config.name!r} must be a non-empty string")
+    _int(config.seed, "seed", 0, 2**32 - 1)
+    _positive_int(config.rounds, "rounds")
+    _one_of(config.algorithm, "algorithm", algorithm_names)
+    _bool(config.progress, "progress")
+    _int(config.checkpoint_every, "checkpoint_every", 0, why=" (0 = no checkpoints)")
+    _one_of(config.data.dataset, "data.dataset", DATASETS)
+    _str(config.data.data_dir, "data.data_dir")
+    _validate_devices(config.parallel.devices)
+    _validate_partition(config)
+    _validate_topology(config)
+    _validate_model(config.model)
+    _validate_baselines(config)
+    _validate_ntk(config)
+    _validate_spark_fields(config)
+    _validate_eval(config.eval)
+
+
+def _validate_partition(config) -> None:
     pc = config.partition
     _one_of(pc.kind, "partition.kind", PARTITION_KINDS)
-    _require(isinstance(pc.num_nodes, int) and pc.num_nodes >= 2, f"partition.num_nodes={pc.num_nodes!r} must be >= 2")
-    _require(pc.alpha > 0, f"partition.alpha={pc.alpha!r} must be > 0 (smaller alpha = more heterogeneous)")
+    _int(pc.num_nodes, "partition.num_nodes", 2)
+    _number(pc.alpha, "partition.alpha", 0.0, lo_open=True, why=" (smaller alpha = more heterogeneous)")
+    _bool(pc.iid, "partition.iid")
+    _int(pc.file_seed, "partition.file_seed", 0, why=" (the NTK-DFL files are seed0..seed4)")
     _positive_int(pc.samples_per_node, "partition.samples_per_node")
-    _require(pc.min_size >= 1, f"partition.min_size={pc.min_size!r} must be >= 1")
+    _positive_int(pc.min_size, "partition.min_size")
+    if pc.kind == "ntk_dfl_file":
+        _require(pc.num_nodes <= NTK_DFL_FILE_NODES,
+                 f"partition.num_nodes={pc.num_nodes} but the NTK-DFL partition files have {NTK_DFL_FILE_NODES} "
+                 "nodes; use partition.kind='ntk_dfl' for more nodes")
+    per_node = {"ntk_dfl": pc.samples_per_node, "iid": pc.samples_per_node, "dirichlet_hsu": pc.min_size}
+    if pc.kind in per_node:
+        what = "min_size" if pc.kind == "dirichlet_hsu" else "samples_per_node"
+        need = pc.num_nodes * per_node[pc.kind]
+        _require(need <= NUM_TRAIN, f"partition.num_nodes * partition.{what} = {need} exceeds the {NUM_TRAIN} "
+                                    f"training samples of {config.data.dataset}")
+
+
+def _validate_topology(config) -> None:
+    from spark_jax import topology  # pylint: disable=g-import-not-at-top
 
     tc = config.topology
     _one_of(tc.kind, "topology.kind", TOPOLOGY_KINDS)
+    _positive_int(tc.degree, "topology.degree")
+    _number(tc.p, "topology.p", 0.0, 1.0, lo_open=True)
+    _bool(tc.dynamic, "topology.dynamic")
     _one_of(tc.mixing, "topology.mixing", MIXINGS)
+    try:
+        topology.validate_topology(tc.kind, config.partition.num_nodes, degree=tc.degree, p=tc.p)
+    except ValueError as e:
+        raise ConfigError(f"topology: {e}") from None
 
-    _one_of(config.model.name, "model.name", MODELS)
-    _require(all(isinstance(h, int) and h >= 1 for h in config.model.hidden) and len(config.model.hidden) >= 1,
-             f"model.hidden={config.model.hidden!r} must be a non-empty tuple of positive widths")
 
-    if config.algorithm == "dfedavg":
-        dc = config.dfedavg
-        _require(dc.lr > 0, f"dfedavg.lr={dc.lr!r} must be > 0")
-        _positive_int(dc.batch_size, "dfedavg.batch_size")
-        _positive_int(dc.local_epochs, "dfedavg.local_epochs")
+def _validate_model(mc) -> None:
+    _one_of(mc.name, "model.name", MODELS)
+    _require(isinstance(mc.hidden, (tuple, list)) and len(mc.hidden) >= 1
+             and all(_is_int(h) and h >= 1 for h in mc.hidden),
+             f"model.hidden={mc.hidden!r} must be a non-empty tuple of positive widths")
+    _int_tuple(mc.channels, "model.channels")
+    _bool(mc.per_node_init, "model.per_node_init")
 
-    if config.algorithm in ("dfedavgm", "dpsgd", "dfedsam"):
-        bc = config[config.algorithm]
-        name = config.algorithm
-        _require(bc.lr > 0, f"{name}.lr={bc.lr!r} must be > 0")
+
+def _validate_baselines(config) -> None:
+    """dfedavg, dfedavgm, dpsgd, dfedsam: every section, whichever algorithm runs."""
+    for name in ("dfedavg", "dfedavgm", "dpsgd", "dfedsam"):
+        bc = config[name]
+        _number(bc.lr, f"{name}.lr", 0.0, lo_open=True)
         _positive_int(bc.batch_size, f"{name}.batch_size")
         _positive_int(bc.local_epochs, f"{name}.local_epochs")
         if name in ("dfedavgm", "dfedsam"):
-            _require(0.0 <= bc.momentum < 1.0, f"{name}.momentum={bc.momentum!r} must be in [0, 1)")
-        if name == "dfedsam":
-            _require(bc.rho >= 0, f"dfedsam.rho={bc.rho!r} must be >= 0")
-            _require(bc.weight_decay >= 0, f"dfedsam.weight_decay={bc.weight_decay!r} must be >= 0")
-            _require(0 < bc.lr_decay <= 1, f"dfedsam.lr_decay={bc.lr_decay!r} must be in (0, 1]")
+            _number(bc.momentum, f"{name}.momentum", 0.0, 1.0, hi_open=True)
+    sam = config.dfedsam
+    _number(sam.rho, "dfedsam.rho", 0.0)
+    _number(sam.weight_decay, "dfedsam.weight_decay", 0.0)
+    _number(sam.lr_decay, "dfedsam.lr_decay", 0.0, 1.0, lo_open=True)
 
-    if config.algorithm == "spark":
-        _validate_spark(config)
 
+def _validate_ntk(config) -> None:
+    nc = config.ntk
+    _number(nc.eta0, "ntk.eta0", 0.0, lo_open=True)
+    _number(nc.decay, "ntk.decay", 0.0)
+    taus = nc.taus
+    _require(isinstance(taus, (tuple, list)) and len(taus) >= 1 and all(_is_int(t) and t >= 1 for t in taus)
+             and all(b > a for a, b in zip(taus, taus[1:])),
+             f"ntk.taus={tuple(taus) if isinstance(taus, list) else taus!r} must be positive integers in "
+             "strictly ascending order")
+    _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "euler"))
+    _positive_int(nc.substeps, "ntk.substeps")
+    _positive_int(nc.stride, "ntk.stride")
+    if "warmup" in nc:
+        _int(nc.warmup, "ntk.warmup", 0, why=" (grid intervals at stride 1, 'rk4_hermite')")
+    _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
+    _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))
+    _int(nc.sample_chunk, "ntk.sample_chunk", 0, why=" (0 = no chunking)")
+    _positive_int(nc.node_chunk, "ntk.node_chunk")
+    _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
     if config.algorithm in ("ntk_dfl", "spark"):
-        nc = config.ntk
-        _require(nc.eta0 > 0, f"ntk.eta0={nc.eta0!r} must be > 0")
-        _require(nc.decay >= 0, f"ntk.decay={nc.decay!r} must be >= 0")
-        taus = tuple(nc.taus)
-        _require(len(taus) >= 1 and all(isinstance(t, int) and t >= 1 for t in taus)
-                 and all(b > a for a, b in zip(taus, taus[1:])),
-                 f"ntk.taus={taus!r} must be positive integers in strictly ascending order")
-        _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "euler"))
-        _positive_int(nc.substeps, "ntk.substeps")
-        _positive_int(nc.stride, "ntk.stride")
-        _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
         _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
                  f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")
-        _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))
-        _require(nc.sample_chunk >= 0, f"ntk.sample_chunk={nc.sample_chunk!r} must be >= 0 (0 = no chunking)")
-        _positive_int(nc.node_chunk, "ntk.node_chunk")
-        _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
 
-    ec = config.eval
-    _require(0 <= ec.per_node_test_subset <= 10000,
-             f"eval.per_node_test_subset={ec.per_node_test_subset!r} must be in [0, 10000] (0 = full test set)")
+
+def _validate_spark_fields(config) -> None:
+    """sketch, distill, momentum, stages: ranges always, consistency when SPARK runs."""
+    from spark_jax.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
+
+    sc, dc, mc = config.sketch, config.distill, config.momentum
+    _bool(sc.enabled, "sketch.enabled")
+    _positive_int(sc.k, "sketch.k")
+    _one_of(sc.grouping, "sketch.grouping", ("layer", "tensor", "global"))
+    _bool(sc.redraw, "sketch.redraw")
+    _one_of(sc.method, "sketch.method", ("auto", "structured", "forward", "materialize"))
+    _positive_int(sc.direction_chunk, "sketch.direction_chunk")
+    if "share_first_layer" in sc:
+        _bool(sc.share_first_layer, "sketch.share_first_layer")
+    _one_of(sc.update_mode, "sketch.update_mode", ("backproject", "own_exact", "roundtrip"))
+    _number(dc.lambda_max, "distill.lambda_max", 0.0, 1.0)
+    _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))
+    _number(dc.temperature, "distill.temperature", 0.0, lo_open=True)
+    _number(mc.beta, "momentum.beta", 0.0, 1.0, hi_open=True)
+    _one_of(mc.velocity, "momentum.velocity", ("local", "mixed"))
+    st = config.stages
+    _require(isinstance(st.boundaries, (tuple, list)) and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in st.boundaries),
+        f"stages.boundaries={st.boundaries!r} must be a pair of numbers")
+    _one_of(st.unit, "stages.unit", ("fraction", "round"))
+    _one_of(st.ramp, "stages.ramp", ("linear", "cosine"))
+    try:
+        stage_boundaries(tuple(st.boundaries), st.unit, config.rounds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.algorithm == "spark" and sc.enabled:
+        _require(not (sc.method == "structured" and config.model.name != "mlp"),
+                 f"sketch.method='structured' needs model.name='mlp', not {config.model.name!r}")
+        _check_k_against_groups(config)
+
+
+def _check_k_against_groups(config) -> None:
+    """sketch.k may not exceed any group's d_l: that sketch would be larger than the exact Jacobian."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from spark_jax import models, sketch  # pylint: disable=g-import-not-at-top
+
+    mc, sc = config.model, config.sketch
+    model = models.make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels))
+    sizes = sketch.group_sizes(jax.eval_shape(model.init, jax.random.key(0)), sc.grouping)
+    g = min(range(len(sizes)), key=lambda i: sizes[i])
+    _require(sc.k <= sizes[g],
+             f"sketch.k={sc.k} exceeds the {sizes[g]} parameters of sketch group {g} (grouping "
+             f"{sc.grouping!r}, group sizes {list(sizes)}): its sketch J P would be larger than the exact "
+             f"Jacobian; use sketch.k <= {sizes[g]}, another sketch.grouping, or sketch.enabled=False")
+
+
+def _validate_eval(ec) -> None:
+    _int(ec.per_node_test_subset, "eval.per_node_test_subset", 0, NUM_TEST, why=" (0 = full test set)")
     _positive_int(ec.node_chunk, "eval.node_chunk")
+    _number(ec.target_accuracy, "eval.target_accuracy", 0.0, 1.0, lo_open=True)
     _positive_int(ec.top_m, "eval.top_m")
-    _require(0 < ec.target_accuracy <= 1, f"eval.target_accuracy={ec.target_accuracy!r} must be in (0, 1]")
 
 
 def _validate_devices(devices) -> None:
-    import jax
+    import jax  # pylint: disable=g-import-not-at-top
 
     available = jax.device_count()
-    _require(isinstance(devices, int) and not isinstance(devices, bool) and 0 <= devices <= available,
+    _require(_is_int(devices) and 0 <= devices <= available,
              f"parallel.devices={devices!r} must be an integer in [0, {available}] (0 = all {available} "
              f"{jax.devices()[0].platform} devices, 1 = no sharding)")
-
-
-def _validate_spark(config) -> None:
-    from spark_jax.schedules import stage_boundaries
-
-    sc, dc, mc = config.sketch, config.distill, config.momentum
-    _positive_int(sc.k, "sketch.k")
-    _one_of(sc.grouping, "sketch.grouping", ("layer", "tensor", "global"))
-    _one_of(sc.method, "sketch.method", ("auto", "structured", "forward", "materialize"))
-    _require(not (sc.enabled and sc.method == "structured" and config.model.name != "mlp"),
-             f"sketch.method='structured' needs model.name='mlp', not {config.model.name!r}")
-    _positive_int(sc.direction_chunk, "sketch.direction_chunk")
-    _one_of(sc.update_mode, "sketch.update_mode", ("backproject", "own_exact", "roundtrip"))
-    _require(0.0 <= dc.lambda_max <= 1.0, f"distill.lambda_max={dc.lambda_max!r} must be in [0, 1]")
-    _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))
-    _require(dc.temperature > 0, f"distill.temperature={dc.temperature!r} must be > 0")
-    _require(0.0 <= mc.beta < 1.0, f"momentum.beta={mc.beta!r} must be in [0, 1)")
-    _one_of(mc.velocity, "momentum.velocity", ("local", "mixed"))
-    _one_of(config.stages.ramp, "stages.ramp", ("linear", "cosine"))
-    try:
-        stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None

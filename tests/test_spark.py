@@ -169,6 +169,25 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
     assert float(metrics["lambda"]) == pytest.approx(0.5)
 
 
+def test_shared_first_layer_equals_per_neighbourhood_sketch():
+    """sketch.share_first_layer (one [1; x] P_0 per sample, gathered) gives the same rounds."""
+    nd = jax.tree.map(jnp.asarray, _node_data())
+    graph = padded_graph(_adjacency(), "uniform")
+    model = make_model("mlp", hidden=(8,))
+    states = []
+    for share in (False, True):
+        c = _spark_config(sketch__enabled=True, sketch__k=8, sketch__share_first_layer=share,
+                          ntk__node_chunk=4)
+        alg = spark.make(c, model)
+        state = alg.init(jax.random.key(0), nd)
+        for r in range(2):
+            state, metrics = jax.jit(alg.round)(state, nd, _inputs(graph, r, key=r))
+        states.append(state.params)
+    for a, b in zip(*map(jax.tree.leaves, states)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    assert max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(states[0])) > 0
+
+
 def test_own_exact_with_no_neighbours_is_the_exact_update():
     """Isolated nodes, one candidate tau = 1 (so R = softmax(F0) - Y does not depend on the
     kernel): own_exact must use only exact VJPs and equal the exact round; plain

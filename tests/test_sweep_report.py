@@ -176,6 +176,28 @@ def test_run_sweep_skips_done_and_redoes_interrupted(config, tmp_path):
     assert record["seeds"] == [0, 1] and {r["status"] for r in record["runs"]} == {"done", "redone"}
 
 
+def test_run_sweep_resumes_an_interrupted_run_from_its_checkpoint(config, tmp_path):
+    from spark_jax import checkpoint
+
+    grid = grid_of(config, "config.dfedavg.local_epochs=1,2")
+    sweep_grid.run_sweep(grid, tmp_path, fake_runner([]), log=lambda s: None)
+    interrupted = tmp_path / grid[0].name
+    (interrupted / "summary.json").unlink()
+    with checkpoint.open_manager(interrupted) as manager:
+        checkpoint.save(manager, {"w": np.zeros((2, 3), np.float32)}, checkpoint.Progress(round=1))
+    calls = []
+
+    def runner(cfg, workdir, resume=False):
+        calls.append((str(workdir), resume))
+        assert (workdir / "config.json").exists()  # resumed in place, not removed
+        RunDir(workdir).write_summary({"final_test_accuracy": 0.5})
+        return {"final_test_accuracy": 0.5}
+
+    results = sweep_grid.run_sweep(grid, tmp_path, runner, log=lambda s: None)
+    assert [r.status for r in results] == ["resumed", "done"] and calls == [(str(interrupted), True)]
+    assert "resumed" in sweep_grid.progress_line(0, 2, results[0])
+
+
 def test_run_sweep_refuses_a_directory_of_another_config(config, tmp_path):
     grid = grid_of(config, "config.dfedavg.local_epochs=1,2")
     sweep_grid.run_sweep(grid, tmp_path, fake_runner([]), log=lambda s: None)

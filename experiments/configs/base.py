@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ntk.integrator = "rk4"  # 'rk4' | 'rk4_hermite' | 'euler' (SPEC step 7)
     c.ntk.substeps = 1  # RK4 steps per grid interval ('rk4')
     c.ntk.stride = 4  # grid intervals per RK4 step, cubic Hermite in between ('rk4_hermite')
+    c.ntk.warmup = 50  # first grid intervals at stride 1: the stiff transient ('rk4_hermite')
     c.ntk.kernel = "auto"  # 'auto' (structured for MLPs) | 'structured' | 'contraction' | 'ntvp'
     c.ntk.jacobian_mode = "rev"  # 'rev' | 'fwd' (contraction kernel)
     c.ntk.sample_chunk = 0  # samples per Jacobian chunk (0 = all at once)
@@ -90,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.sketch.redraw = True  # new P every round (key folds in r); False = one P for the run
     c.sketch.method = "auto"  # 'auto' | 'structured' (dense layers) | 'forward' (JVPs) | 'materialize' (J then J P)
     c.sketch.direction_chunk = 128  # sketch directions per forward-mode chunk
+    # 'structured' only: compute the first layer's data side [1; x] P_0 once per sample per round and
+    # share it among the (degree + 1) neighbourhoods holding the sample; holds M * n_max * 100 * k
+    # floats (300 nodes: ~13 GB, 30 nodes: ~1.3 GB), so off by default on CPU.
+    c.sketch.share_first_layer = False
     c.sketch.update_mode = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
 
     c.distill = ml_collections.ConfigDict()
@@ -116,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.devices = 0  # node-axis devices: 0 = the most that divide the node count, 1 = none (BUILD.md)
 
     c.progress = True
+    # Save the full state every this many rounds, and after the last (0 = never);
+    # `--resume` continues from the last one (README "Checkpoints and resume").
+    c.checkpoint_every = 5
     return c
 
 
@@ -142,18 +150,29 @@ def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topolog
     if dataset == "mnist":
         c.eval.target_accuracy = 0.95
     apply_variant(c, name, arg, num_nodes=30, rounds=15)
-    if arg == "small":
+    if arg in ("small", "cpu"):
         c.topology.p = p_small
     return c
 
 
 def apply_variant(c: ml_collections.ConfigDict, name: str, arg: str, *, num_nodes: int, rounds: int) -> None:
-    """':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds, Euler evolution, a
-    1,000-image per-node test subset; '' = unchanged; anything else is an error."""
-    if arg == "small":
+    """Variants: '' = unchanged (paper scale);
+    ':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds, Euler evolution, shared
+      first-layer sketch products, a 1,000-image per-node test subset;
+    ':cpu' = the method-comparison size for a 2-core CPU (`compare_fmnist` in about
+      an hour for 3 seeds): 20 nodes of 60 samples from the NTK-DFL per-node
+      Dirichlet recipe (alpha as set), 10 rounds, Euler, 1,000-image per-node subset.
+    Anything else is an error."""
+    if arg in ("small", "cpu"):
         c.partition.num_nodes = num_nodes
         c.rounds = rounds
         c.ntk.integrator = "euler"
         c.eval.per_node_test_subset = 1000
-    elif arg:
-        raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small'")
+        c.sketch.share_first_layer = True  # ~1.3 GB at 30 nodes; 1.8x faster SPARK rounds
+    if arg == "cpu":
+        c.partition.kind = "ntk_dfl"
+        c.partition.num_nodes = 20
+        c.partition.samples_per_node = 60
+        c.rounds = 10
+    elif arg and arg != "small":
+        raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small', 'cpu'")

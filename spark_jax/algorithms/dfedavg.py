@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_jax import parallel
+from spark_jax import guard, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.losses import masked_mean_cross_entropy
 from spark_jax.models import Model, init_node_params
@@ -112,8 +112,10 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
         params, losses = parallel.node_map(train, (state.params, node_data.x, node_data.y, node_data.mask,
                                                    node_keys), batch_size=0, mesh=mesh,
                                            shared=(jnp.asarray(inputs.round_index, jnp.int32),))
+        finite = guard.nodes_finite(params)  # before mixing spreads a NaN to the neighbours
         params = mix(params, inputs.neighbors, inputs.weights)
-        return parallel.constrain_nodes(State(params=params), mesh), {"train_loss": jnp.mean(losses)}
+        return parallel.constrain_nodes(State(params=params), mesh), {"train_loss": jnp.mean(losses),
+                                                                      "finite_update": finite}
 
     return Algorithm(name=name, init=init, round=round_fn)
 

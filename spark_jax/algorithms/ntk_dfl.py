@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from spark_jax import comm, ntk, parallel
+from spark_jax import comm, guard, ntk, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.schedules import learning_rate
@@ -80,7 +80,7 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
 
     def evolve(h, f0, y, mask, eta):
         return ntk.evolve_logits(h, f0, y, mask, eta, taus, method=cfg.integrator, substeps=cfg.substeps,
-                                 stride=cfg.stride)
+                                 stride=cfg.stride, warmup=cfg.warmup)
 
     def update(w_bar, x, mask, y, evo, eta):
         deltas = ntk.weight_updates(apply, w_bar, x, mask, evo.residual_sums, eta)
@@ -96,9 +96,12 @@ def make_node_step(apply, num_classes: int, cfg, kernel_method: str):
     ph = make_node_phases(apply, num_classes, cfg, kernel_method)
 
     def node_step(w_bar, x, labels, mask, eta):
+        """Returns (w_new, tau index, loss, (finite kernel, evolution, update) bools; `spark_jax.guard`)."""
         f0, y = ph.messages(w_bar, x, labels, mask)
-        evo = ph.evolve(ph.kernel(w_bar, x, mask), f0, y, mask, eta)
-        return ph.update(w_bar, x, mask, y, evo, eta)
+        h = ph.kernel(w_bar, x, mask)
+        evo = ph.evolve(h, f0, y, mask, eta)
+        w_new, best, loss = ph.update(w_bar, x, mask, y, evo, eta)
+        return w_new, best, loss, (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(w_new))
 
     return node_step
 
@@ -126,12 +129,13 @@ def make(config, model: Model, mesh=None) -> Algorithm:
             return node_step(w, x, labels, mask, eta)
 
         # node_data whole on every device: neighbours may live on other shards.
-        new, best, loss = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
+        new, best, loss, finite = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
                                             batch_size=min(cfg.node_chunk, num_nodes), mesh=mesh,
                                             shared=(node_data, eta))
         hist = jnp.sum(jax.nn.one_hot(best, num_taus, dtype=jnp.int32), axis=0)
         return parallel.constrain_nodes(State(params=new), mesh), {
-            "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist, "eta": eta}
+            "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist, "eta": eta,
+            **dict(zip(("finite_kernel", "finite_evolution", "finite_update"), finite))}
 
     def message_bytes(neighbors, mask, counts) -> dict:
         return comm.ntk_message_bytes(neighbors, mask, counts, num_classes=model.num_classes,

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from spark_jax import comm, ntk, parallel, schedules, sketch
+from spark_jax import comm, guard, ntk, parallel, schedules, sketch
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.models import Model, init_node_params, num_params
@@ -64,21 +64,27 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         params = init_node_params(model, key, num_nodes, config.model.per_node_init)
         return State(params=params, velocity=jax.tree.map(jnp.zeros_like, params))
 
-    def node_step(w_bar, x, labels, mask, own_rows, teacher, eta, lam, P):
-        """Steps 3-9 for one node; returns (w̄ + Delta_tau*, Delta_tau*, tau index, loss)."""
+    share_first = bool(sc.enabled and sketch_method == "structured" and sc.share_first_layer)
+
+    def node_step(w_bar, x, labels, mask, own_rows, teacher, eta, lam, P, first_layer):
+        """Steps 3-9 for one node; returns (Delta_tau*, tau index, loss, finite flags).
+
+        finite flags: (kernel, evolution, update) bools for the NaN guard (`spark_jax.guard`).
+        """
         y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
         f0 = apply(w_bar, x)
         teacher_logits = f0 if dc.teacher == "averaged" else teacher
         y_hat = jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
         if sc.enabled:
             sk = sketch.sketch_jacobian(apply, w_bar, x, mask, P, grouping=sc.grouping, method=sketch_method,
-                                        direction_chunk=sc.direction_chunk, sample_chunk=chunk)
+                                        direction_chunk=sc.direction_chunk, sample_chunk=chunk,
+                                        first_layer=first_layer)
             h = sketch.sketched_kernel(sk, mask)
         else:
             h = ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                          jacobian_mode=nc.jacobian_mode)
         evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps,
-                                stride=nc.stride)
+                                stride=nc.stride, warmup=nc.warmup)
         residuals = evo.residual_sums
         if not sc.enabled or sc.update_mode == "roundtrip":
             deltas = ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
@@ -93,7 +99,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         best, losses = ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=nc.tau_criterion,
                                       evolved_logits=evo.logits)
         delta = jax.tree.map(lambda dl: dl[best], deltas)
-        return delta, best, losses[best]
+        return delta, best, losses[best], (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         r = inputs.round_index
@@ -106,24 +112,36 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         # Teacher 'neighbors': every node's own pre-mixing model on its own data, [M, n_max, C].
         own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
 
-        def one_node(args, node_data, own_logits, eta, lam, P):
+        # [1; x] P_0 once per sample for all neighbourhoods: [M, n_max, fan_out, k] (sketch.share_first_layer).
+        first_all = None
+        if share_first:
+            m, n_max = node_data.x.shape[:2]
+            flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
+            first_all = sketch.first_layer_products(template, flat_x, P, sc.grouping)
+            first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
+
+        def one_node(args, node_data, own_logits, first_all, eta, lam, P):
             w, nbr, slot_mask = args
             x, labels, mask = gather_neighbourhood(node_data, nbr, slot_mask)
             own_rows = jnp.zeros(slot_mask.shape[0], bool).at[0].set(True)
             own_rows = jnp.repeat(own_rows, node_data.mask.shape[1])
             teacher = own_logits[nbr].reshape(x.shape[0], num_classes) if own_logits is not None else None
-            return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P)
+            first = (first_all[nbr].reshape((x.shape[0],) + first_all.shape[2:])
+                     if first_all is not None else None)  # padding rows are masked in the sketch
+            return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P, first)
 
-        # node_data and teacher logits whole on every device: neighbours may live on other shards.
-        delta, best, loss = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
+        # node_data, teacher logits and first-layer products whole on every device: neighbours may
+        # live on other shards.
+        delta, best, loss, finite = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
                                               batch_size=min(nc.node_chunk, num_nodes), mesh=mesh,
-                                              shared=(node_data, own_logits, eta, lam, P))
+                                              shared=(node_data, own_logits, first_all, eta, lam, P))
         velocity = jax.tree.map(lambda v, dl: beta * v + dl, velocity, delta)
         params = jax.tree.map(lambda w, dl, v: w + dl + beta * v, w_bar, delta, velocity)
         hist = jnp.sum(jax.nn.one_hot(best, len(taus), dtype=jnp.int32), axis=0)
         return parallel.constrain_nodes(State(params=params, velocity=velocity), mesh), {
             "train_loss": jnp.mean(loss), "neighbourhood_loss": jnp.mean(loss), "tau_histogram": hist,
-            "eta": eta, "lambda": lam, "beta": beta}
+            "eta": eta, "lambda": lam, "beta": beta,
+            **dict(zip(("finite_kernel", "finite_evolution", "finite_update"), finite))}
 
     def message_bytes(neighbors, mask, counts) -> dict:
         floats_per_row = num_classes * (k_total if sc.enabled else d)

@@ -1,0 +1,118 @@
+"""Checkpoints of a run (orbax): the full algorithm state, the round reached, the metrics so far.
+
+Layout: RUN_DIR/checkpoints/<step>/ with two items,
+
+  state  the pytree `Algorithm.init` returns, whatever it holds: node
+         parameters [M, ...], SPARK's velocities [M, ...], ... (orbax
+         StandardSave; restored into the same dataclass and sharding as a
+         freshly initialised state).
+  meta   JSON (`Progress.to_json`): `round` = step = rounds completed, the
+         metrics records written so far, cumulative byte totals, wall time.
+
+step = s means "the state after round s" (1-based), so the next round index
+is r = s (0-based). PRNG streams: every random draw of a round is derived
+statelessly from (config.seed, stream name, r): graphs from
+`TopologyStream.graph(r)`, the round key `fold_in(train, r)`, sketches
+`fold_in(sketch, r)` (`spark_jax.rng`). The round index is therefore the
+position of every stream; a checkpoint stores no key, and restoring step s
+resumes every stream at round s.
+
+Atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
+`<step>` only when complete, so a run killed mid-save leaves no step that
+looks complete; temp directories are removed when a manager opens the
+directory. Saves are synchronous (the next round donates the state's buffers)
+and the last `keep` steps are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+
+CHECKPOINT_DIR = "checkpoints"
+KEEP = 2
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a run has produced so far besides its state (JSON-able).
+
+    round: rounds completed (= the next 0-based round index = every PRNG
+    stream's position). history: the metrics.jsonl records, one per round.
+    bytes_cumulative / byte_totals: communication so far (`comm`).
+    wall_time: seconds spent in rounds so far (timing only).
+    """
+
+    round: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    bytes_cumulative: int = 0
+    byte_totals: dict = dataclasses.field(default_factory=dict)
+    wall_time: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Progress":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def checkpoint_dir(run_dir) -> pathlib.Path:
+    return pathlib.Path(run_dir) / CHECKPOINT_DIR
+
+
+def complete_steps(run_dir) -> list[int]:
+    """Steps of the finalized checkpoints of `run_dir`, ascending ([] if none)."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    path = checkpoint_dir(run_dir)
+    return sorted(ocp.path.step.checkpoint_steps(path)) if path.is_dir() else []
+
+
+def latest_step(run_dir) -> int | None:
+    steps = complete_steps(run_dir)
+    return steps[-1] if steps else None
+
+
+def open_manager(run_dir, keep: int = KEEP):
+    """A synchronous orbax CheckpointManager on RUN_DIR/checkpoints keeping the last `keep` steps."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+
+
+def save(manager, state, progress: Progress) -> None:
+    """Writes checkpoint step = progress.round (atomically; returns when it is complete)."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(progress.to_json())), force=True)
+    manager.wait_until_finished()
+
+
+def restore(run_dir, step: int, like: Any = None) -> tuple[Any, Progress]:
+    """(state, progress) of checkpoint `step`.
+
+    like: a state of the same structure (e.g. a freshly initialised one): the
+    result has its pytree type, dtypes and shardings. None: nested dicts of
+    arrays (for inspection and tests).
+    """
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with open_manager(run_dir) as manager:
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                           meta=ocp.args.JsonRestore()))
+    return out.state, Progress.from_json(out.meta)
+
+
+def keep_only_latest(manager) -> None:
+    """Deletes every step but the latest (a finished run keeps its final state only)."""
+    steps = sorted(manager.all_steps())
+    for step in steps[:-1]:
+        manager.delete(step)

@@ -1,0 +1,174 @@
+"""Bad configs and inputs, table-driven: each fails with its one-line message and leaves no run directory.
+
+Most cases call `experiment.run` in-process (the error is raised before
+anything is written); a few go through the real CLI (`experiments.run`).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from experiments.configs import tiny
+from spark_jax import experiment
+from spark_jax.data import DataError
+from tests.conftest import REPO
+
+SPARK = {"algorithm": "spark"}
+
+# (overrides applied in order, expected message). Overrides: dotted path -> value.
+BAD_CONFIGS = [
+    ({"rounds": 0}, "rounds=0 must be an integer >= 1"),
+    ({"rounds": None}, "rounds=None must be an integer >= 1"),
+    ({"seed": -1}, "seed=-1 must be an integer in [0, 4294967295]"),
+    ({"checkpoint_every": -1}, "checkpoint_every=-1 must be an integer >= 0 (0 = no checkpoints)"),
+    ({"progress": None}, "progress=None must be True or False"),
+    ({"name": ""}, "name='' must be a non-empty string"),
+    ({"algorithm": "sparkle"}, "algorithm='sparkle' is not one of 'dfedavg', 'dfedavgm'"),
+    ({"data.dataset": "cifar10"}, "data.dataset='cifar10' is not one of 'fashion_mnist', 'mnist'"),
+    ({"partition.kind": "zipf"}, "partition.kind='zipf' is not one of"),
+    ({"partition.num_nodes": 1}, "partition.num_nodes=1 must be an integer >= 2"),
+    ({"partition.alpha": math.nan}, "partition.alpha=nan must be a finite number > 0 (smaller alpha"),
+    ({"partition.kind": "ntk_dfl_file", "partition.num_nodes": 301},
+     "partition.num_nodes=301 but the NTK-DFL partition files have 300 nodes"),
+    ({"partition.kind": "iid", "partition.num_nodes": 700, "partition.samples_per_node": 100},
+     "partition.num_nodes * partition.samples_per_node = 70000 exceeds the 60000 training samples"),
+    ({"partition.file_seed": -2}, "partition.file_seed=-2 must be an integer >= 0"),
+    ({"topology.kind": "regular", "topology.degree": 3, "partition.num_nodes": 7},
+     "topology: random 3-regular graph on 7 nodes is impossible: num_nodes * degree must be even"),
+    ({"topology.kind": "regular", "topology.degree": 8}, "degree must be < num_nodes"),
+    ({"topology.kind": "torus"}, "topology: 2-D torus on 8 nodes is impossible"),
+    ({"topology.kind": "er", "topology.p": 0.0}, "topology.p=0.0 must be a finite number in (0, 1]"),
+    ({"topology.degree": 0}, "topology.degree=0 must be an integer >= 1"),
+    ({"topology.mixing": "max"}, "topology.mixing='max' is not one of 'uniform', 'metropolis'"),
+    ({"model.name": "resnet"}, "model.name='resnet' is not one of 'mlp', 'cnn'"),
+    ({"model.hidden": ()}, "model.hidden=() must be a non-empty tuple of positive widths"),
+    ({"model.channels": (8, 0)}, "model.channels=(8, 0) must be a non-empty tuple of integers >= 1"),
+    ({"dfedavg.lr": 0.0}, "dfedavg.lr=0.0 must be a finite number > 0"),
+    ({"dfedavg.lr": math.inf}, "dfedavg.lr=inf must be a finite number > 0"),
+    ({"dpsgd.batch_size": 0}, "dpsgd.batch_size=0 must be an integer >= 1"),
+    ({"dfedavgm.momentum": 1.0}, "dfedavgm.momentum=1.0 must be a finite number in [0, 1)"),
+    ({"dfedsam.lr_decay": 0.0}, "dfedsam.lr_decay=0.0 must be a finite number in (0, 1]"),
+    ({"ntk.taus": (200, 100)}, "ntk.taus=(200, 100) must be positive integers in strictly ascending order"),
+    ({"ntk.taus": (0, 100)}, "ntk.taus=(0, 100) must be positive integers in strictly ascending order"),
+    ({"ntk.eta0": -0.01}, "ntk.eta0=-0.01 must be a finite number > 0"),
+    ({"ntk.integrator": "rk45"}, "ntk.integrator='rk45' is not one of 'rk4', 'rk4_hermite', 'euler'"),
+    ({"ntk.sample_chunk": -1}, "ntk.sample_chunk=-1 must be an integer >= 0 (0 = no chunking)"),
+    ({"ntk.node_chunk": 0}, "ntk.node_chunk=0 must be an integer >= 1"),
+    ({"ntk.stride": 0}, "ntk.stride=0 must be an integer >= 1"),
+    ({"algorithm": "ntk_dfl", "model.name": "cnn", "ntk.kernel": "structured"},
+     "ntk.kernel='structured' needs model.name='mlp', not 'cnn'"),
+    ({"sketch.k": 0}, "sketch.k=0 must be an integer >= 1"),
+    ({**SPARK, "sketch.k": 2000}, "sketch.k=2000 exceeds the 1010 parameters of sketch group 1 (grouping 'layer'"),
+    ({**SPARK, "model.name": "cnn"}, "sketch.k=512 exceeds the 80 parameters of sketch group 0"),
+    ({"sketch.direction_chunk": 0}, "sketch.direction_chunk=0 must be an integer >= 1"),
+    ({"sketch.update_mode": "exact"}, "sketch.update_mode='exact' is not one of"),
+    ({"distill.lambda_max": 1.5}, "distill.lambda_max=1.5 must be a finite number in [0, 1]"),
+    ({"distill.temperature": 0.0}, "distill.temperature=0.0 must be a finite number > 0"),
+    ({"momentum.beta": 1.0}, "momentum.beta=1.0 must be a finite number in [0, 1)"),
+    ({"stages.boundaries": (0.8, 0.2)}, "must be ordered: 0 <= stage-2 start <= stage-3 start"),
+    ({"stages.boundaries": (0.5,)}, "stages.boundaries must have two entries"),
+    ({"stages.boundaries": (0.5, 1.5)}, "must be fractions in [0, 1] with unit 'fraction'"),
+    ({"stages.unit": "round", "stages.boundaries": (1.5, 2.0)}, "must be whole rounds with unit 'round'"),
+    ({"stages.unit": "epoch"}, "stages.unit='epoch' is not one of 'fraction', 'round'"),
+    ({"eval.per_node_test_subset": 20000}, "eval.per_node_test_subset=20000 must be an integer in [0, 10000]"),
+    ({"eval.node_chunk": 0}, "eval.node_chunk=0 must be an integer >= 1"),
+    ({"eval.target_accuracy": 1.5}, "eval.target_accuracy=1.5 must be a finite number in (0, 1]"),
+    ({"eval.top_m": 0}, "eval.top_m=0 must be an integer >= 1"),
+    ({"parallel.devices": 99}, "parallel.devices=99 must be an integer in [0, "),
+]
+
+
+def _config(overrides, data_dir):
+    c = tiny.get_config()
+    c.data.data_dir = data_dir
+    for path, value in overrides.items():
+        *parents, last = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+@pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[",".join(f"{k}={v!r}" for k, v in o.items())
+                                                               for o, _ in BAD_CONFIGS])
+def test_bad_config_fails_before_writing(overrides, message, real_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(experiment.ConfigError) as e:
+        experiment.run(_config(overrides, real_data_dir), workdir)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not workdir.exists()
+
+
+def test_wrongly_typed_field_of_a_config_file(real_data_dir, tmp_path):
+    c = ml_collections.ConfigDict(_config({}, real_data_dir).to_dict(), type_safe=False)
+    c.rounds, c.topology.dynamic = 3, "yes"
+    with pytest.raises(experiment.ConfigError, match="topology.dynamic='yes' must be True or False"):
+        experiment.run(c, tmp_path / "run")
+    del c.eval["top_m"]
+    c.topology.dynamic = True
+    with pytest.raises(experiment.ConfigError, match="config is missing a field .*top_m"):
+        experiment.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_inputs_leave_no_directory(real_data_dir, tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        experiment.run(_config({"data.data_dir": "/nonexistent/spark_jax_data"}, ""), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="seed7"):
+        experiment.run(_config({"partition.kind": "ntk_dfl_file", "partition.file_seed": 7}, real_data_dir),
+                       tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+def run_cli(args, data_dir):
+    env = dict(os.environ, SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(proc, message):
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.checkpoint_every=-1"], "checkpoint_every=-1 must be an integer >= 0"),
+    (["--config.ntk.taus=(100,100)", "--config.algorithm=ntk_dfl"], "strictly ascending"),
+    (["--resume"], "--resume needs --workdir"),
+])
+def test_cli_bad_inputs(args, message, real_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    with_workdir = [] if "--resume" in args else [f"--workdir={workdir}"]
+    _assert_one_line_error(run_cli(["--config=tiny", *args, *with_workdir], real_data_dir), message)
+    assert not workdir.exists()
+
+
+def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
+    """A non-empty workdir without --resume, or --resume with another config: errors, nothing touched."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"config": _config({}, "").to_dict()}))
+    (workdir / "metrics.jsonl").write_text('{"round": 1}\n')
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    _assert_one_line_error(run_cli(["--config=tiny", f"--workdir={workdir}"], real_data_dir),
+                           "already exists and is not empty; pass --resume")
+    _assert_one_line_error(run_cli(["--config=tiny", "--config.rounds=3", f"--workdir={workdir}", "--resume"],
+                                   real_data_dir), "cannot resume")
+    assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+    # In-process: the message names the differing field and both values.
+    with pytest.raises(experiment.ConfigError, match=r"in 1 field\(s\) \(rounds: 2 -> 3\)"):
+        experiment.run(_config({"rounds": 3}, real_data_dir), workdir, resume=True)
+    (workdir / "config.json").unlink()
+    with pytest.raises(FileExistsError, match="has no config.json"):
+        experiment.run(_config({}, real_data_dir), workdir, resume=True)
