@@ -58,3 +58,13 @@ def phase_flops(config, num_nodes: int, rows: int) -> dict:
         products = steps * (4 * nc.substeps if nc.integrator == "rk4" else 1)
     evolution = products * 2 * rows * rows * c
     return {"kernel": kernel * num_nodes, "evolution": evolution * num_nodes}
+
+
+def benchmark_config(config, data_dir: str | None):
+    """The --config value with --data_dir applied, absl logging at WARNING (every benchmark's start)."""
+    from absl import logging  # pylint: disable=g-import-not-at-top
+
+    logging.set_verbosity(logging.WARNING)
+    if data_dir:
+        config.data.data_dir = data_dir
+    return config

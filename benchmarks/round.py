@@ -18,10 +18,10 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import matmul_throughput, peak_memory_bytes, phase_flops, timed
+from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
 from experiments.config_names import rewrite_argv
 from spark_jax import metrics
 from spark_jax.algorithms import ntk_dfl
@@ -80,10 +80,7 @@ def phase_functions(setup):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    if _DATA_DIR.value:
-        config.data.data_dir = _DATA_DIR.value
+    config = benchmark_config(_CONFIG.value, _DATA_DIR.value)
     if config.algorithm != "ntk_dfl":
         sys.exit(f"error: benchmarks.round times NTK algorithms; config.algorithm is {config.algorithm!r}")
     setup = prepare(config)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import matmul_throughput, peak_memory_bytes, phase_flops, timed
+from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
 from experiments.config_names import rewrite_argv
 from spark_jax import ntk, schedules, sketch
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
@@ -53,10 +53,7 @@ def sketch_flops(config, rows: int, k: int) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    if _DATA_DIR.value:
-        config.data.data_dir = _DATA_DIR.value
+    config = benchmark_config(_CONFIG.value, _DATA_DIR.value)
     if config.algorithm != "spark" or not config.sketch.enabled:
         sys.exit("error: benchmarks.spark_round times SPARK with sketches (config.algorithm='spark', "
                  "sketch.enabled=True); use benchmarks.round for exact NTK-DFL")
