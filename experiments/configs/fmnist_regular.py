@@ -5,6 +5,11 @@ NTK-DFL partition fmnist300/alpha0.1/seed0, SPEC defaults.
       300 nodes, 40 rounds; minutes per round on 2 CPU cores.
   python -m experiments.run --config=fmnist_regular:small
       first 30 nodes, 15 rounds, Euler; several minutes on 2 CPU cores.
+  python -m experiments.sweep --config=fmnist_regular:cpu --preset=compare_fmnist \
+      --seeds=0,1,2 --workdir=results/compare_cpu
+      the method comparison (6 methods x alpha {0.1, 0.3, 0.5} x {5-regular, ring}) at
+      CPU size: 20 nodes x 60 samples, 10 rounds; about an hour on 2 CPU cores.
+      Without ':cpu' it is the 300-node paper-scale comparison (a GPU job).
 """
 
 from experiments.configs import base
