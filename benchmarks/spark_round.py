@@ -21,12 +21,14 @@ from __future__ import annotations
 import sys
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
 from experiments.config_names import rewrite_argv
-from spark_jax import ntk, schedules, sketch
+from spark_jax import schedules, sketch
+from spark_jax.algorithms import spark
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
 from spark_jax.experiment import prepare, round_inputs
 from spark_jax.rng import stream_key
@@ -60,7 +62,6 @@ def main(argv):
     setup = prepare(config)
     sc, nc = config.sketch, config.ntk
     repeats = _REPEATS.value
-    apply = setup.model.apply
     template = setup.model.init(jax.random.key(0))
     method = sketch.resolve_method(sc.method, config.model.name)
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
@@ -77,20 +78,19 @@ def main(argv):
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
         template, nd.x.reshape((-1,) + nd.x.shape[2:]), P, sc.grouping).reshape(nd.x.shape[:2] + (-1, sc.k)))
 
-    def per_node(fn):
-        return jax.jit(jax.vmap(fn))
+    ph = spark.make_node_phases(config, setup.model)
+    per_node = lambda fn, in_axes=0: jax.jit(jax.vmap(fn, in_axes=in_axes))  # None: shared by the nodes
 
     def gathered(n, s):
-        return gather_neighbourhood(nd, n, s)
+        x, labels, mask = gather_neighbourhood(nd, n, s)
+        own_rows = jnp.repeat(jnp.zeros(s.shape[0], bool).at[0].set(True), nd.mask.shape[1])
+        return x, labels, mask, own_rows
 
-    def sketch_one(w, n, s, P, first):
-        x, labels, mask = gathered(n, s)
-        f0 = apply(w, x)
+    def messages(w, n, s, P, first):  # F0, Y^ (lambda = 0, as in round 0) and the sketches
+        x, labels, mask, _ = gathered(n, s)
+        f0, y_hat = ph.targets(w, x, labels, mask, None, 0.0)
         q = first[n].reshape((x.shape[0],) + first.shape[2:]) if first is not None else None
-        sk = sketch.sketch_jacobian(apply, w, x, mask, P, grouping=sc.grouping, method=method,
-                                    direction_chunk=sc.direction_chunk, sample_chunk=nc.sample_chunk or None,
-                                    first_layer=q)
-        return f0, jax.nn.one_hot(labels, setup.model.num_classes) * mask[:, None], sk
+        return f0, y_hat, ph.messages(w, x, mask, P, q)
 
     rows = []
     t, c, P = timed(projections, inputs.round_index, repeats=repeats)
@@ -99,26 +99,17 @@ def main(argv):
     if sc.share_first_layer and method == "structured":
         t, c, first = timed(first_layer, P, repeats=repeats)
         rows.append(("first_layer", t, c, 1))
-    sk_fn = jax.jit(jax.vmap(sketch_one, in_axes=(0, 0, 0, None, None)))
-    t, c, (f0, y, sk) = timed(sk_fn, w_bar, nbr, smask, P, first, repeats=repeats)
+    t, c, (f0, y, sk) = timed(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P, first, repeats=repeats)
     rows.append(("sketch", t, c, b))
-    masks = jax.vmap(lambda n, s: gathered(n, s)[2])(nbr, smask)
-    t, c, h = timed(per_node(sketch.sketched_kernel), sk, masks, repeats=repeats)
+    x, _, masks, own = jax.vmap(gathered)(nbr, smask)
+    t, c, h = timed(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
     rows.append(("kernel", t, c, b))
-    evolve = lambda hh, f, yy, m: ntk.evolve_logits(hh, f, yy, m, eta, taus, method=nc.integrator,
-                                                    substeps=nc.substeps, stride=nc.stride,
-                                                    warmup=nc.warmup)
-    t, c, evo = timed(per_node(evolve), h, f0, y, masks, repeats=repeats)
+    t, c, evo = timed(per_node(ph.evolve, (0, 0, 0, 0, None)), h, f0, y, masks, eta, repeats=repeats)
     rows.append(("evolution", t, c, b))
-    update = lambda s_, w, e, m: sketch.sketched_weight_updates(s_, P, w, sc.grouping, e.residual_sums, eta, m)
-    t, c, deltas = timed(per_node(update), sk, w_bar, evo, masks, repeats=repeats)
+    t, c, deltas = timed(per_node(ph.update, (0, 0, 0, 0, 0, None, 0, None)), w_bar, x, masks, own, sk, P, evo, eta,
+                         repeats=repeats)
     rows.append(("update", t, c, b))
-
-    def select(w, n, s, yy, dl, e):
-        x, _, mask = gathered(n, s)
-        return ntk.select_tau(apply, w, x, mask, yy, dl, criterion=nc.tau_criterion, evolved_logits=e.logits)
-
-    t, c, _ = timed(per_node(select), w_bar, nbr, smask, y, deltas, evo, repeats=repeats)
+    t, c, _ = timed(per_node(ph.select), w_bar, x, masks, y, deltas, evo, repeats=repeats)
     rows.append(("selection", t, c, b))
     del sk, h, deltas
     if _FUSED.value:

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-IGNORED = ("seed", "data.data_dir", "progress")
+from spark_jax.run_io import IGNORED_IN_RESUME_CHECK, flatten
+
+IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
 _MISSING = "<missing>"
 
 
@@ -40,17 +42,6 @@ class Setting:
     label: str
     values: dict[str, Any]  # the differing keys and this setting's values
     runs: list[Run]
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': [1, 2]}} -> {'a.b': (1, 2)} (lists become tuples, so values are hashable)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 def find_run_dirs(root) -> list[pathlib.Path]:

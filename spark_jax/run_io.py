@@ -83,14 +83,22 @@ def _jax_flag(name: str):
         return None
 
 
-def flatten_config(config_dict: dict) -> dict:
-    """{'a.b': value} of a (nested) config dict, tuples as lists, without the ignored fields."""
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': [1, 2]}} -> {'a.b': (1, 2)} (lists become tuples, so values are hashable and a
+    config read back from JSON compares equal to the ConfigDict it was written from)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, (list, tuple)) else v
+    return out
 
-    flat = walk(json.loads(json.dumps(to_jsonable(config_dict))))
-    return {k: v for k, v in flat if k not in IGNORED_IN_RESUME_CHECK}
+
+def flatten_config(config_dict: dict) -> dict:
+    """`flatten` of a (nested) config dict without the fields that change no result."""
+    flat = flatten(to_jsonable(config_dict))
+    return {k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

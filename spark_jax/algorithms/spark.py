@@ -16,7 +16,7 @@ With sketch off, lambda_max = 0 and beta = 0 this is NTK-DFL (tested against
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -40,6 +40,78 @@ def distillation_targets(labels_onehot, teacher_logits, lam, temperature: float)
     return (1.0 - lam) * labels_onehot + lam * jax.nn.softmax(teacher_logits / temperature, axis=-1)
 
 
+class NodePhases(NamedTuple):
+    """The per-node steps of a SPARK round (one neighbourhood, N rows), composed by `make`'s round and
+    timed one by one by `benchmarks/spark_round.py`:
+
+      targets(w_bar, x, labels, mask, teacher, lam) -> (F0, Y^)              steps 3, 6
+      messages(w_bar, x, mask, P, first_layer) -> sketches J~_l [N, C, k]    step 3 (None: exact mode)
+      kernel(w_bar, x, mask, sketches) -> H [N, N]                           step 5
+      evolve(H, F0, Y^, mask, eta) -> ntk.Evolution                          step 7
+      update(w_bar, x, mask, own_rows, sketches, P, evolution, eta) -> Delta_tau leaves [T, ...]  step 8
+      select(w_bar, x, mask, Y^, deltas, evolution) -> (tau index, losses [T])                   step 9
+    """
+
+    targets: Callable
+    messages: Callable
+    kernel: Callable
+    evolve: Callable
+    update: Callable
+    select: Callable
+
+
+def make_node_phases(config, model: Model) -> NodePhases:
+    """SPARK's per-node phases from `config.ntk`, `.sketch`, `.distill` (see `NodePhases`)."""
+    nc, sc, dc = config.ntk, config.sketch, config.distill
+    taus = ntk.check_taus(nc.taus)
+    kernel_method = resolve_kernel_method(nc.kernel, config.model.name)
+    sketch_method = sketch.resolve_method(sc.method, config.model.name) if sc.enabled else None
+    chunk = nc.sample_chunk or None
+    apply, num_classes = model.apply, model.num_classes
+
+    def targets(w_bar, x, labels, mask, teacher, lam):
+        y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+        f0 = apply(w_bar, x)
+        teacher_logits = f0 if dc.teacher == "averaged" else teacher
+        return f0, jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
+
+    def messages(w_bar, x, mask, P, first_layer):
+        if not sc.enabled:
+            return None
+        return sketch.sketch_jacobian(apply, w_bar, x, mask, P, grouping=sc.grouping, method=sketch_method,
+                                      direction_chunk=sc.direction_chunk, sample_chunk=chunk,
+                                      first_layer=first_layer)
+
+    def kernel(w_bar, x, mask, sk):
+        if sk is not None:
+            return sketch.sketched_kernel(sk, mask)
+        return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
+                                        jacobian_mode=nc.jacobian_mode)
+
+    def evolve(h, f0, y_hat, mask, eta):
+        return ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps,
+                                 stride=nc.stride, warmup=nc.warmup)
+
+    def update(w_bar, x, mask, own_rows, sk, P, evo, eta):
+        residuals = evo.residual_sums
+        if not sc.enabled or sc.update_mode == "roundtrip":
+            return ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
+        if sc.update_mode == "backproject":
+            return sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
+        # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
+        own = own_rows[None, :, None]
+        exact = ntk.weight_updates(apply, w_bar, x, mask, jnp.where(own, residuals, 0.0), eta)
+        projected = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, jnp.where(own, 0.0, residuals),
+                                                   eta, mask)
+        return jax.tree.map(jnp.add, exact, projected)
+
+    def select(w_bar, x, mask, y_hat, deltas, evo):
+        return ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=nc.tau_criterion,
+                              evolved_logits=evo.logits)
+
+    return NodePhases(targets, messages, kernel, evolve, update, select)
+
+
 def make(config, model: Model, mesh=None) -> Algorithm:
     """SPARK from `config.ntk`, `.sketch`, `.distill`, `.momentum`, `.stages`.
 
@@ -52,12 +124,11 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     b2, b3 = schedules.stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
     template = model.init(jax.random.key(0))
     d = num_params(template)
-    kernel_method = resolve_kernel_method(nc.kernel, config.model.name)
     sketch_method = sketch.resolve_method(sc.method, config.model.name) if sc.enabled else None
     sketch_key = stream_key(config.seed, "sketch")
     k_total = sc.k * len(sketch.group_sizes(template, sc.grouping)) if sc.enabled else 0
-    chunk = nc.sample_chunk or None
     apply = model.apply
+    ph = make_node_phases(config, model)
 
     def init(key, node_data) -> State:
         del node_data
@@ -71,33 +142,12 @@ def make(config, model: Model, mesh=None) -> Algorithm:
 
         finite flags: (kernel, evolution, update) bools for the NaN guard (`spark_jax.guard`).
         """
-        y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
-        f0 = apply(w_bar, x)
-        teacher_logits = f0 if dc.teacher == "averaged" else teacher
-        y_hat = jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
-        if sc.enabled:
-            sk = sketch.sketch_jacobian(apply, w_bar, x, mask, P, grouping=sc.grouping, method=sketch_method,
-                                        direction_chunk=sc.direction_chunk, sample_chunk=chunk,
-                                        first_layer=first_layer)
-            h = sketch.sketched_kernel(sk, mask)
-        else:
-            h = ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
-                                         jacobian_mode=nc.jacobian_mode)
-        evo = ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps,
-                                stride=nc.stride, warmup=nc.warmup)
-        residuals = evo.residual_sums
-        if not sc.enabled or sc.update_mode == "roundtrip":
-            deltas = ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
-        elif sc.update_mode == "backproject":
-            deltas = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
-        else:  # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
-            own = own_rows[None, :, None]
-            exact = ntk.weight_updates(apply, w_bar, x, mask, jnp.where(own, residuals, 0.0), eta)
-            projected = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping,
-                                                       jnp.where(own, 0.0, residuals), eta, mask)
-            deltas = jax.tree.map(jnp.add, exact, projected)
-        best, losses = ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=nc.tau_criterion,
-                                      evolved_logits=evo.logits)
+        f0, y_hat = ph.targets(w_bar, x, labels, mask, teacher, lam)
+        sk = ph.messages(w_bar, x, mask, P, first_layer)
+        h = ph.kernel(w_bar, x, mask, sk)
+        evo = ph.evolve(h, f0, y_hat, mask, eta)
+        deltas = ph.update(w_bar, x, mask, own_rows, sk, P, evo, eta)
+        best, losses = ph.select(w_bar, x, mask, y_hat, deltas, evo)
         delta = jax.tree.map(lambda dl: dl[best], deltas)
         return delta, best, losses[best], (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
 
