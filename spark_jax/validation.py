@@ -171,11 +171,15 @@ def _validate_ntk(config) -> None:
              and all(b > a for a, b in zip(taus, taus[1:])),
              f"ntk.taus={tuple(taus) if isinstance(taus, list) else taus!r} must be positive integers in "
              "strictly ascending order")
-    _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "euler"))
+    _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "dopri5", "euler"))
     _positive_int(nc.substeps, "ntk.substeps")
     _positive_int(nc.stride, "ntk.stride")
     if "warmup" in nc:
         _int(nc.warmup, "ntk.warmup", 0, why=" (grid intervals at stride 1, 'rk4_hermite')")
+    _number(nc.rtol, "ntk.rtol", 0.0, 1.0, lo_open=True, why=" (relative tolerance, 'dopri5')")
+    _number(nc.atol, "ntk.atol", 0.0, lo_open=True, why=" (absolute tolerance, 'dopri5')")
+    _positive_int(nc.max_stride, "ntk.max_stride")
+    _int(nc.product_columns, "ntk.product_columns", 0, why=" (0 = no padding)")
     _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
     _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))
     _int(nc.sample_chunk, "ntk.sample_chunk", 0, why=" (0 = no chunking)")

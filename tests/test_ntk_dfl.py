@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from scipy.integrate import solve_ivp
 
 from experiments.configs import base
 from spark_jax.algorithms import ntk_dfl
@@ -67,8 +68,14 @@ def _run_round(config, nd, graph, r=0):
     return model, state, new, metrics
 
 
-def _reference_node(apply, w_bar, x, y, eta):
-    """Float64 NumPy NTK-DFL update for one node on its unpadded neighbourhood (Euler)."""
+def _softmax(F):
+    P = np.exp(F - F.max(-1, keepdims=True))
+    return P / P.sum(-1, keepdims=True)
+
+
+def _reference_node(apply, w_bar, x, y, eta, integrator="euler"):
+    """Float64 NumPy NTK-DFL update for one node on its unpadded neighbourhood (Euler loop, or
+    scipy's DOP853 at rtol 1e-10 for the ODE integrators)."""
     flat_w, unravel = ravel_pytree(w_bar)
     jac = jax.jacrev(lambda p: apply(p, jnp.asarray(x)))(w_bar)  # leaves [N, C, ...]
     n, c = len(y), 10
@@ -77,13 +84,20 @@ def _reference_node(apply, w_bar, x, y, eta):
     Y = np.eye(c)[y]
     F = np.asarray(apply(w_bar, jnp.asarray(x)), np.float64)
     R, Rs = np.zeros_like(F), {}
-    for t in range(max(TAUS) + 1):
-        if t in TAUS:
-            Rs[t] = R.copy()
-        P = np.exp(F - F.max(1, keepdims=True))
-        P /= P.sum(1, keepdims=True)
-        R += P - Y
-        F = F - eta / n * H @ (P - Y)
+    if integrator == "euler":
+        for t in range(max(TAUS) + 1):
+            if t in TAUS:
+                Rs[t] = R.copy()
+            P = _softmax(F)
+            R += P - Y
+            F = F - eta / n * H @ (P - Y)
+    else:
+        rhs = lambda s, f: (-(H @ (_softmax(f.reshape(n, c)) - Y)) / n).ravel()
+        grid = eta * np.arange(max(TAUS) + 1)
+        sol = solve_ivp(rhs, (0.0, grid[-1]), F.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
+        Fs = sol.y.T.reshape(-1, n, c)
+        cum = np.concatenate([np.zeros((1, n, c)), np.cumsum(_softmax(Fs[:-1]) - Y, axis=0)])
+        Rs = {t: cum[t] for t in TAUS}
     losses, cands = [], []
     for t in TAUS:
         delta = -(eta / n) * np.einsum("icp,ic->p", J, Rs[t])
@@ -97,12 +111,13 @@ def _reference_node(apply, w_bar, x, y, eta):
     return cands[best], best
 
 
-@pytest.mark.parametrize("kernel", ["structured", "contraction"])
-def test_round_equals_per_node_loop_reference(kernel):
+@pytest.mark.parametrize("kernel,integrator", [("structured", "euler"), ("contraction", "euler"),
+                                               ("structured", "dopri5")])
+def test_round_equals_per_node_loop_reference(kernel, integrator):
     nd = _node_data()
     adj = _adjacency()
     graph = padded_graph(adj, "uniform")
-    config = _config(kernel=kernel)
+    config = _config(kernel=kernel, integrator=integrator)
     model, state, new, metrics = _run_round(config, nd, graph, r=2)
     eta = 0.5 * np.exp(-0.07 * 2)
     W = np.zeros(adj.shape)
@@ -118,7 +133,7 @@ def test_round_equals_per_node_loop_reference(kernel):
         closed = [i] + list(np.flatnonzero(adj[i]))
         x = np.concatenate([nd.x[j, :COUNTS[j]] for j in closed])
         y = np.concatenate([nd.y[j, :COUNTS[j]] for j in closed])
-        expected, best = _reference_node(model.apply, w_bar, x, y, eta)
+        expected, best = _reference_node(model.apply, w_bar, x, y, eta, integrator)
         got = np.asarray(ravel_pytree(jax.tree.map(lambda a: a[i], new.params))[0])
         np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5, err_msg=f"node {i}")
         bests.append(best)
@@ -137,9 +152,10 @@ def test_padding_is_inert():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_no_recompilation_across_rounds_with_redrawn_graphs():
+@pytest.mark.parametrize("integrator", ["euler", "dopri5"])
+def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())
-    config = _config()
+    config = _config(integrator=integrator)
     model = make_model("mlp", hidden=(8,))
     alg = ntk_dfl.make(config, model)
     state = alg.init(jax.random.key(0), nd)

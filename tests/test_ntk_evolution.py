@@ -32,9 +32,9 @@ def _f32(*arrays):
     return [jnp.asarray(a, jnp.float32) for a in arrays]
 
 
-def _evolve(taus, method, substeps=1, stride=4, warmup=0):
+def _evolve(taus, method, substeps=1, stride=4, warmup=0, **kw):
     return jax.jit(functools.partial(ntk.evolve_logits, taus=taus, method=method, substeps=substeps,
-                                     stride=stride, warmup=warmup))
+                                     stride=stride, warmup=warmup, **kw))
 
 
 def _dop853(H, F0, Y, eta, tau_max):
@@ -75,6 +75,75 @@ def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride, warmup):
     # R_tau sums up to 800 residuals of size ~1: compare relative to the number of terms summed
     err = np.abs(np.asarray(out.residual_sums) - R_ref[idx - 1]) / idx[:, None, None]
     assert err.max() < 1e-4, err.max()
+
+
+@pytest.mark.parametrize("stiffness", [0.5, 2.0, 8.0])
+def test_dopri5_matches_dop853(stiffness):
+    """Adaptive Dormand-Prince vs float64 DOP853 over an 800-step horizon, candidates off any step
+    pattern; at stiffness 8 a fixed RK4 step of one grid interval would be unstable."""
+    H, F0, Y = _problem(3)
+    eta = stiffness * N / np.linalg.eigvalsh(H)[-1]
+    taus = (1, 100, 203, 204, 401, 600, 799)
+    F_ref, R_ref = _dop853(H, F0, Y, eta, taus[-1])
+    out = _evolve(taus, "dopri5")(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
+    idx = np.asarray(taus)
+    np.testing.assert_allclose(out.logits, F_ref[idx], atol=1e-4, rtol=0)
+    err = np.abs(np.asarray(out.residual_sums) - R_ref[idx - 1]) / idx[:, None, None]
+    assert err.max() < 1e-4, err.max()
+    if stiffness <= 2.0:  # adaptive: fewer kernel products than RK4 at one step per grid interval
+        assert 0 < int(out.products) < 4 * taus[-1], int(out.products)
+
+
+def test_dopri5_tableau_is_scipys_rk45():
+    from scipy.integrate._ivp.rk import RK45
+
+    from spark_jax.ntk import evolution
+    A = np.zeros((6, 5))
+    for i, row in enumerate(evolution._DP_A, start=1):
+        A[i, :len(row)] = row
+    np.testing.assert_allclose(A, RK45.A, rtol=1e-15, atol=1e-16)
+    np.testing.assert_allclose(evolution._DP_B, RK45.B, rtol=1e-15, atol=1e-16)
+    np.testing.assert_allclose(evolution._DP_E, RK45.E, rtol=1e-15, atol=1e-16)
+    np.testing.assert_allclose(evolution._DP_P, RK45.P, rtol=1e-15, atol=1e-16)
+
+
+def test_dopri5_vmapped_nodes_step_independently():
+    """Under vmap each node keeps its own step sizes: a chunk mixing a mild and a stiff node gives
+    every node its own solution (vs DOP853)."""
+    H, F0, Y = _problem(4)
+    lam = np.linalg.eigvalsh(H)[-1]
+    etas = np.array([0.3, 6.0]) * N / lam  # per-node stiffness via scaled kernels, one eta
+    Hs = np.stack([H * etas[0] / etas[1], H])
+    taus = (50, 333, 400)
+    f = jax.vmap(functools.partial(ntk.evolve_logits, taus=taus, method="dopri5"), in_axes=(0, 0, 0, 0, None))
+    out = jax.jit(f)(*_f32(Hs, np.stack([F0, F0]), np.stack([Y, Y])), jnp.ones((2, N), bool),
+                     jnp.float32(etas[1]))
+    idx = np.asarray(taus)
+    for node in range(2):
+        F_ref, R_ref = _dop853(Hs[node], F0, Y, etas[1], taus[-1])
+        np.testing.assert_allclose(out.logits[node], F_ref[idx], atol=1e-4, rtol=0)
+        err = np.abs(np.asarray(out.residual_sums[node]) - R_ref[idx - 1]) / idx[:, None, None]
+        assert err.max() < 1e-4, err.max()
+    assert int(out.products[0]) < int(out.products[1])  # the mild node needed fewer steps
+
+
+def test_dopri5_failure_is_nan_not_a_hang():
+    H, F0, Y = _problem(5)
+    H[2, 4] = H[4, 2] = np.nan
+    out = _evolve((10, 20), "dopri5")(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.1))
+    assert np.all(np.isnan(out.logits)) and np.all(np.isnan(out.residual_sums))
+
+
+@pytest.mark.parametrize("method", ntk.INTEGRATORS)
+def test_padded_product_columns_change_nothing(method):
+    """`columns` pads the right-hand side of H @ r with zero columns: a speed option only."""
+    H, F0, Y = _problem(6)
+    taus = (3, 40)
+    args = (*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.05))
+    plain = _evolve(taus, method)(*args)
+    padded = _evolve(taus, method, columns=16)(*args)
+    np.testing.assert_allclose(padded.logits, plain.logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(padded.residual_sums, plain.residual_sums, rtol=1e-5, atol=1e-5)
 
 
 def test_euler_matches_numpy_loop():

@@ -79,8 +79,7 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
                                         jacobian_mode=cfg.jacobian_mode)
 
     def evolve(h, f0, y, mask, eta):
-        return ntk.evolve_logits(h, f0, y, mask, eta, taus, method=cfg.integrator, substeps=cfg.substeps,
-                                 stride=cfg.stride, warmup=cfg.warmup)
+        return ntk.evolve_logits(h, f0, y, mask, eta, taus, **ntk.integrator_options(cfg))
 
     def update(w_bar, x, mask, y, evo, eta):
         deltas = ntk.weight_updates(apply, w_bar, x, mask, evo.residual_sums, eta)

@@ -89,8 +89,7 @@ def make_node_phases(config, model: Model) -> NodePhases:
                                         jacobian_mode=nc.jacobian_mode)
 
     def evolve(h, f0, y_hat, mask, eta):
-        return ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, method=nc.integrator, substeps=nc.substeps,
-                                 stride=nc.stride, warmup=nc.warmup)
+        return ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, **ntk.integrator_options(nc))
 
     def update(w_bar, x, mask, own_rows, sk, P, evo, eta):
         residuals = evo.residual_sums
