@@ -118,8 +118,9 @@ def main(argv):
     total = sum(r[1] for r in rows)
     peak = matmul_throughput(2048)
     structured = ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name) == "structured"
-    flops = phase_flops(config, config.partition.num_nodes, n_nb) if structured else {}
-    print(f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s")
+    flops = phase_flops(config, config.partition.num_nodes, n_nb, products=evo.products) if structured else {}
+    print(f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; kernel products per node in the evolution: "
+          f"mean {float(evo.products.mean()):.0f}, max {int(evo.products.max())}")
     print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     for name, t, c in rows:
         rate = f"{flops[name] / t / 1e9:>10.1f}{flops[name] / t / peak:>9.1%}" if name in flops else ""

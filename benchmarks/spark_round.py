@@ -39,15 +39,16 @@ _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round o
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
 
 
-def sketch_flops(config, rows: int, k: int) -> dict:
-    """Analytic FLOPs per node (dense MLP, 'layer' grouping): sketch (input side + backprop side), kernel."""
+def sketch_flops(config, rows: int, k: int, products) -> dict:
+    """Analytic FLOPs per node (dense MLP, 'layer' grouping): sketch (input side + backprop side), kernel,
+    evolution (`products`: the evolution's kernel products per node, `Evolution.products`)."""
     sizes = (784, *config.model.hidden, 10)
     c = 10
     first = 2 * rows * (sizes[0] + 1) * sizes[1] * k
     rest = sum(2 * rows * (fi + 1) * fo * k for fi, fo in zip(sizes[1:-1], sizes[2:]))
     backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
     kernel = 2 * rows * rows * c * k * (len(sizes) - 1)
-    evolution = phase_flops(config, 1, rows)["evolution"]
+    evolution = phase_flops(config, 1, rows, products=[float(jnp.mean(products))])["evolution"]
     shared = config.sketch.share_first_layer
     return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
             "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel, "evolution": evolution}
@@ -118,7 +119,7 @@ def main(argv):
 
     m = config.partition.num_nodes
     n_nb = int(inputs.neighbors.shape[1] * nd.mask.shape[1])
-    flops = sketch_flops(config, n_nb, sc.k)
+    flops = sketch_flops(config, n_nb, sc.k, evo.products)
     print(f"config {config.name}: {m} nodes, topology {config.topology.kind} (slots {inputs.neighbors.shape[1]}), "
           f"n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows; sketch {method}, k = {sc.k} per "
           f"{sc.grouping}, share_first_layer {sc.share_first_layer}; integrator {nc.integrator}, taus {taus}; "
@@ -126,7 +127,8 @@ def main(argv):
     how = f"median of {repeats} after warm-up" if repeats else "first call, compile included"
     peak = matmul_throughput(2048)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}; "
-          f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s")
+          f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution kernel products per node: "
+          f"mean {float(jnp.mean(evo.products)):.0f}, max {int(jnp.max(evo.products))}")
     print(f"{'phase':<12}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     scaled = [(name, t / nodes, t / nodes * m if nodes > 1 else t, c) for name, t, c, nodes in rows]
     total = sum(s for _, _, s, _ in scaled)

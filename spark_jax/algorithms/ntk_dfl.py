@@ -17,6 +17,8 @@ contraction kernel, that many [N, C, d] Jacobians) are live at once.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, NamedTuple
 
 import flax.struct
@@ -78,6 +80,7 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=cfg.jacobian_mode)
 
+    @functools.partial(ntk.with_node_batching, batching=cfg.evolution_batching)
     def evolve(h, f0, y, mask, eta):
         return ntk.evolve_logits(h, f0, y, mask, eta, taus, **ntk.integrator_options(cfg))
 

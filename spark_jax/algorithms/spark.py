@@ -16,6 +16,8 @@ With sketch off, lambda_max = 0 and beta = 0 this is NTK-DFL (tested against
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, NamedTuple
 
 import flax.struct
@@ -88,6 +90,7 @@ def make_node_phases(config, model: Model) -> NodePhases:
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=nc.jacobian_mode)
 
+    @functools.partial(ntk.with_node_batching, batching=nc.evolution_batching)
     def evolve(h, f0, y_hat, mask, eta):
         return ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, **ntk.integrator_options(nc))
 
