@@ -137,3 +137,26 @@ def node_map(fn: Callable, xs, batch_size: int, mesh: Mesh | None = None, shared
     # default paths also pass with it on).
     return jax.shard_map(local_map, mesh=mesh, in_specs=(P(NODES), P()), out_specs=P(NODES),
                          check_vma=False)(xs, tuple(shared))
+
+
+NODE_BATCHING = ("auto", "vectorized", "sequential")
+
+
+def with_node_batching(fn, batching: str = "auto"):
+    """How a per-node phase `fn` runs when the round vmaps it over a chunk of nodes.
+
+    "vectorized": jax.vmap's batched program (batched matmuls; an adaptive
+      evolution then runs every node for the chunk's largest step count, the
+      others idling on masked steps).
+    "sequential": a loop over the chunk's nodes (`custom_batching.sequential_vmap`):
+      plain GEMMs, each node only its own adaptive steps; on XLA:CPU 1.3x
+      (kernel) to 1.8x (dopri5 evolution) faster than the batched program.
+    "auto": sequential on CPU, vectorized on accelerators (where batching is
+      what fills the device).
+    Values are identical either way (tested); only the schedule differs.
+    """
+    if batching not in NODE_BATCHING:
+        raise ValueError(f"unknown evolution batching {batching!r}; choose one of {NODE_BATCHING}")
+    if batching == "auto":
+        batching = "sequential" if jax.default_backend() == "cpu" else "vectorized"
+    return jax.custom_batching.sequential_vmap(fn) if batching == "sequential" else fn

@@ -179,7 +179,7 @@ def _validate_ntk(config) -> None:
     _number(nc.rtol, "ntk.rtol", 0.0, 1.0, lo_open=True, why=" (relative tolerance, 'dopri5')")
     _number(nc.atol, "ntk.atol", 0.0, lo_open=True, why=" (absolute tolerance, 'dopri5')")
     _positive_int(nc.max_stride, "ntk.max_stride")
-    _one_of(nc.evolution_batching, "ntk.evolution_batching", ("auto", "vectorized", "sequential"))
+    _one_of(nc.node_batching, "ntk.node_batching", ("auto", "vectorized", "sequential"))
     _int(nc.product_columns, "ntk.product_columns", 0, why=" (0 = no padding)")
     _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
     _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))

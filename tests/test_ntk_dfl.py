@@ -152,6 +152,18 @@ def test_padding_is_inert():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_node_batching_changes_no_value():
+    """Kernel and evolution per node in a loop ('sequential', CPU's 'auto') or as one batched program."""
+    graph = padded_graph(_adjacency(), "uniform")
+    params = {}
+    for batching in ("sequential", "vectorized"):
+        config = _config(integrator="dopri5")
+        config.ntk.node_batching = batching
+        params[batching] = _run_round(config, _node_data(), graph)[2].params
+    for a, b in zip(jax.tree.leaves(params["sequential"]), jax.tree.leaves(params["vectorized"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("integrator", ["euler", "dopri5"])
 def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())

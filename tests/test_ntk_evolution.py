@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from spark_jax import ntk
+from spark_jax import ntk, parallel
 
 N, C = 12, 3
 
@@ -135,14 +135,14 @@ def test_sequential_node_batching_equals_vectorized(method):
     Hs = np.stack([H * 0.05, H, H * 0.3])
     args = (*_f32(Hs, np.stack([F0] * 3), np.stack([Y] * 3)), jnp.ones((3, N), bool), jnp.float32(0.2))
     fn = functools.partial(ntk.evolve_logits, taus=(7, 60), method=method)
-    outs = {b: jax.jit(jax.vmap(ntk.with_node_batching(fn, b), in_axes=(0, 0, 0, 0, None)))(*args)
+    outs = {b: jax.jit(jax.vmap(parallel.with_node_batching(fn, b), in_axes=(0, 0, 0, 0, None)))(*args)
             for b in ("sequential", "vectorized")}
     np.testing.assert_allclose(outs["sequential"].logits, outs["vectorized"].logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(outs["sequential"].residual_sums, outs["vectorized"].residual_sums,
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(outs["sequential"].products, outs["vectorized"].products)
     with pytest.raises(ValueError, match="unknown evolution batching"):
-        ntk.with_node_batching(fn, "parallel")
+        parallel.with_node_batching(fn, "parallel")
 
 
 def test_dopri5_failure_is_nan_not_a_hang():

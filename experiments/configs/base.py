@@ -80,9 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.ntk.rtol = 1e-6  # error tolerance atol + rtol * |F| per logit ('dopri5')
     c.ntk.atol = 1e-6
     c.ntk.max_stride = 32  # largest step in grid intervals ('dopri5')
-    # How a node chunk runs the evolution: 'auto' (sequential on CPU, vectorized on GPU/TPU) |
-    # 'vectorized' (one batched program) | 'sequential' (node by node: each its own adaptive steps).
-    c.ntk.evolution_batching = "auto"
+    # How a node chunk runs the kernel and evolution phases: 'auto' (sequential on CPU, vectorized on
+    # GPU/TPU) | 'vectorized' (one batched program) | 'sequential' (node by node: plain GEMMs, each
+    # node its own adaptive steps). Values are the same; only speed differs.
+    c.ntk.node_batching = "auto"
     c.ntk.product_columns = 16  # pad H @ r to this many columns (speed only: 1.6x on XLA:CPU for C = 10)
     c.ntk.kernel = "auto"  # 'auto' (structured for MLPs) | 'structured' | 'contraction' | 'ntvp'
     c.ntk.jacobian_mode = "rev"  # 'rev' | 'fwd' (contraction kernel)

@@ -76,11 +76,12 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
     def messages(w_bar, x, labels, mask):
         return apply(w_bar, x), jax.nn.one_hot(labels, num_classes) * mask[:, None]
 
+    @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def kernel(w_bar, x, mask):
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=cfg.jacobian_mode)
 
-    @functools.partial(ntk.with_node_batching, batching=cfg.evolution_batching)
+    @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def evolve(h, f0, y, mask, eta):
         return ntk.evolve_logits(h, f0, y, mask, eta, taus, **ntk.integrator_options(cfg))
 

@@ -84,13 +84,14 @@ def make_node_phases(config, model: Model) -> NodePhases:
                                       direction_chunk=sc.direction_chunk, sample_chunk=chunk,
                                       first_layer=first_layer)
 
+    @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
     def kernel(w_bar, x, mask, sk):
         if sk is not None:
             return sketch.sketched_kernel(sk, mask)
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=nc.jacobian_mode)
 
-    @functools.partial(ntk.with_node_batching, batching=nc.evolution_batching)
+    @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
     def evolve(h, f0, y_hat, mask, eta):
         return ntk.evolve_logits(h, f0, y_hat, mask, eta, taus, **ntk.integrator_options(nc))
 

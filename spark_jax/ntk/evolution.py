@@ -76,34 +76,11 @@ def check_taus(taus: Sequence[int]) -> tuple[int, ...]:
     return taus
 
 
-NODE_BATCHING = ("auto", "vectorized", "sequential")
-
-
 def integrator_options(ntk_config) -> dict:
     """The keyword arguments of `evolve_logits` from a run config's `ntk` block."""
     nc = ntk_config
     return dict(method=nc.integrator, substeps=nc.substeps, stride=nc.stride, warmup=nc.warmup, rtol=nc.rtol,
                 atol=nc.atol, max_stride=nc.max_stride, columns=nc.product_columns)
-
-
-def with_node_batching(evolve, batching: str = "auto"):
-    """How one node's `evolve` runs when the round vmaps it over a chunk of nodes.
-
-    "vectorized": jax.vmap's batched program (the chunk's kernel products are
-      one batched matmul; an adaptive integrator then runs every node for the
-      chunk's largest step count, the others idling on masked steps).
-    "sequential": a loop over the chunk's nodes (`custom_batching.sequential_vmap`):
-      each node takes only its own steps, one `[N, N] x [N, C]` product at a
-      time; on XLA:CPU this is as fast per product and wastes no steps.
-    "auto": sequential on CPU, vectorized on accelerators (where batching is
-      what fills the device).
-    Values are identical either way (tested); only the schedule differs.
-    """
-    if batching not in NODE_BATCHING:
-        raise ValueError(f"unknown evolution batching {batching!r}; choose one of {NODE_BATCHING}")
-    if batching == "auto":
-        batching = "sequential" if jax.default_backend() == "cpu" else "vectorized"
-    return jax.custom_batching.sequential_vmap(evolve) if batching == "sequential" else evolve
 
 
 def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array, eta: jax.Array,
