@@ -77,12 +77,14 @@ def make_node_phases(config, model: Model) -> NodePhases:
         teacher_logits = f0 if dc.teacher == "averaged" else teacher
         return f0, jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
 
-    def messages(w_bar, x, mask, P, first_layer):
-        if not sc.enabled:
-            return None
+    @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
+    def sketches(w_bar, x, mask, P, first_layer):
         return sketch.sketch_jacobian(apply, w_bar, x, mask, P, grouping=sc.grouping, method=sketch_method,
                                       direction_chunk=sc.direction_chunk, sample_chunk=chunk,
                                       first_layer=first_layer)
+
+    def messages(w_bar, x, mask, P, first_layer):
+        return sketches(w_bar, x, mask, P, first_layer) if sc.enabled else None
 
     @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
     def kernel(w_bar, x, mask, sk):
