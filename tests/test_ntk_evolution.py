@@ -211,3 +211,53 @@ def test_rejects_bad_taus():
     H, F0, Y = _f32(*_problem())
     with pytest.raises(ValueError, match="ascending"):
         ntk.evolve_logits(H, F0, Y, jnp.ones(N, bool), 0.1, taus=(5, 2))
+
+
+def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
+    """The reference demo setting (30 nodes, 2-regular, NTK-DFL partition) at eta_0: the stiffest of
+    the first 8 neighbourhoods (eta * lambda_max / N > 3 per grid interval). RK4 at the default
+    2 sub-steps and dopri5 agree with float64 DOP853 to 1e-4; one RK4 sub-step does not."""
+    from experiments.configs import fmnist_ntk_dfl
+    from spark_jax.algorithms import ntk_dfl
+    from spark_jax.experiment import prepare, round_inputs
+    from spark_jax.rng import stream_key
+
+    config = fmnist_ntk_dfl.get_config()
+    config.partition.num_nodes, config.topology.degree, config.data.data_dir = 30, 2, real_data_dir
+    setup = prepare(config)
+    nc = config.ntk
+    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
+    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
+    w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
+    ph = ntk_dfl.make_node_phases(setup.model.apply, 10, nc, "structured")
+    best = None
+    for i in range(8):
+        w = jax.tree.map(lambda a: a[i], w_bar)
+        x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
+        m = np.asarray(mask)
+        H = np.asarray(jax.jit(ph.kernel)(w, x, mask), np.float64)[np.ix_(m, m)]
+        stiffness = eta * np.linalg.eigvalsh(H)[-1] / m.sum()
+        if best is None or stiffness > best[0]:
+            f0, y = ph.messages(w, x, labels, mask)
+            best = (stiffness, H, np.asarray(f0, np.float64)[m], np.asarray(y, np.float64)[m])
+    stiffness, H, F0, Y = best
+    assert stiffness > 3.0, stiffness
+    n, c = F0.shape
+    taus = tuple(nc.taus)
+    rhs = lambda s, f: (-(H @ (_softmax(f.reshape(n, c)) - Y)) / n).ravel()
+    grid = eta * np.arange(taus[-1] + 1)
+    sol = solve_ivp(rhs, (0.0, grid[-1]), F0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-10)
+    F_ref = sol.y.T.reshape(-1, n, c)
+    R_ref = np.cumsum(_softmax(F_ref[:-1]) - Y, axis=0)
+    idx = np.asarray(taus)
+    errors = {}
+    for name, kw in (("rk4", dict(method="rk4", substeps=nc.substeps)), ("dopri5", dict(method="dopri5")),
+                     ("rk4/1", dict(method="rk4", substeps=1))):
+        out = jax.jit(functools.partial(ntk.evolve_logits, taus=taus, columns=16, **kw))(
+            *_f32(H, F0, Y), jnp.ones(n, bool), jnp.float32(eta))
+        errors[name] = max(np.max(np.abs(np.asarray(out.logits, np.float64) - F_ref[idx])),
+                           np.max(np.abs(np.asarray(out.residual_sums) - R_ref[idx - 1]) / idx[:, None, None]))
+    assert nc.integrator == "rk4" and nc.substeps == 2
+    assert errors["rk4"] < 1e-4 and errors["dopri5"] < 1e-4, errors
+    assert errors["rk4/1"] > 1e-4, errors  # why the default is 2 sub-steps
