@@ -18,8 +18,10 @@ Integrators ([choice] `method`):
     cubic Hermite interpolant of (F_n, F'_n, F_{n+1}, F'_{n+1}) (dense output,
     O(h^4) like the step). F'_{n+1} is the next step's first stage, so a step
     costs 4 kernel products for `stride` grid intervals: `stride` times fewer
-    than "rk4". Accurate while h * ||dF'/dF|| stays inside RK4's stability
-    region (about 2.7); tested against a float64 adaptive solver.
+    than "rk4". Accurate only while h * ||dF'/dF|| stays inside RK4's
+    stability region (about 2.7): on real neighbourhoods with
+    eta * lambda_max / N near 4 (the demo setting) stride 4 is unstable
+    (error ~1); "dopri5" finds the stable step by itself.
   * "dopri5": adaptive Dormand-Prince 5(4) (the pair of scipy's RK45, FSAL:
     6 kernel products per attempted step) with the standard step-size
     controller on the mixed error tolerance `atol + rtol * |F|`, steps capped
