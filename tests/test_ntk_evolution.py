@@ -141,7 +141,7 @@ def test_sequential_node_batching_equals_vectorized(method):
     np.testing.assert_allclose(outs["sequential"].residual_sums, outs["vectorized"].residual_sums,
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(outs["sequential"].products, outs["vectorized"].products)
-    with pytest.raises(ValueError, match="unknown evolution batching"):
+    with pytest.raises(ValueError, match="unknown node batching"):
         parallel.with_node_batching(fn, "parallel")
 
 

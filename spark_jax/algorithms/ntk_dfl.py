@@ -18,7 +18,6 @@ contraction kernel, that many [N, C, d] Jacobians) are live at once.
 from __future__ import annotations
 
 import functools
-
 from typing import Any, Callable, NamedTuple
 
 import flax.struct

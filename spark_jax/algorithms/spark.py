@@ -17,7 +17,6 @@ With sketch off, lambda_max = 0 and beta = 0 this is NTK-DFL (tested against
 from __future__ import annotations
 
 import functools
-
 from typing import Any, Callable, NamedTuple
 
 import flax.struct

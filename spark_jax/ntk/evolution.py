@@ -37,8 +37,9 @@ Integrators ([choice] `method`):
     gradient descent on the linearised model.
 
 Kernel products `H @ r` (`[N, N] x [N, C]`) are memory-bound for C = 10; with
-`columns` > C the right-hand side is zero-padded to that many columns first,
-which XLA:CPU runs 1.6-1.8x faster for C = 10 -> 16 (benchmarks/evolution.py).
+`columns` > C the right-hand side is zero-padded to that many columns first:
+XLA:CPU runs the fixed-step integrators 1.2-1.6x faster with C = 10 -> 16
+(`benchmarks/evolution.py`, "+pad" rows; no measurable gain for "dopri5").
 The padding changes no value.
 """
 
