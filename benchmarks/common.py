@@ -39,31 +39,18 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def phase_flops(config, num_nodes: int, rows: int, products=None) -> dict:
+def phase_flops(config, num_nodes: int, rows: int, products) -> dict:
     """Analytic FLOPs of the kernel and evolution phases for all nodes (padded rows).
 
     structured kernel, per dense layer: N^2 (fan_in + 1) + N^2 C fan_out multiply-adds;
-    evolution: kernel products [N, N] x [N, C] (C = 10, padding columns not counted):
-    tau_max x 4 x substeps (RK4), tau_max (Euler), 4 per RK4 step of `stride` intervals
-    after `warmup` unit steps (rk4_hermite); for the adaptive dopri5 the per-node counts
-    `products` [M] the integrator reports (`Evolution.products`).
+    evolution: 2 N^2 C per kernel product [N, N] x [N, C] (C = 10, padding columns not
+    counted), `products` = the per-node counts the integrator reports (`Evolution.products`).
     """
     sizes = (784, *config.model.hidden, 10)
     c = 10
     kernel = sum(rows * rows * (fan_in + 1) + rows * rows * c * fan_out
                  for fan_in, fan_out in zip(sizes[:-1], sizes[1:])) * 2
-    nc, steps = config.ntk, max(config.ntk.taus)
-    if nc.integrator == "dopri5":
-        if products is None:
-            raise ValueError("phase_flops: dopri5's kernel products depend on the data; pass Evolution.products")
-        total_products = float(sum(float(p) for p in products))
-    else:
-        if nc.integrator == "rk4_hermite":
-            first = min(nc.warmup, steps)
-            per_node = 4 * first + 4 * -(-(steps - first) // nc.stride) + 1
-        else:
-            per_node = steps * (4 * nc.substeps if nc.integrator == "rk4" else 1)
-        total_products = float(per_node * num_nodes)
+    total_products = float(sum(float(p) for p in products))
     return {"kernel": kernel * num_nodes, "evolution": total_products * 2 * rows * rows * c}
 
 

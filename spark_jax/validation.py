@@ -20,6 +20,10 @@ PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
 MIXINGS = ("uniform", "metropolis")
 MODELS = ("mlp", "cnn")
+# Options of spark_jax.ntk.INTEGRATORS and spark_jax.parallel.NODE_BATCHING, kept here so this module
+# needs no JAX (tests/test_validation_table.py checks they agree).
+INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "euler")
+NODE_BATCHING = ("auto", "vectorized", "sequential")
 
 
 class ConfigError(ValueError):
@@ -171,7 +175,7 @@ def _validate_ntk(config) -> None:
              and all(b > a for a, b in zip(taus, taus[1:])),
              f"ntk.taus={tuple(taus) if isinstance(taus, list) else taus!r} must be positive integers in "
              "strictly ascending order")
-    _one_of(nc.integrator, "ntk.integrator", ("rk4", "rk4_hermite", "dopri5", "euler"))
+    _one_of(nc.integrator, "ntk.integrator", INTEGRATORS)
     _positive_int(nc.substeps, "ntk.substeps")
     _positive_int(nc.stride, "ntk.stride")
     if "warmup" in nc:
@@ -179,7 +183,7 @@ def _validate_ntk(config) -> None:
     _number(nc.rtol, "ntk.rtol", 0.0, 1.0, lo_open=True, why=" (relative tolerance, 'dopri5')")
     _number(nc.atol, "ntk.atol", 0.0, lo_open=True, why=" (absolute tolerance, 'dopri5')")
     _positive_int(nc.max_stride, "ntk.max_stride")
-    _one_of(nc.node_batching, "ntk.node_batching", ("auto", "vectorized", "sequential"))
+    _one_of(nc.node_batching, "ntk.node_batching", NODE_BATCHING)
     _int(nc.product_columns, "ntk.product_columns", 0, why=" (0 = no padding)")
     _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
     _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))

@@ -175,3 +175,10 @@ def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
     (workdir / "config.json").unlink()
     with pytest.raises(FileExistsError, match="has no config.json"):
         experiment.run(_config({}, real_data_dir), workdir, resume=True)
+
+
+def test_option_lists_agree_with_the_modules():
+    """validation.py keeps its own (JAX-free) copies of these option lists."""
+    from spark_jax import ntk, parallel, validation
+    assert validation.INTEGRATORS == ntk.INTEGRATORS
+    assert validation.NODE_BATCHING == parallel.NODE_BATCHING

@@ -99,7 +99,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
       mask: bool `[N]`, False on padding rows.
       eta: scalar learning rate eta_r; may be traced (no recompilation).
       taus: static strictly ascending candidate step counts; tau_max = taus[-1].
-      method: "rk4", "rk4_hermite" or "euler".
+      method: one of `INTEGRATORS` ("rk4", "rk4_hermite", "dopri5", "euler").
       substeps: static RK4 steps per grid interval ("rk4" only).
       stride: static grid intervals per RK4 step ("rk4_hermite" only).
       warmup: static; "rk4_hermite" takes its first `warmup` grid intervals at
@@ -110,7 +110,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
         columns when C is smaller (speed only; 0 = never).
 
     Returns:
-      `Evolution(residual_sums [T, N, C], logits [T, N, C])`.
+      `Evolution(residual_sums [T, N, C], logits [T, N, C], products)`.
     """
     taus = check_taus(taus)
     if method not in INTEGRATORS:
