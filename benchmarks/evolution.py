@@ -1,11 +1,13 @@
 """Evolution integrators (SPEC step 7) on a real neighbourhood: accuracy vs a float64 solver, and speed.
 
   python -m benchmarks.evolution [--nodes=6] [--etas=0.01,0.005] [--data_dir=DIR]
+  python -m benchmarks.evolution --neighbourhood=demo
 
 The neighbourhood is the first `--nodes` nodes of the NTK-DFL partition
 fmnist300/alpha0.1/seed0 (N ~ 200 per node, real Fashion-MNIST), the kernel H
-the structured NTK of the 784-100-10 MLP at its initialisation, taus
-{100, 200, 400, 600, 800}. For every eta it prints the stiffness
+the structured NTK of the 784-100-10 MLP at its initialisation; or (`demo`)
+the stiffest of the first 8 neighbourhoods of the reference demo setting in
+round 0, at eta_0. Taus {100, 200, 400, 600, 800}. For every eta it prints the stiffness
 eta * lambda_max(H) / N (per grid interval), then for every integrator the
 median time (one node; and `--batch` nodes vmapped, as in a node chunk), the
 number of kernel products (data-dependent for the adaptive "dopri5"), the
@@ -33,6 +35,7 @@ TAUS = (100, 200, 400, 600, 800)
 # name, evolve_logits options; "+pad" = right-hand side padded to 16 columns (`ntk.product_columns`).
 INTEGRATORS = (("rk4", dict(method="rk4")),
                ("rk4 +pad", dict(method="rk4", columns=16)),
+               ("rk4 2 sub-steps +pad", dict(method="rk4", substeps=2, columns=16)),
                ("rk4_hermite/2", dict(method="rk4_hermite", stride=2, warmup=0)),
                ("rk4_hermite/4", dict(method="rk4_hermite", stride=4, warmup=0)),
                ("rk4_hermite/4 w50", dict(method="rk4_hermite", stride=4, warmup=50)),
@@ -58,6 +61,54 @@ def reference(H, F0, Y, eta):
     return F[idx], R[idx - 1], sol.nfev
 
 
+def first_nodes_neighbourhood(nodes: int, data_dir):
+    """H, F0, Y of the first `nodes` nodes of fmnist300/alpha0.1/seed0 (MLP at its init), and a label."""
+    ds = data.load_dataset("fashion_mnist", data_dir)
+    part = partition.load_ntk_dfl_partition("fashion_mnist", 300, "alpha0.1", 0, data_dir=data_dir)
+    idx = part.indices[: int(part.offsets[nodes])]
+    x = jnp.asarray(data.normalize_images(ds.train_images[idx], ds.name))
+    model = models.make_model("mlp")
+    params = model.init(jax.random.key(0))
+    mask = jnp.ones(x.shape[0], bool)
+    H = jax.jit(functools.partial(ntk.neighbourhood_kernel, model.apply, method="structured"))(params, x, mask)
+    Y = jax.nn.one_hot(ds.train_labels[idx].astype(np.int32), model.num_classes)
+    return H, model.apply(params, x), Y, f"first {nodes} nodes of fmnist300/alpha0.1/seed0"
+
+
+def stiffest_demo_neighbourhood(data_dir):
+    """The reference demo setting (`fmnist_ntk_dfl`, 30 nodes, 2-regular), round 0: of the first 8
+    neighbourhoods the one with the largest eta_0 * lambda_max(H) / N. Returns H, F0, Y (real rows),
+    eta_0 and a label."""
+    from experiments.configs import fmnist_ntk_dfl  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms import ntk_dfl  # pylint: disable=g-import-not-at-top
+    from spark_jax.experiment import prepare, round_inputs  # pylint: disable=g-import-not-at-top
+    from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
+
+    config = fmnist_ntk_dfl.get_config()
+    config.partition.num_nodes, config.topology.degree = 30, 2
+    if data_dir:
+        config.data.data_dir = data_dir
+    setup = prepare(config)
+    nc = config.ntk
+    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
+    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
+    w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
+    ph = ntk_dfl.make_node_phases(setup.model.apply, setup.model.num_classes, nc, "structured")
+    best = None
+    for i in range(8):
+        w = jax.tree.map(lambda a: a[i], w_bar)
+        x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
+        real = np.asarray(mask)
+        H = jax.jit(ph.kernel)(w, x, mask)[real][:, real]
+        stiffness = eta * float(np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]) / real.sum()
+        if best is None or stiffness > best[0]:
+            f0, y = ph.messages(w, x, labels, mask)
+            best = (stiffness, H, f0[real], y[real], i)
+    _, H, F0, Y, node = best
+    return H, F0, Y, eta, f"demo setting (30 nodes, 2-regular) round 0, node {node}'s neighbourhood"
+
+
 def timed(fn, *args, repeats):
     compiled = jax.jit(fn).lower(*args).compile()
     out = jax.block_until_ready(compiled(*args))
@@ -71,6 +122,10 @@ def timed(fn, *args, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--neighbourhood", choices=("first_nodes", "demo"), default="first_nodes",
+                        help="first_nodes: the first --nodes nodes of fmnist300/alpha0.1/seed0 at init, --etas; "
+                             "demo: the stiffest of the first 8 neighbourhoods of the demo setting (30 nodes, "
+                             "2-regular) in round 0 at eta_0")
     parser.add_argument("--nodes", type=int, default=6, help="nodes whose data form the neighbourhood")
     parser.add_argument("--etas", default="0.01,0.005", help="comma-separated learning rates")
     parser.add_argument("--batch", type=int, default=8, help="nodes vmapped together (node chunk)")
@@ -78,25 +133,21 @@ def main():
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args()
 
-    ds = data.load_dataset("fashion_mnist", args.data_dir)
-    part = partition.load_ntk_dfl_partition("fashion_mnist", 300, "alpha0.1", 0, data_dir=args.data_dir)
-    idx = part.indices[: int(part.offsets[args.nodes])]
-    x = jnp.asarray(data.normalize_images(ds.train_images[idx], ds.name))
-    labels = ds.train_labels[idx].astype(np.int32)
-    model = models.make_model("mlp")
-    params = model.init(jax.random.key(0))
-    n, c = x.shape[0], model.num_classes
+    if args.neighbourhood == "first_nodes":
+        H, F0, Y, what = first_nodes_neighbourhood(args.nodes, args.data_dir)
+        etas = [float(e) for e in args.etas.split(",")]
+    else:
+        H, F0, Y, eta, what = stiffest_demo_neighbourhood(args.data_dir)
+        etas = [eta]
+    n, c = F0.shape
     mask = jnp.ones(n, bool)
-    H = jax.jit(functools.partial(ntk.neighbourhood_kernel, model.apply, method="structured"))(params, x, mask)
-    F0 = model.apply(params, x)
-    Y = jax.nn.one_hot(labels, c)
     H64, F064, Y64 = (np.asarray(a, np.float64) for a in (H, F0, Y))
     lam = float(np.linalg.eigvalsh(H64)[-1])
     flops_per_product = 2 * n * n * c
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; neighbourhood = first {args.nodes} nodes of "
-          f"fmnist300/alpha0.1/seed0, N = {n}, C = {c}, taus {TAUS}; lambda_max(H)/N = {lam / n:.1f}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; neighbourhood = {what}, N = {n}, C = {c}, "
+          f"taus {TAUS}; lambda_max(H)/N = {lam / n:.1f}")
     Hb, F0b, Yb, maskb = (jnp.broadcast_to(a, (args.batch,) + a.shape) for a in (H, F0, Y, mask))
-    for eta in (float(e) for e in args.etas.split(",")):
+    for eta in etas:
         t0 = time.perf_counter()
         F_ref, R_ref, nfev = reference(H64, F064, Y64, eta)
         print(f"\neta = {eta:g}: stiffness eta*lambda_max/N = {eta * lam / n:.2f} per grid interval; "

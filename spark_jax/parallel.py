@@ -150,8 +150,8 @@ def with_node_batching(fn, batching: str = "auto"):
       others idling on masked steps).
     "sequential": a loop over the chunk's nodes (`custom_batching.sequential_vmap`):
       plain GEMMs, each node only its own adaptive steps. On XLA:CPU faster
-      than the batched program: dopri5 evolution of the demo setting 9.3 s ->
-      5.3 s (`benchmarks.round`), SPARK's sketch 1.75 -> 0.86 s per node at 300
+      than the batched program: dopri5 evolution of the demo setting 6.9 s ->
+      4.0 s (`benchmarks.round`), SPARK's sketch 1.75 -> 0.86 s per node at 300
       nodes (`benchmarks.spark_round`; `--config.ntk.node_batching=vectorized`
       for the other side).
     "auto": sequential on CPU, vectorized on accelerators (where batching is

@@ -217,31 +217,13 @@ def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     """The reference demo setting (30 nodes, 2-regular, NTK-DFL partition) at eta_0: the stiffest of
     the first 8 neighbourhoods (eta * lambda_max / N > 3 per grid interval). RK4 at the default
     2 sub-steps and dopri5 agree with float64 DOP853 to 1e-4; one RK4 sub-step does not."""
-    from experiments.configs import fmnist_ntk_dfl
-    from spark_jax.algorithms import ntk_dfl
-    from spark_jax.experiment import prepare, round_inputs
-    from spark_jax.rng import stream_key
+    from benchmarks.evolution import stiffest_demo_neighbourhood
+    from experiments.configs import base
 
-    config = fmnist_ntk_dfl.get_config()
-    config.partition.num_nodes, config.topology.degree, config.data.data_dir = 30, 2, real_data_dir
-    setup = prepare(config)
-    nc = config.ntk
-    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
-    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
-    eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
-    w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
-    ph = ntk_dfl.make_node_phases(setup.model.apply, 10, nc, "structured")
-    best = None
-    for i in range(8):
-        w = jax.tree.map(lambda a: a[i], w_bar)
-        x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
-        m = np.asarray(mask)
-        H = np.asarray(jax.jit(ph.kernel)(w, x, mask), np.float64)[np.ix_(m, m)]
-        stiffness = eta * np.linalg.eigvalsh(H)[-1] / m.sum()
-        if best is None or stiffness > best[0]:
-            f0, y = ph.messages(w, x, labels, mask)
-            best = (stiffness, H, np.asarray(f0, np.float64)[m], np.asarray(y, np.float64)[m])
-    stiffness, H, F0, Y = best
+    nc = base.base_config().ntk
+    H, F0, Y, eta, _ = stiffest_demo_neighbourhood(real_data_dir)
+    H, F0, Y = (np.asarray(a, np.float64) for a in (H, F0, Y))
+    stiffness = eta * np.linalg.eigvalsh(H)[-1] / H.shape[0]
     assert stiffness > 3.0, stiffness
     n, c = F0.shape
     taus = tuple(nc.taus)
