@@ -50,6 +50,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_jax.ntk import adaptive
 from spark_jax.ntk.jacobian import num_true
 
 INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "euler")
@@ -200,8 +201,11 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     R0 = jnp.zeros_like(F0)
     stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
     if method == "dopri5":
-        R_taus, F_taus, attempts = _dopri5(velocity, residual, F0, eta, real, taus, rtol, atol, max_stride)
-        return Evolution(residual_sums=R_taus, logits=F_taus, products=1 + 6 * attempts)
+        deriv = lambda F: eta * velocity(F)  # dF/dt in grid units  [N, C]
+        attempt = _dopri5_attempt(deriv, real, rtol, atol)
+        R_taus, F_taus, products = adaptive.integrate(attempt, deriv(F0), F0, residual, taus, max_stride,
+                                                      error_order=4)
+        return Evolution(residual_sums=R_taus, logits=F_taus, products=1 + products)
     if method == "rk4_hermite":
         # The stiff transient of the first `warmup` intervals at stride 1 (plain RK4), then `stride`.
         first = min(warmup, taus[-1])
@@ -233,8 +237,6 @@ _DP_P = ((1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 /
          (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632),
          (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
          (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423))
-_SAFETY, _MIN_FACTOR, _MAX_FACTOR = 0.9, 0.2, 10.0
-_MIN_STEP = 1e-4  # grid intervals; below this the integration is declared failed
 
 
 def _combine(weights, ks):
@@ -246,30 +248,12 @@ def _combine(weights, ks):
     return out
 
 
-def _dopri5(velocity, residual, F0, eta, real, taus: tuple[int, ...], rtol: float, atol: float,
-            max_stride: int):
-    """Adaptive Dormand-Prince 5(4) over t in [0, tau_max] grid intervals (s = eta t).
+def _dopri5_attempt(deriv, real, rtol: float, atol: float):
+    """One Dormand-Prince 5(4) step for `adaptive.integrate`: aux = k1 = dF/dt at F (FSAL).
 
-    Works in grid units: dF/dt = eta * velocity(F). Steps are cut to end on
-    the candidate taus. Every accepted step [t, t + h] visits the grid points
-    g in (t, t + h] (at most `max_stride`): F(s_g) from the dense output
-    (F_new at g = t + h), then R_{g+1} = R_g + residual(F(s_g)); at a step
-    ending on a tau it stores F(s_tau) and R_tau = sum_{t' < tau}
-    residual(F(s_t')) first. Returns (R_taus, F_taus) `[T, N, C]`, NaN
-    everywhere if the integration failed.
-    """
-    f32 = jnp.float32
-    tau_max = taus[-1]
-    end = jnp.asarray(tau_max, f32)
-    stops = jnp.asarray(taus, f32)
-    n_real = jnp.maximum(jnp.sum(real) * F0.shape[-1], 1)
-    deriv = lambda F: eta * velocity(F)  # dF/dt  [N, C]
+    6 kernel products per attempt (stages 2-7; the 7th is the next step's first)."""
 
-    def attempt(state):
-        t, h_prop, F, k1, R, m, R_taus, F_taus, rejected, failed, it = state
-        next_stop = jnp.min(jnp.where(stops > t, stops, end))  # the first tau after t (exact float of an int)
-        clipped = h_prop >= next_stop - t
-        h = jnp.where(clipped, next_stop - t, h_prop)
+    def attempt(F, k1, h):
         ks = [k1]
         for row in _DP_A:
             ks.append(deriv(F + h * _combine(row, ks)))
@@ -278,62 +262,13 @@ def _dopri5(velocity, residual, F0, eta, real, taus: tuple[int, ...], rtol: floa
         ks.append(k7)
         scale = atol + rtol * jnp.maximum(jnp.abs(F), jnp.abs(F_new))
         err = jnp.where(real, h * _combine(_DP_E, ks) / scale, 0.0)
-        err_norm = jnp.sqrt(jnp.sum(err * err) / n_real)
-        finite = jnp.isfinite(err_norm)
-        accept = finite & (err_norm < 1.0)
-        grow = jnp.where(err_norm == 0.0, _MAX_FACTOR,
-                         jnp.minimum(_MAX_FACTOR, _SAFETY * err_norm ** -0.2))
-        grow = jnp.where(rejected, jnp.minimum(1.0, grow), grow)
-        shrink = jnp.maximum(_MIN_FACTOR, _SAFETY * err_norm ** -0.2)
-        # A step cut short to land on a tau does not shrink the next proposal.
-        h_next = jnp.where(accept, jnp.where(clipped, jnp.maximum(h_prop, h * grow), h * grow), h * shrink)
-        h_next = jnp.minimum(h_next, float(max_stride))
-        t_new = jnp.where(clipped, next_stop, t + h)
-
-        # Grid points m, m + 1, ... < t_new from the dense output (only on acceptance).
+        count = jnp.maximum(jnp.sum(real) * F.shape[-1], 1)
+        err_norm = jnp.sqrt(jnp.sum(err * err) / count)
         Q = [_combine([p[j] for p in _DP_P], ks) for j in range(4)]  # [N, C] each
-        inv_h = 1.0 / jnp.where(h > 0, h, 1.0)
 
-        def more(carry):
-            return accept & (carry[1].astype(f32) < t_new)
+        def dense(theta):  # 4th-order dense output (Hairer et al.)
+            return F + h * (theta * (Q[0] + theta * (Q[1] + theta * (Q[2] + theta * Q[3]))))
 
-        def visit(carry):
-            R, g = carry
-            theta = (g.astype(f32) - t) * inv_h
-            F_g = F + h * (theta * (Q[0] + theta * (Q[1] + theta * (Q[2] + theta * Q[3]))))
-            return R + residual(F_g), g + 1
+        return adaptive.Attempt(F_new, k7, err_norm, dense, jnp.int32(6))
 
-        R, m = jax.lax.while_loop(more, visit, (R, m))
-        # A step ending on a grid point (always so on a tau): store if a tau, then add its residual.
-        on_grid = accept & (m.astype(f32) == t_new)
-        is_tau = on_grid & clipped
-        slot = jnp.argmax(stops == t_new)
-        R_taus = jnp.where(is_tau, R_taus.at[slot].set(R), R_taus)
-        F_taus = jnp.where(is_tau, F_taus.at[slot].set(F_new), F_taus)
-        R = jnp.where(on_grid, R + residual(F_new), R)
-        m = jnp.where(on_grid, m + 1, m)
-
-        failed = failed | ~finite | (~accept & (h_next < _MIN_STEP))
-        t = jnp.where(accept, t_new, t)
-        t = jnp.where(failed, end, t)  # stop a failed integration
-        sel = lambda a, b: jnp.where(accept, a, b)
-        return (t, h_next, sel(F_new, F), sel(k7, k1), R, m, R_taus, F_taus, ~accept, failed, it + 1)
-
-    max_iterations = 50 * tau_max + 1000  # a guard against endless loops, far above any real run
-
-    def running(state):
-        t, it = state[0], state[-1]
-        return (t < end) & (it < max_iterations)
-
-    # Grid point 0: tau = 0 is stored here; then R_1 = residual(F(s_0)).
-    outputs = jnp.zeros((len(taus),) + F0.shape, f32)
-    R_taus, F_taus = outputs, outputs
-    if taus[0] == 0:
-        F_taus = F_taus.at[0].set(F0)
-    state = (jnp.zeros((), f32), jnp.ones((), f32), F0, deriv(F0), residual(F0), jnp.ones((), jnp.int32),
-             R_taus, F_taus, jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    state = jax.lax.while_loop(running, attempt, state)
-    t, failed, R_taus, F_taus, attempts = state[0], state[9], state[6], state[7], state[10]
-    failed = failed | (t < end)
-    nan = jnp.asarray(jnp.nan, f32)
-    return jnp.where(failed, nan, R_taus), jnp.where(failed, nan, F_taus), attempts
+    return attempt
