@@ -68,6 +68,7 @@ def _case(name, arch):
     ("mlp", (16,), "reference", {}),
     ("mlp", (8, 6), "contraction", {}),
     ("mlp", (8, 6), "structured", {}),
+    ("mlp", (8, 6, 5), "structured", {}),  # two layers with an explicit backprop
     ("cnn", (2, 4), "contraction", {"chunk_size": 4}),
     ("cnn", (2, 4), "ntvp", {}),
 ])
@@ -131,3 +132,16 @@ def test_structured_rejects_bad_inputs():
         ntk.structured_kernel(params, x[:, :14])
     with pytest.raises(ValueError, match="unknown kernel method"):
         ntk.neighbourhood_kernel(model.apply, params, x, method="nope")
+
+
+def test_mlp_forward_equals_apply_and_grams_equal_backprops():
+    """`mlp_forward` logits == models.MLP; B_l / C == sum_c D_c D_c^T / C from jax autodiff backprops."""
+    model, params, x = _setup("mlp", hidden=(8, 6, 5))
+    fwd = jax.jit(ntk.kernel.mlp_forward)(params, x)
+    np.testing.assert_allclose(fwd.logits, jax.jit(model.apply)(params, x), rtol=1e-6, atol=1e-6)
+    _, backprops = jax.jit(ntk.mlp_activations_and_backprops)(params, x)
+    grams = jax.jit(ntk.kernel.mlp_backprop_grams)(params, fwd)
+    assert grams[-1] == 1.0
+    for b, d in zip(grams[:-1], backprops[:-1]):
+        d = np.asarray(d, np.float64).reshape(len(x), -1)
+        np.testing.assert_allclose(b, d @ d.T / 10, rtol=1e-5, atol=1e-6 * np.abs(d @ d.T).max())

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from spark_jax import models, ntk
-from tests.test_ntk_kernel import numpy_params
+from spark_jax.ntk.update import UPDATE_METHODS
+from tests.test_ntk_kernel import _jacobian_f64, numpy_params
 
 N_REAL, C = 8, 10
 
@@ -123,3 +124,41 @@ def test_masked_cross_entropy():
     nan_row[1] = np.nan
     got = jax.jit(ntk.masked_cross_entropy)(nan_row.astype(np.float32), targets.astype(np.float32), mask)
     np.testing.assert_allclose(got, _ce_f64(logits[mask], targets[mask]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [(16,), (8, 6)])
+@pytest.mark.parametrize("method", UPDATE_METHODS)
+def test_updates_and_losses_match_float64(method, hidden):
+    """Delta_tau = -(eta/N) J^T R_tau for T = 3 cotangents, and the candidates' network losses, against
+    float64 (explicit Jacobian contraction; one float64 forward per candidate), padding holding garbage."""
+    model, params, x, targets = _setup(3, hidden)
+    xp, tp, mask, real = _pad(x, targets)
+    rng = np.random.default_rng(5)
+    R = rng.normal(size=(3, len(mask), C)).astype(np.float32)
+    R[:, ~mask] = np.nan  # the methods must mask residual rows themselves
+    eta = 0.7
+    deltas = jax.jit(functools.partial(ntk.weight_updates, model.apply, method=method))(
+        params, xp, mask, R, jnp.float32(eta))
+    J = _jacobian_f64(model.apply, params, x)  # [N, C, d]
+    want = -(eta / N_REAL) * np.einsum("ncp,tnc->tp", J, np.asarray(R[:, real], np.float64))
+    got = np.concatenate([np.asarray(a).reshape(3, -1) for a in jax.tree.leaves(deltas)], axis=1)
+    assert all(a.shape[1:] == p.shape for a, p in zip(jax.tree.leaves(deltas), jax.tree.leaves(params)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # Losses of params + Delta_t, the third candidate diverged (NaN): float64 forward per candidate.
+    deltas = jax.tree.map(lambda d: np.concatenate([np.asarray(d)[:2] * 50, np.full_like(d[2:], np.nan)]), deltas)
+    losses = jax.jit(functools.partial(ntk.network_losses, model.apply, method=method))(
+        params, xp, mask, tp, deltas)
+    with jax.enable_x64(True):
+        for t in range(2):
+            moved = jax.tree.map(lambda p, d: np.asarray(p, np.float64) + np.asarray(d[t], np.float64),
+                                 params, deltas)
+            logits = model.apply(moved, jnp.asarray(x, jnp.float64))
+            np.testing.assert_allclose(losses[t], _ce_f64(logits, targets), rtol=1e-5)
+    assert np.isnan(losses[2])
+
+
+def test_unknown_update_method():
+    model, params, x, targets = _setup()
+    with pytest.raises(ValueError, match="unknown update method"):
+        ntk.weight_updates(model.apply, params, x, np.ones(N_REAL, bool), np.zeros((1, N_REAL, C)), 0.1,
+                           method="nope")

@@ -72,6 +72,10 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
     taus = ntk.check_taus(cfg.taus)
     chunk = cfg.sample_chunk or None
 
+    # The MLP fast paths go together: a 'structured' kernel means `models.MLP` params.
+    update_method = "structured" if kernel_method == "structured" else "vjp"
+
+    @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def messages(w_bar, x, labels, mask):
         return apply(w_bar, x), jax.nn.one_hot(labels, num_classes) * mask[:, None]
 
@@ -84,10 +88,11 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
     def evolve(h, f0, y, mask, eta):
         return ntk.evolve_logits(h, f0, y, mask, eta, taus, **ntk.integrator_options(cfg))
 
+    @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def update(w_bar, x, mask, y, evo, eta):
-        deltas = ntk.weight_updates(apply, w_bar, x, mask, evo.residual_sums, eta)
+        deltas = ntk.weight_updates(apply, w_bar, x, mask, evo.residual_sums, eta, method=update_method)
         best, losses = ntk.select_tau(apply, w_bar, x, mask, y, deltas, criterion=cfg.tau_criterion,
-                                      evolved_logits=evo.logits)
+                                      evolved_logits=evo.logits, method=update_method)
         return jax.tree.map(lambda w, d: w + d[best], w_bar, deltas), best, losses[best]
 
     return NodePhases(messages, kernel, evolve, update)

@@ -17,7 +17,14 @@ implementations, each tested against the plain one):
     For a dense layer l with inputs A_l [N, fan_in] and backprop vectors
     D_{l,c} = d f_c / d z_l [N, fan_out], the layer's Jacobian rows are
     A_l ⊗ D_{l,c} (kernel) and D_{l,c} (bias), so
-        H = (1/C) sum_l (A_l A_l^T + 1) ⊙ sum_c D_{l,c} D_{l,c}^T.
+        H = (1/C) sum_l (A_l A_l^T + 1) ⊙ B_l,   B_l = sum_c D_{l,c} D_{l,c}^T.
+    B_l needs no [N, C * fan_out] GEMM for the last two layers: the output
+    layer's D_{L-1,c} = e_c, so B_{L-1} = C; the last hidden layer's
+    D_{L-2,c} = g ⊙ W_{L-1}[:, c] (g = ReLU'(z_{L-2}) [N, h]), so
+    B_{L-2} = G diag(s) G^T with s_h = sum_c W_{L-1}[h, c]^2: N^2 h instead
+    of N^2 C h multiply-adds (the 784-100-10 MLP's kernel costs N^2 (784 + 2 h)
+    instead of N^2 (784 + 2 h + C h + C^2)). Earlier layers backpropagate
+    D_{l,c} explicitly (`mlp_forward`).
   * "ntvp": any model; NTK-vector products J (J^T v) with sample-local
     cotangents v = e_j ⊗ e_c: a column of H costs C Jacobian-vector products
     over the batch and never more than `chunk_size` Jacobian rows are held.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,11 +86,16 @@ def reference_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None 
     return _mask_kernel(h, mask)
 
 
+def mlp_layer_names(params) -> list:
+    """'Dense_0', 'Dense_1', ... of a `models.MLP` pytree, in layer order."""
+    return sorted(params, key=lambda s: (len(s), s))
+
+
 def _mlp_layers(params):
     """[(kernel [fan_in, fan_out], bias [fan_out]), ...] of a `models.MLP` pytree, validated."""
     if not isinstance(params, Mapping) or not params:
         raise ValueError("structured kernel needs MLP params {'Dense_0': {'kernel', 'bias'}, ...}")
-    names = sorted(params, key=lambda s: (len(s), s))
+    names = mlp_layer_names(params)
     if any(re.fullmatch(r"Dense_\d+", k) is None for k in names) or names != [
             f"Dense_{l}" for l in range(len(names))]:
         raise ValueError(f"structured kernel supports dense ReLU MLPs (`models.MLP`) only; got "
@@ -125,18 +138,81 @@ def mlp_activations_and_backprops(params, x: jax.Array):
     return inputs, backprops
 
 
+class MLPForward(NamedTuple):
+    """One forward pass of a dense ReLU MLP (`models.MLP`) with L dense layers, on N samples.
+
+    inputs: per layer l, A_l `[N, fan_in_l]` (A_0 = flattened x, A_l = ReLU(z_{l-1})).
+    gates: per hidden layer l < L-1, ReLU'(z_l) `[N, fan_out_l]` float (1 where z > 0;
+      ReLU'(0) = 0 as in `jax.nn.relu`).
+    logits: f(x) `[N, C]` = z_{L-1}.
+    """
+
+    inputs: list
+    gates: list
+    logits: jax.Array
+
+
+def mlp_forward(params, x: jax.Array) -> MLPForward:
+    """The forward pass of `models.MLP` written on its params, keeping what steps 5 and 8 reuse.
+
+    x: `[N, ...]` samples (flattened to `[N, fan_in_0]`). Same operations as
+    `models.MLP.__call__` (x @ kernel + bias, ReLU), so `logits` equals `apply`.
+    """
+    layers = _mlp_layers(params)
+    a = x.reshape(x.shape[0], -1)
+    if a.shape[1] != layers[0][0].shape[0]:
+        raise ValueError(f"structured kernel: inputs have {a.shape[1]} features, Dense_0 expects "
+                         f"{layers[0][0].shape[0]}")
+    inputs, gates = [], []
+    for l, (w, b) in enumerate(layers):
+        inputs.append(a)
+        z = jnp.matmul(a, w, precision=_HIGHEST) + b[None, :]
+        if l < len(layers) - 1:
+            gates.append((z > 0).astype(z.dtype))
+            a = jax.nn.relu(z)
+        else:
+            a = z
+    return MLPForward(inputs, gates, a)
+
+
+def mlp_backprop_grams(params, fwd: MLPForward) -> list:
+    """Per dense layer l: B_l / C, B_l = sum_c D_{l,c} D_{l,c}^T `[N, N]` (the Python float 1.0 for the output layer).
+
+    D_{l,c} = d f_c / d z_l; see the module docstring for the closed forms of
+    the last two layers. Earlier layers: D_l = G_l ⊙ (D_{l+1} W_{l+1}^T)
+    `[N, C, fan_out_l]`, then one GEMM on `[N, C * fan_out_l]`.
+    """
+    layers = _mlp_layers(params)
+    n_layers, c = len(layers), layers[-1][0].shape[1]
+    grams = [None] * (n_layers - 1) + [1.0]
+    if n_layers > 1:
+        w_out = layers[-1][0].astype(jnp.float32)
+        g = fwd.gates[-1].astype(jnp.float32)  # [N, h]
+        s = jnp.sum(w_out * w_out, axis=1) / c  # [h]
+        grams[-2] = jnp.matmul(g * s[None, :], g.T, precision=_HIGHEST)
+    if n_layers > 2:
+        d = g[:, None, :] * w_out.T[None]  # D_{L-2} [N, C, h]
+        for l in range(n_layers - 3, -1, -1):
+            d = fwd.gates[l][:, None, :] * jnp.matmul(d, layers[l + 1][0].T, precision=_HIGHEST)
+            d2 = d.reshape(d.shape[0], -1)  # [N, C * fan_out]: sums over c in the GEMM
+            grams[l] = jnp.matmul(d2, d2.T, precision=_HIGHEST) / c
+    return grams
+
+
 def structured_kernel(params, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """SPEC step 5 for a dense ReLU MLP without forming J (see module docstring). H `[N, N]`."""
+    """SPEC step 5 for a dense ReLU MLP without forming J (see module docstring). H `[N, N]`.
+
+    H = sum_l (A_l A_l^T + 1) ⊙ (B_l / C) from one `mlp_forward` and
+    `mlp_backprop_grams`; the output layer's term is A A^T + 1 (B = C).
+    """
     x = zero_padding(x, mask)
-    inputs, backprops = mlp_activations_and_backprops(params, x)
-    n, c = x.shape[0], backprops[-1].shape[1]
-    h = jnp.zeros((n, n), jnp.float32)
-    for a, d in zip(inputs, backprops):
+    fwd = mlp_forward(params, x)
+    h = None
+    for a, b in zip(fwd.inputs, mlp_backprop_grams(params, fwd)):
         a = a.astype(jnp.float32)
-        d = d.reshape(n, -1).astype(jnp.float32)  # [N, C * fan_out]: sums over c in the GEMM
-        gram_in = jnp.matmul(a, a.T, precision=_HIGHEST) + 1.0  # +1: the bias
-        h = h + gram_in * jnp.matmul(d, d.T, precision=_HIGHEST)
-    return _mask_kernel(h / c, mask)
+        term = (jnp.matmul(a, a.T, precision=_HIGHEST) + 1.0) * b  # +1: the bias
+        h = term if h is None else h + term
+    return _mask_kernel(h, mask)
 
 
 def ntvp_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None = None,
