@@ -134,14 +134,14 @@ def test_structured_rejects_bad_inputs():
         ntk.neighbourhood_kernel(model.apply, params, x, method="nope")
 
 
-def test_mlp_forward_equals_apply_and_grams_equal_backprops():
-    """`mlp_forward` logits == models.MLP; B_l / C == sum_c D_c D_c^T / C from jax autodiff backprops."""
+def test_mlp_forward_equals_apply_and_factors_equal_backprops():
+    """`mlp_forward` logits == models.MLP; F_l F_l^T == sum_c D_c D_c^T / C from jax autodiff backprops."""
     model, params, x = _setup("mlp", hidden=(8, 6, 5))
     fwd = jax.jit(ntk.kernel.mlp_forward)(params, x)
     np.testing.assert_allclose(fwd.logits, jax.jit(model.apply)(params, x), rtol=1e-6, atol=1e-6)
     _, backprops = jax.jit(ntk.mlp_activations_and_backprops)(params, x)
-    grams = jax.jit(ntk.kernel.mlp_backprop_grams)(params, fwd)
-    assert grams[-1] == 1.0
-    for b, d in zip(grams[:-1], backprops[:-1]):
-        d = np.asarray(d, np.float64).reshape(len(x), -1)
-        np.testing.assert_allclose(b, d @ d.T / 10, rtol=1e-5, atol=1e-6 * np.abs(d @ d.T).max())
+    factors = jax.jit(ntk.kernel.mlp_backprop_factors)(params, fwd)
+    assert factors[-1] is None
+    for f, d in zip(factors[:-1], backprops[:-1]):
+        f, d = np.asarray(f, np.float64), np.asarray(d, np.float64).reshape(len(x), -1)
+        np.testing.assert_allclose(f @ f.T, d @ d.T / 10, rtol=1e-5, atol=1e-6 * np.abs(d @ d.T).max())

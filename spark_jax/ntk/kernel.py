@@ -23,8 +23,9 @@ implementations, each tested against the plain one):
     D_{L-2,c} = g ⊙ W_{L-1}[:, c] (g = ReLU'(z_{L-2}) [N, h]), so
     B_{L-2} = G diag(s) G^T with s_h = sum_c W_{L-1}[h, c]^2: N^2 h instead
     of N^2 C h multiply-adds (the 784-100-10 MLP's kernel costs N^2 (784 + 2 h)
-    instead of N^2 (784 + 2 h + C h + C^2)). Earlier layers backpropagate
-    D_{l,c} explicitly (`mlp_forward`).
+    instead of N^2 (784 + 2 h + C h + C^2)), and only the blocks on and below
+    the diagonal of the symmetric H are computed (3/4 of that). Earlier layers
+    backpropagate D_{l,c} explicitly (`mlp_backprop_factors`).
   * "ntvp": any model; NTK-vector products J (J^T v) with sample-local
     cotangents v = e_j ⊗ e_c: a column of H costs C Jacobian-vector products
     over the batch and never more than `chunk_size` Jacobian rows are held.
@@ -175,43 +176,56 @@ def mlp_forward(params, x: jax.Array) -> MLPForward:
     return MLPForward(inputs, gates, a)
 
 
-def mlp_backprop_grams(params, fwd: MLPForward) -> list:
-    """Per dense layer l: B_l / C, B_l = sum_c D_{l,c} D_{l,c}^T `[N, N]` (the Python float 1.0 for the output layer).
+def mlp_backprop_factors(params, fwd: MLPForward) -> list:
+    """Per dense layer l: F_l `[N, k_l]` with F_l F_l^T = B_l / C, B_l = sum_c D_{l,c} D_{l,c}^T; None (B / C = 1)
+    for the output layer.
 
-    D_{l,c} = d f_c / d z_l; see the module docstring for the closed forms of
-    the last two layers. Earlier layers: D_l = G_l ⊙ (D_{l+1} W_{l+1}^T)
-    `[N, C, fan_out_l]`, then one GEMM on `[N, C * fan_out_l]`.
+    D_{l,c} = d f_c / d z_l; closed forms (module docstring): the last hidden
+    layer's F = G diag(sqrt(s)) `[N, h]`, s_h = sum_c W_{L-1}[h, c]^2 / C;
+    earlier layers backpropagate D_l = G_l ⊙ (D_{l+1} W_{l+1}^T)
+    `[N, C, fan_out_l]` and take F_l = D_l / sqrt(C) as `[N, C * fan_out_l]`.
     """
     layers = _mlp_layers(params)
     n_layers, c = len(layers), layers[-1][0].shape[1]
-    grams = [None] * (n_layers - 1) + [1.0]
+    factors = [None] * n_layers
     if n_layers > 1:
         w_out = layers[-1][0].astype(jnp.float32)
         g = fwd.gates[-1].astype(jnp.float32)  # [N, h]
-        s = jnp.sum(w_out * w_out, axis=1) / c  # [h]
-        grams[-2] = jnp.matmul(g * s[None, :], g.T, precision=_HIGHEST)
+        factors[-2] = g * jnp.sqrt(jnp.sum(w_out * w_out, axis=1) / c)[None, :]
     if n_layers > 2:
         d = g[:, None, :] * w_out.T[None]  # D_{L-2} [N, C, h]
         for l in range(n_layers - 3, -1, -1):
             d = fwd.gates[l][:, None, :] * jnp.matmul(d, layers[l + 1][0].T, precision=_HIGHEST)
-            d2 = d.reshape(d.shape[0], -1)  # [N, C * fan_out]: sums over c in the GEMM
-            grams[l] = jnp.matmul(d2, d2.T, precision=_HIGHEST) / c
-    return grams
+            factors[l] = d.reshape(d.shape[0], -1) / jnp.sqrt(jnp.float32(c))  # sums over c in the GEMM
+    return factors
 
 
 def structured_kernel(params, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """SPEC step 5 for a dense ReLU MLP without forming J (see module docstring). H `[N, N]`.
 
-    H = sum_l (A_l A_l^T + 1) ⊙ (B_l / C) from one `mlp_forward` and
-    `mlp_backprop_grams`; the output layer's term is A A^T + 1 (B = C).
+    H = sum_l (A_l A_l^T + 1) ⊙ F_l F_l^T from one `mlp_forward` and
+    `mlp_backprop_factors` (the output layer's term is A A^T + 1). H is
+    symmetric, so it is built from the row halves a = [:N/2], b = [N/2:] as
+    H_aa, H_ba, H_bb (H_ab = H_ba^T): 3/4 of the GEMM work.
     """
     x = zero_padding(x, mask)
     fwd = mlp_forward(params, x)
-    h = None
-    for a, b in zip(fwd.inputs, mlp_backprop_grams(params, fwd)):
-        a = a.astype(jnp.float32)
-        term = (jnp.matmul(a, a.T, precision=_HIGHEST) + 1.0) * b  # +1: the bias
-        h = term if h is None else h + term
+    terms = [(a.astype(jnp.float32), f) for a, f in zip(fwd.inputs, mlp_backprop_factors(params, fwd))]
+
+    def block(rows, cols):
+        h = None
+        for a, f in terms:
+            term = jnp.matmul(a[rows], a[cols].T, precision=_HIGHEST) + 1.0  # +1: the bias
+            if f is not None:
+                term = term * jnp.matmul(f[rows], f[cols].T, precision=_HIGHEST)
+            h = term if h is None else h + term
+        return h
+
+    n = x.shape[0]
+    top, bottom = slice(0, n // 2), slice(n // 2, n)
+    h_ba = block(bottom, top)
+    h = jnp.concatenate([jnp.concatenate([block(top, top), h_ba.T], axis=1),
+                         jnp.concatenate([h_ba, block(bottom, bottom)], axis=1)], axis=0)
     return _mask_kernel(h, mask)
 
 
