@@ -8,9 +8,11 @@ nodes, vmapped as in the round) and reported per node and scaled to M; the
 fused jitted round is timed on all M nodes (the figure that counts). Phases
 (SPEC steps):
   projections  P_l for this round (3; drawn once per round, shared by all nodes)
-  first_layer  [1; x] P_0 for every sample (3; only with sketch.share_first_layer)
-  sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4)
-  kernel       H~ = (1/C) sum J~ J~^T (5)
+  first_layer  [1; x] P_0 for every sample (3; only when the first layer is shared,
+               `sketch.share_first_layer`: timed on one block of P's columns, times the blocks)
+  sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4; shared: one block's columns,
+               times the blocks)
+  kernel       H~ = (1/C) sum J~ J~^T (5; shared: the same, per block)
   evolution    F(s) and R_tau (6-7)
   update       back-projected Delta_tau for every tau (8)
   selection    tau* by the network's loss (9)
@@ -39,7 +41,7 @@ _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round o
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
 
 
-def sketch_flops(config, rows: int, k: int, products) -> dict:
+def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
     """Analytic FLOPs per node (dense MLP, 'layer' grouping): sketch (input side + backprop side), kernel,
     evolution (`products`: the evolution's kernel products per node, `Evolution.products`)."""
     sizes = (784, *config.model.hidden, 10)
@@ -49,7 +51,6 @@ def sketch_flops(config, rows: int, k: int, products) -> dict:
     backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
     kernel = 2 * rows * rows * c * k * (len(sizes) - 1)
     evolution = phase_flops(config, 1, rows, products=[float(jnp.mean(products))])["evolution"]
-    shared = config.sketch.share_first_layer
     return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
             "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel, "evolution": evolution}
 
@@ -76,8 +77,11 @@ def main(argv):
     taus = tuple(nc.taus)
 
     projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
+    plan = spark.share_plan(config, template, nd.x.shape[1], inputs.neighbors.shape[1])
+    blocks = max(plan.num_blocks, 1)
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
-        template, nd.x.reshape((-1,) + nd.x.shape[2:]), P, sc.grouping).reshape(nd.x.shape[:2] + (-1, sc.k)))
+        template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch.projection_block(P, 0, plan),
+        sc.grouping).reshape(nd.x.shape[:2] + (-1, plan.block)))
 
     ph = spark.make_node_phases(config, setup.model)
     per_node = lambda fn, in_axes=0: jax.jit(jax.vmap(fn, in_axes=in_axes))  # None: shared by the nodes
@@ -93,25 +97,36 @@ def main(argv):
         q = first[n].reshape((x.shape[0],) + first.shape[2:]) if first is not None else None
         return f0, y_hat, ph.messages(w, x, mask, P, q)
 
-    rows = []
+    rows = []  # (phase, seconds, compile seconds, nodes timed, times run per round)
     t, c, P = timed(projections, inputs.round_index, repeats=repeats)
-    rows.append(("projections", t, c, 1))
-    first = None
-    if sc.share_first_layer and method == "structured":
-        t, c, first = timed(first_layer, P, repeats=repeats)
-        rows.append(("first_layer", t, c, 1))
-    t, c, (f0, y, sk) = timed(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P, first, repeats=repeats)
-    rows.append(("sketch", t, c, b))
+    rows.append(("projections", t, c, 1, 1))
     x, _, masks, own = jax.vmap(gathered)(nbr, smask)
-    t, c, h = timed(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
-    rows.append(("kernel", t, c, b))
+    if plan.block:  # the round's shared schedule: per block of P's columns, all samples then all nodes
+        t, c, first = timed(first_layer, P, repeats=repeats)
+        rows.append(("first_layer", t, c, 1, blocks))
+        P_b = sketch.projection_block(P, 0, plan)
+        t, c, (f0, y, sk) = timed(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P_b, first,
+                                  repeats=repeats)
+        rows.append(("sketch", t, c, b, blocks))
+        t, c, h = timed(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
+        rows.append(("kernel", t, c, b, blocks))
+        del first, sk, h
+        # The whole kernel of this chunk for the later phases (not timed; the round builds it per block).
+        h = per_node(lambda w, x, m: ph.kernel(w, x, m, ph.messages(w, x, m, P, None)))(w_bar, x, masks)
+        sk = None
+    else:
+        t, c, (f0, y, sk) = timed(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P, None,
+                                  repeats=repeats)
+        rows.append(("sketch", t, c, b, 1))
+        t, c, h = timed(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
+        rows.append(("kernel", t, c, b, 1))
     t, c, evo = timed(per_node(ph.evolve, (0, 0, 0, 0, None)), h, f0, y, masks, eta, repeats=repeats)
-    rows.append(("evolution", t, c, b))
-    t, c, deltas = timed(per_node(ph.update, (0, 0, 0, 0, 0, None, 0, None)), w_bar, x, masks, own, sk, P, evo, eta,
-                         repeats=repeats)
-    rows.append(("update", t, c, b))
+    rows.append(("evolution", t, c, b, 1))
+    t, c, deltas = timed(per_node(ph.update, (0, 0, 0, 0, None if sk is None else 0, None, 0, None)),
+                         w_bar, x, masks, own, sk, P, evo, eta, repeats=repeats)
+    rows.append(("update", t, c, b, 1))
     t, c, _ = timed(per_node(ph.select), w_bar, x, masks, y, deltas, evo, repeats=repeats)
-    rows.append(("selection", t, c, b))
+    rows.append(("selection", t, c, b, 1))
     del sk, h, deltas
     if _FUSED.value:
         round_fn = jax.jit(setup.algorithm.round)
@@ -119,21 +134,24 @@ def main(argv):
 
     m = config.partition.num_nodes
     n_nb = int(inputs.neighbors.shape[1] * nd.mask.shape[1])
-    flops = sketch_flops(config, n_nb, sc.k, evo.products)
+    flops = sketch_flops(config, n_nb, sc.k, evo.products, bool(plan.block))
+    share = (f"shared first layer in {plan.num_blocks} blocks of {plan.block} columns (holds ~"
+             f"{plan.held_bytes / 2**30:.1f} GiB)" if plan.block else "first layer not shared")
     print(f"config {config.name}: {m} nodes, topology {config.topology.kind} (slots {inputs.neighbors.shape[1]}), "
           f"n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows; sketch {method}, k = {sc.k} per "
-          f"{sc.grouping}, share_first_layer {sc.share_first_layer}; integrator {nc.integrator}, taus {taus}; "
-          f"phases on {b} nodes, scaled to {m}")
+          f"{sc.grouping}, share_first_layer {sc.share_first_layer!r}: {share}; integrator {nc.integrator}, "
+          f"taus {taus}; phases on {b} nodes, scaled to {m}")
     how = f"median of {repeats} after warm-up" if repeats else "first call, compile included"
     peak = matmul_throughput(2048)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}; "
           f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution kernel products per node: "
           f"mean {float(jnp.mean(evo.products)):.0f}, max {int(jnp.max(evo.products))}")
     print(f"{'phase':<12}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
-    scaled = [(name, t / nodes, t / nodes * m if nodes > 1 else t, c) for name, t, c, nodes in rows]
+    scaled = [(name, t * times / nodes, t * times / nodes * m if nodes > 1 else t * times, c)
+              for name, t, c, nodes, times in rows]
     total = sum(s for _, _, s, _ in scaled)
     for name, per, s, c in scaled:
-        work = (flops["first_layer_per_sample"] * int(nd.counts.sum()) if name == "first_layer"
+        work = (flops["first_layer_per_sample"] * int(nd.mask.size) if name == "first_layer"
                 else flops.get(name, 0) * m)
         rate = f"{work / s / 1e9:>10.1f}{work / s / peak:>9.1%}" if work else ""
         per_txt = f"{per:>9.3f}" if name not in ("projections", "first_layer") else f"{'-':>9}"

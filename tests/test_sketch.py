@@ -136,11 +136,12 @@ def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, groupin
     assert np.all(got[~MASK] == 0)
     want = J @ _block_diag(P)  # [6, C, G k]
     assert _rel_err(got[MASK], want) < 1e-5, _rel_err(got[MASK], want)
-    # The sketched kernel of step 5 from these sketches.
-    H = np.asarray(jax.jit(sketch.sketched_kernel)(S, MASK))
+    # The sketched kernel of step 5 from these sketches (symmetric blocks: 1, 3, more blocks than rows).
     want_h = np.einsum("icp,jcp->ij", want, want) / want.shape[1]
-    assert _rel_err(H[np.ix_(MASK, MASK)], want_h) < 1e-5
-    assert np.all(H[~MASK] == 0) and np.all(H[:, ~MASK] == 0)
+    for row_blocks in (1, 3, 9):
+        H = np.asarray(jax.jit(sketch.sketched_kernel, static_argnums=2)(S, MASK, row_blocks))
+        assert _rel_err(H[np.ix_(MASK, MASK)], want_h) < 1e-5
+        assert np.all(H[~MASK] == 0) and np.all(H[:, ~MASK] == 0)
 
 
 @pytest.mark.parametrize("arch,grouping,kw", [((16,), "layer", {}), ((16,), "tensor", {"sample_chunk": 3}),
@@ -160,6 +161,79 @@ def test_shared_first_layer_products_match_float64(arch, grouping, kw):
     assert np.all(got[~MASK] == 0)
     want = J @ _block_diag(P)
     assert _rel_err(got[MASK], want) < 1e-5, _rel_err(got[MASK], want)
+
+
+@pytest.mark.parametrize("grouping", ["layer", "global"])
+def test_column_blocks_of_shared_products_give_the_float64_sketch_and_kernel(grouping):
+    """The shared schedule: k = 20 columns in 3 blocks of 7 (the last padded with a zero column);
+    per block first_layer_products then the structured sketch; the blocks side by side == J P and
+    the sum of the blocks' kernels == the kernel of J P (float64), padding rows zero."""
+    model, params, x, xp, J = _case("mlp", (16,))
+    k, plan = 20, sketch.SharePlan(block=7, num_blocks=3, held_bytes=0)
+    P = sketch.projections(jax.random.key(3), params, grouping, k, 0, True)
+
+    @jax.jit
+    def block(P, b):
+        P_b = sketch.projection_block(P, b, plan)
+        q = sketch.first_layer_products(params, xp, P_b, grouping)  # padding rows too, as a round does
+        S = sketch.sketch_jacobian(model.apply, params, xp, MASK, P_b, grouping=grouping, first_layer=q)
+        return S, sketch.sketched_kernel(S, MASK)
+
+    outs = [block(P, jnp.int32(b)) for b in range(plan.num_blocks)]
+    assert block._cache_size() == 1
+    got = np.concatenate([np.concatenate([np.asarray(s[g]) for s, _ in outs], -1)[..., :k]
+                          for g in range(len(P))], -1)
+    assert all(np.all(np.asarray(s)[..., -1] == 0) for s in outs[-1][0])  # column 21 of 21: P's zero padding
+    want = J @ _block_diag(P)
+    assert np.all(got[~MASK] == 0)
+    assert _rel_err(got[MASK], want) < 1e-5, _rel_err(got[MASK], want)
+    H = sum(np.asarray(h, np.float64) for _, h in outs)
+    want_h = np.einsum("icp,jcp->ij", want, want) / want.shape[1]
+    assert _rel_err(H[np.ix_(MASK, MASK)], want_h) < 1e-5
+    assert np.all(H[~MASK] == 0) and np.all(H[:, ~MASK] == 0)
+
+
+def test_plan_shared_first_layer():
+    params = models.make_model("mlp", hidden=(16,)).init(jax.random.key(0))
+    per_column = 4 * 50 * 16  # float32 products of one column for 50 samples, fan_out 16
+    plan = functools.partial(sketch.plan_shared_first_layer, params=params, grouping="layer", k=64, samples=50,
+                             fixed_bytes=1000)
+    assert plan("off", max_bytes=1e12) == (0, 0, 0) and plan(False, max_bytes=1e12) == (0, 0, 0)
+    assert plan("auto", max_bytes=1e12) == (64, 1, 1000 + 64 * per_column)
+    assert plan(True, max_bytes=1e12).num_blocks == 1
+    # room for 40 columns: 2 blocks of 32 (even), held bytes within the bound
+    p = plan("auto", max_bytes=1000 + 40 * per_column)
+    assert (p.block, p.num_blocks) == (32, 2) and p.held_bytes <= 1000 + 40 * per_column
+    p = plan("auto", max_bytes=1000 + 25 * per_column, min_block=8)  # 3 blocks of 22 (66 columns, 2 zero)
+    assert (p.block, p.num_blocks) == (22, 3)
+    assert plan("auto", max_bytes=1000 + 20 * per_column) == (0, 0, 0)  # < min_block 32: not shared
+    assert plan("on", max_bytes=1000 + 20 * per_column) == (16, 4, 1000 + 16 * per_column)  # on: what fits, even
+    assert plan("on", max_bytes=0).block == 1  # forced: one column at a time, over the bound
+    with pytest.raises(ValueError, match="share_first_layer must be one of"):
+        plan("sometimes", max_bytes=1e12)
+
+
+def test_back_project_update_matches_float64_and_the_sketched_update():
+    """P_g P_g^T Delta_g (float64) per group; with Delta = -(eta/N) J^T R it equals the update from J P."""
+    model, params, x, xp, J = _case("mlp", (16,))
+    k, T, eta = 24, 3, 0.37
+    P = sketch.projections(jax.random.key(12), params, "tensor", k, 0, True)
+    R = np.random.default_rng(4).normal(size=(T, len(MASK), model.num_classes)).astype(np.float32)
+    R[:, ~MASK] = 0.0
+    g = np.einsum("ncd,tnc->td", J, np.asarray(R[:, MASK], np.float64)) * (-eta / N_REAL)  # exact Delta [T, d]
+    leaves, treedef = jax.tree.flatten(params)
+    sizes = np.cumsum([0] + [np.size(a) for a in leaves])
+    delta = treedef.unflatten([jnp.asarray(g[:, a:b].reshape((T,) + np.shape(p)), jnp.float32)
+                               for a, b, p in zip(sizes, sizes[1:], leaves)])
+    got = jax.jit(functools.partial(sketch.back_project_update, params=params, grouping="tensor"))(P, delta)
+    got = np.concatenate([np.asarray(a).reshape(T, -1) for a in jax.tree.leaves(got)], axis=1)
+    Pb = _block_diag(P)
+    want = (g @ Pb) @ Pb.T
+    assert _rel_err(got, want) < 1e-5, _rel_err(got, want)
+    S = sketch.sketch_jacobian(model.apply, params, xp, MASK, P, grouping="tensor", method="structured")
+    via_sketch = sketch.sketched_weight_updates(S, P, params, "tensor", jnp.asarray(R), np.float32(eta), MASK)
+    via_sketch = np.concatenate([np.asarray(a).reshape(T, -1) for a in jax.tree.leaves(via_sketch)], axis=1)
+    assert _rel_err(via_sketch, want) < 1e-5
 
 
 def test_sketch_vmap_over_nodes_with_shared_projection():

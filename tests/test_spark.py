@@ -11,7 +11,7 @@ from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model, num_params
 from spark_jax.partition import NodeData
 from spark_jax.topology import padded_graph, ring_adjacency
-from tests.test_ntk_dfl import _adjacency, _config, _inputs, _node_data
+from tests.test_ntk_dfl import COUNTS, _adjacency, _config, _inputs, _node_data
 
 
 def _spark_config(**overrides):
@@ -169,23 +169,40 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
     assert float(metrics["lambda"]) == pytest.approx(0.5)
 
 
-def test_shared_first_layer_equals_per_neighbourhood_sketch():
-    """sketch.share_first_layer (one [1; x] P_0 per sample, gathered) gives the same rounds."""
+@pytest.mark.parametrize("share,blocks,update_mode", [("on", 3, "backproject"), ("auto", 1, "own_exact")])
+def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, update_mode):
+    """sketch.share_first_layer (one [1; x] P_0 per sample, in column blocks, kernels summed over the
+    blocks, the update P P^T of the exact one) gives the same rounds as each neighbourhood's own
+    sketch, compiled once."""
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
     model = make_model("mlp", hidden=(8,))
+    k, slots, n_max = 8, graph.neighbors.shape[1], nd.x.shape[1]
+    rows, m = slots * n_max, len(COUNTS)
+    # Room for 3 columns of the products of all M * n_max samples besides every node's kernel (x2).
+    bound = 2 * m * rows * rows * 4 + 3 * (4 * m * n_max * 8)
     states = []
-    for share in (False, True):
-        c = _spark_config(sketch__enabled=True, sketch__k=8, sketch__share_first_layer=share,
-                          ntk__node_chunk=4)
+    for mode in ("off", share):
+        c = _spark_config(sketch__enabled=True, sketch__k=k, sketch__update_mode=update_mode, ntk__node_chunk=4,
+                          ntk__taus=(6, 12), ntk__eta0=0.1, momentum__beta=0.5)  # tau > 1: the update uses H
+        del c.sketch["share_first_layer"]  # whatever the schema's type, set the mode under test
+        c.sketch.share_first_layer = mode
+        c.sketch.share_bytes = bound if blocks > 1 else 1e12
+        c.stages.unit, c.stages.boundaries = "round", (0, 0)
+        plan = spark.share_plan(c, model.init(jax.random.key(0)), n_max, slots)
+        assert plan.num_blocks == (0 if mode == "off" else blocks), plan
         alg = spark.make(c, model)
         state = alg.init(jax.random.key(0), nd)
+        round_fn = jax.jit(alg.round)
         for r in range(2):
-            state, metrics = jax.jit(alg.round)(state, nd, _inputs(graph, r, key=r))
+            state, metrics = round_fn(state, nd, _inputs(graph, r, key=r))
+        assert round_fn._cache_size() == 1
         states.append(state.params)
     for a, b in zip(*map(jax.tree.leaves, states)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
-    assert max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(states[0])) > 0
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    moved = [np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree.leaves(states[0]),
+                                                             jax.tree.leaves(alg.init(jax.random.key(0), nd).params))]
+    assert min(moved) > 1e-3  # the rounds did move every leaf
 
 
 def test_own_exact_with_no_neighbours_is_the_exact_update():

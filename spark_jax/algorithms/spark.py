@@ -36,6 +36,28 @@ class State:
     velocity: Any  # leaves [M, ...] (SPEC step 10)
 
 
+# sketch.share_bytes default: the bound on what the shared-first-layer schedule holds at once (one
+# block of first-layer products for every sample, plus every node's kernel twice).
+DEFAULT_SHARE_BYTES = 5e9
+
+
+def share_plan(config, params, n_max: int, slots: int) -> sketch.SharePlan:
+    """Static, from the round's shapes: blocks of P's columns for sharing the first layer's [1; x] P_0
+    among neighbourhoods (`config.sketch.share_first_layer`, bound `share_bytes`), block 0 = not shared.
+
+    The schedule holds one block of products for all M * n_max rows and every node's kernel [N, N],
+    N = slots * n_max, twice (the node map's input and output).
+    """
+    sc = config.sketch
+    mode = sketch.check_share_mode(sc.share_first_layer)
+    if not sc.enabled or sketch.resolve_method(sc.method, config.model.name) != "structured":
+        mode = "off"
+    m, rows = config.partition.num_nodes, slots * n_max
+    return sketch.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
+                                          fixed_bytes=2 * m * rows * rows * 4,
+                                          max_bytes=float(sc.get("share_bytes", DEFAULT_SHARE_BYTES)))
+
+
 def distillation_targets(labels_onehot, teacher_logits, lam, temperature: float):
     """SPEC step 6: Y^ = (1 - lambda) Y + lambda softmax(F_T / T); [N, C]."""
     return (1.0 - lam) * labels_onehot + lam * jax.nn.softmax(teacher_logits / temperature, axis=-1)
@@ -50,6 +72,7 @@ class NodePhases(NamedTuple):
       kernel(w_bar, x, mask, sketches) -> H [N, N]                           step 5
       evolve(H, F0, Y^, mask, eta) -> ntk.Evolution                          step 7
       update(w_bar, x, mask, own_rows, sketches, P, evolution, eta) -> Delta_tau leaves [T, ...]  step 8
+        (sketches None in sketch mode: the shared-first-layer schedule, P P^T of the exact update)
       select(w_bar, x, mask, Y^, deltas, evolution) -> (tau index, losses [T])                   step 9
     """
 
@@ -100,6 +123,16 @@ def make_node_phases(config, model: Model) -> NodePhases:
         residuals = evo.residual_sums
         if not sc.enabled or sc.update_mode == "roundtrip":
             return ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
+        if sk is None:  # shared first layer: no whole sketch held; P P^T of the exact update instead
+            if sc.update_mode == "backproject":
+                return sketch.back_project_update(P, ntk.weight_updates(apply, w_bar, x, mask, residuals, eta),
+                                                  w_bar, sc.grouping)
+            own = own_rows[None, :, None]
+            t = residuals.shape[0]
+            both = ntk.weight_updates(apply, w_bar, x, mask, jnp.concatenate(
+                [jnp.where(own, residuals, 0.0), jnp.where(own, 0.0, residuals)]), eta)  # one VJP, 2T rows
+            projected = sketch.back_project_update(P, jax.tree.map(lambda a: a[t:], both), w_bar, sc.grouping)
+            return jax.tree.map(lambda a, b: a[:t] + b, both, projected)
         if sc.update_mode == "backproject":
             return sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
         # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
@@ -133,27 +166,64 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     k_total = sc.k * len(sketch.group_sizes(template, sc.grouping)) if sc.enabled else 0
     apply = model.apply
     ph = make_node_phases(config, model)
+    sketch.check_share_mode(sc.share_first_layer)
 
     def init(key, node_data) -> State:
         del node_data
         params = init_node_params(model, key, num_nodes, config.model.per_node_init)
         return State(params=params, velocity=jax.tree.map(jnp.zeros_like, params))
 
-    share_first = bool(sc.enabled and sketch_method == "structured" and sc.share_first_layer)
-
-    def node_step(w_bar, x, labels, mask, own_rows, teacher, eta, lam, P, first_layer):
+    def node_step(w_bar, x, labels, mask, own_rows, teacher, eta, lam, P, h=None):
         """Steps 3-9 for one node; returns (Delta_tau*, tau index, loss, finite flags).
 
-        finite flags: (kernel, evolution, update) bools for the NaN guard (`spark_jax.guard`).
+        h: the sketched kernel when the shared-first-layer schedule already built it (then no sketch
+        is held; the update back-projects the exact one). finite flags: (kernel, evolution, update)
+        bools for the NaN guard (`spark_jax.guard`).
         """
         f0, y_hat = ph.targets(w_bar, x, labels, mask, teacher, lam)
-        sk = ph.messages(w_bar, x, mask, P, first_layer)
-        h = ph.kernel(w_bar, x, mask, sk)
+        sk = None
+        if h is None:
+            sk = ph.messages(w_bar, x, mask, P, None)
+            h = ph.kernel(w_bar, x, mask, sk)
         evo = ph.evolve(h, f0, y_hat, mask, eta)
         deltas = ph.update(w_bar, x, mask, own_rows, sk, P, evo, eta)
         best, losses = ph.select(w_bar, x, mask, y_hat, deltas, evo)
         delta = jax.tree.map(lambda dl: dl[best], deltas)
         return delta, best, losses[best], (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
+
+    def shared_kernels(w_bar, node_data, neighbors, slot_mask, P, plan, batch):
+        """Every node's sketched kernel H~ `[M, N, N]` with [1; x] P_0 computed once per sample.
+
+        Walks P's columns in `plan.num_blocks` blocks: per block, the first-layer products of all
+        samples `[M, n_max, fan_out, block]`, then every node's sketch columns and partial kernel
+        (kernels add over columns). Holds one block of products and the kernels (x2: the map's
+        input and output).
+        """
+        m, n_max = node_data.x.shape[:2]
+        flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
+        rows = neighbors.shape[1] * n_max
+
+        # Gathers inside the per-node function: node by node on CPU, one neighbourhood's products at a time.
+        @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
+        def partial_kernel(w, nbr, smask, node_data, first_all, P_b):
+            x, _, mask = gather_neighbourhood(node_data, nbr, smask)
+            first = first_all[nbr].reshape((rows,) + first_all.shape[2:])  # padding rows are masked
+            return ph.kernel(w, x, mask, ph.messages(w, x, mask, P_b, first))
+
+        def add_block(args, node_data, first_all, P_b):
+            w, nbr, smask, h = args
+            return h + partial_kernel(w, nbr, smask, node_data, first_all, P_b)
+
+        def block(b, h):
+            P_b = sketch.projection_block(P, b, plan)
+            first_all = sketch.first_layer_products(template, flat_x, P_b, sc.grouping)
+            first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
+            # node_data and the products whole on every device: neighbours may live on other shards.
+            return parallel.node_map(add_block, (w_bar, neighbors, slot_mask, h), batch_size=batch, mesh=mesh,
+                                     shared=(node_data, first_all, P_b))
+
+        h0 = parallel.constrain_nodes(jnp.zeros((num_nodes, rows, rows), jnp.float32), mesh)
+        return jax.lax.fori_loop(0, plan.num_blocks, block, h0)
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         r = inputs.round_index
@@ -166,29 +236,24 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         # Teacher 'neighbors': every node's own pre-mixing model on its own data, [M, n_max, C].
         own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
 
-        # [1; x] P_0 once per sample for all neighbourhoods: [M, n_max, fan_out, k] (sketch.share_first_layer).
-        first_all = None
-        if share_first:
-            m, n_max = node_data.x.shape[:2]
-            flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
-            first_all = sketch.first_layer_products(template, flat_x, P, sc.grouping)
-            first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
+        batch = min(nc.node_chunk, num_nodes)
+        plan = share_plan(config, template, node_data.x.shape[1], inputs.neighbors.shape[1])
+        kernels = None
+        if plan.block:
+            kernels = shared_kernels(w_bar, node_data, inputs.neighbors, inputs.mask, P, plan, batch)
 
-        def one_node(args, node_data, own_logits, first_all, eta, lam, P):
-            w, nbr, slot_mask = args
+        def one_node(args, node_data, own_logits, eta, lam, P):
+            w, nbr, slot_mask, h = args
             x, labels, mask = gather_neighbourhood(node_data, nbr, slot_mask)
             own_rows = jnp.zeros(slot_mask.shape[0], bool).at[0].set(True)
             own_rows = jnp.repeat(own_rows, node_data.mask.shape[1])
             teacher = own_logits[nbr].reshape(x.shape[0], num_classes) if own_logits is not None else None
-            first = (first_all[nbr].reshape((x.shape[0],) + first_all.shape[2:])
-                     if first_all is not None else None)  # padding rows are masked in the sketch
-            return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P, first)
+            return node_step(w, x, labels, mask, own_rows, teacher, eta, lam, P, h)
 
-        # node_data, teacher logits and first-layer products whole on every device: neighbours may
-        # live on other shards.
-        delta, best, loss, finite = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask),
-                                              batch_size=min(nc.node_chunk, num_nodes), mesh=mesh,
-                                              shared=(node_data, own_logits, first_all, eta, lam, P))
+        # node_data and teacher logits whole on every device: neighbours may live on other shards.
+        delta, best, loss, finite = parallel.node_map(one_node, (w_bar, inputs.neighbors, inputs.mask, kernels),
+                                              batch_size=batch, mesh=mesh,
+                                              shared=(node_data, own_logits, eta, lam, P))
         velocity = jax.tree.map(lambda v, dl: beta * v + dl, velocity, delta)
         params = jax.tree.map(lambda w, dl, v: w + dl + beta * v, w_bar, delta, velocity)
         hist = jnp.sum(jax.nn.one_hot(best, len(taus), dtype=jnp.int32), axis=0)
