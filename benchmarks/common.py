@@ -23,6 +23,21 @@ def timed(fn, *args, repeats: int):
     return sorted(times)[len(times) // 2], compile_s, out
 
 
+def timed_compiled(fn, *args, repeats: int):
+    """(seconds, compile seconds, output) of a jitted `fn`: compiled ahead of time, then run.
+
+    Compilation (`fn.lower(*args).compile()`) is timed on its own, so even
+    `repeats=0` (one run, for paper-scale CPU runs) reports the phase's run
+    time without its compile time; repeats >= 1: the median of `repeats` runs
+    after one warm-up run.
+    """
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    t, _, out = timed(compiled, *args, repeats=repeats)
+    return t, compile_s, out
+
+
 def matmul_throughput(n: int, repeats: int = 3) -> float:
     """Measured float32 GEMM FLOP/s of an [n, n] x [n, n] product (the machine's practical limit)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
@@ -39,19 +54,57 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def phase_flops(config, num_nodes: int, rows: int, products) -> dict:
-    """Analytic FLOPs of the kernel and evolution phases for all nodes (padded rows).
+def phase_flops(config, num_nodes: int, rows: int, products, num_taus: int | None = None,
+                slots: int | None = None) -> dict:
+    """FLOPs (2 x multiply-adds) of the GEMM work of each NTK-DFL phase, all nodes, padded rows.
 
-    structured kernel, per dense layer: N^2 (fan_in + 1) + N^2 C fan_out multiply-adds;
-    evolution: 2 N^2 C per kernel product [N, N] x [N, C] (C = 10, padding columns not
-    counted), `products` = the per-node counts the integrator reports (`Evolution.products`).
+    For the MLP fast paths (`ntk.kernel='structured'`), N = rows, dense layers
+    (fan_in_l, fan_out_l), C classes, T taus, d weights:
+      forward     N sum_l fan_in_l fan_out_l
+      messages    forward (F0) + mixing S d (S = neighbour slots, if given)
+      kernel      forward + N^2 fan_in_l per layer (A A^T) + N^2 h for the last hidden
+                  layer (G diag(s) G^T) + for earlier hidden layers the backprop
+                  N C fan_out_{l+1} fan_out_l and N^2 C fan_out_l, the N^2 terms x 3/4
+                  (three of the four row-half blocks; `ntk.structured_kernel`)
+      evolution   2 N^2 C per kernel product [N, N] x [N, C] (padding columns not
+                  counted), `products` = the per-node counts (`Evolution.products`)
+      selection   forward + T N fan_in_l fan_out_l per layer (updates) + T N fan_out_l
+                  fan_in_l per layer l > 0 (backprops) + T N sum_l fan_in_l fan_out_l
+                  (the T candidates' losses; `ntk.structured_weight_updates`,
+                  `ntk.structured_network_losses`); only with `num_taus`.
     """
-    sizes = (784, *config.model.hidden, 10)
     c = 10
-    kernel = sum(rows * rows * (fan_in + 1) + rows * rows * c * fan_out
-                 for fan_in, fan_out in zip(sizes[:-1], sizes[1:])) * 2
+    sizes = (784, *config.model.hidden, c)
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    n_layers = len(pairs)
+    forward = rows * sum(fi * fo for fi, fo in pairs)
+    blocks = 0.75 * rows * rows  # H_aa, H_ba, H_bb of the symmetric H
+    kernel = forward + sum(blocks * fi for fi, _ in pairs)
+    if n_layers > 1:
+        kernel += blocks * pairs[-2][1]
+    for l in range(n_layers - 2):
+        kernel += rows * c * pairs[l + 1][1] * pairs[l][1] + blocks * c * pairs[l][1]
+    d = sum(fi * fo + fo for fi, fo in pairs)
+    out = {"messages": 2 * num_nodes * (forward + (slots or 0) * d), "kernel": 2 * num_nodes * kernel}
     total_products = float(sum(float(p) for p in products))
-    return {"kernel": kernel * num_nodes, "evolution": total_products * 2 * rows * rows * c}
+    out["evolution"] = total_products * 2 * rows * rows * c
+    if num_taus:
+        t = num_taus
+        selection = (forward + t * forward + t * rows * sum(fi * fo for fi, fo in pairs[1:]) + t * forward)
+        out["selection"] = 2 * num_nodes * selection
+    return out
+
+
+def first_rounds(config, rounds: int):
+    """A copy of `config` cut to its first `rounds` rounds: the same rounds 0 .. rounds-1 as the full run
+    (stage boundaries pinned to their rounds in the full run; the learning rate depends on the round only)."""
+    from spark_jax.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
+
+    cut = config.copy_and_resolve_references()
+    cut.stages.boundaries = stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
+    cut.stages.unit = "round"
+    cut.rounds = rounds
+    return cut
 
 
 def benchmark_config(config, data_dir: str | None):

@@ -3,14 +3,20 @@
   python -m benchmarks.round --config=fmnist_ntk_dfl:small [--config.a.b=v ...] [--repeats=2]
 
 Each phase (SPEC steps) is jitted on its own over all nodes (lax.map in
-chunks of config.ntk.node_chunk, as the round does) and timed after a
-warm-up; the fused round is timed the same way. Phases:
+chunks of config.ntk.node_chunk, as the round does), compiled ahead of time
+(compile seconds in their own column) and timed: the median of `--repeats`
+runs after a warm-up, or with --repeats=0 one run (paper-scale CPU runs);
+the fused round is timed the same way. Phases:
   messages    mixing (step 2), neighbourhood gather and outputs F0 (3-4)
   kernel      H at w̄_i (5; includes the Jacobians for 'contraction')
   evolution   F(s) and R_tau (7)
-  selection   VJP updates for every tau, tau* by the network's loss, commit (8-9, 11)
+  selection   updates for every tau, tau* by the network's loss, commit (8-9, 11)
   evaluation  aggregated and per-node test accuracy
+FLOP rates (structured kernel, i.e. MLPs: `common.phase_flops`) are given
+against the float32 GEMM rate measured just before and after each phase (the
+mean of the two: on a shared machine the rate moves during a run).
 Peak memory: the process's max RSS on CPU; the device's peak bytes on GPU.
+The wall time of a whole run: `benchmarks.run_time`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
+from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed_compiled
 from experiments.config_names import rewrite_argv
 from spark_jax import metrics
 from spark_jax.algorithms import ntk_dfl
@@ -29,49 +35,47 @@ from spark_jax.experiment import prepare, round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after one warm-up; 0 = time the "
-                                "first call (compile included; for paper-scale CPU runs).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after one warm-up; 0 = one run "
+                                "(for paper-scale CPU runs). Compilation is timed apart either way.")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
 
 
 def phase_functions(setup):
-    """Jitted all-node versions of each phase of `ntk_dfl`."""
+    """Jitted all-node versions of each phase of `ntk_dfl`; the node data is an argument (a closed-over
+    copy would be embedded in every program as a constant: 187 MB at 300 nodes)."""
     cfg, model = setup.config, setup.model
     method = ntk_dfl.resolve_kernel_method(cfg.ntk.kernel, cfg.model.name)
     ph = ntk_dfl.make_node_phases(model.apply, model.num_classes, cfg.ntk, method)
     chunk = min(cfg.ntk.node_chunk, cfg.partition.num_nodes)
-    nd = setup.node_data
 
     def over_nodes(fn, *args):
         return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
 
-    def gather(nbr, smask):
-        return ntk_dfl.gather_neighbourhood(nd, nbr, smask)
-
     @jax.jit
-    def messages(params, inputs):
+    def messages(params, nd, inputs):
         w_bar = ntk_dfl.mix(params, inputs.neighbors, inputs.weights)
-        f0, y = over_nodes(lambda w, n, s: ph.messages(w, *gather(n, s)), w_bar, inputs.neighbors, inputs.mask)
+        f0, y = over_nodes(lambda w, n, s: ph.messages(w, *ntk_dfl.gather_neighbourhood(nd, n, s)), w_bar,
+                           inputs.neighbors, inputs.mask)
         return w_bar, f0, y
 
     @jax.jit
-    def kernel(w_bar, inputs):
+    def kernel(w_bar, nd, inputs):
         def one(w, n, s):
-            x, _, mask = gather(n, s)
+            x, _, mask = ntk_dfl.gather_neighbourhood(nd, n, s)
             return ph.kernel(w, x, mask)
         return over_nodes(one, w_bar, inputs.neighbors, inputs.mask)
 
     @jax.jit
-    def evolution(h, f0, y, inputs, eta):
+    def evolution(h, f0, y, nd, inputs, eta):
         def one(hh, f, yy, n, s):
-            return ph.evolve(hh, f, yy, gather(n, s)[2], eta)
+            return ph.evolve(hh, f, yy, ntk_dfl.gather_neighbourhood(nd, n, s)[2], eta)
         return over_nodes(one, h, f0, y, inputs.neighbors, inputs.mask)
 
     @jax.jit
-    def selection(w_bar, y, evo, inputs, eta):
+    def selection(w_bar, y, evo, nd, inputs, eta):
         def one(w, yy, e, n, s):
-            x, _, mask = gather(n, s)
+            x, _, mask = ntk_dfl.gather_neighbourhood(nd, n, s)
             return ph.update(w, x, mask, yy, e, eta)
         return over_nodes(one, w_bar, y, evo, inputs.neighbors, inputs.mask)
 
@@ -89,45 +93,56 @@ def main(argv):
     inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
     eta = ntk_dfl.learning_rate(config.ntk.eta0, config.ntk.decay, inputs.round_index)
     messages, kernel, evolution, selection = phase_functions(setup)
-    rows = []
-    t, c, (w_bar, f0, y) = timed(messages, state.params, inputs, repeats=repeats)
-    rows.append(("messages", t, c))
-    t, c, h = timed(kernel, w_bar, inputs, repeats=repeats)
-    rows.append(("kernel", t, c))
-    t, c, evo = timed(evolution, h, f0, y, inputs, eta, repeats=repeats)
-    rows.append(("evolution", t, c))
-    del h
-    t, c, _ = timed(selection, w_bar, y, evo, inputs, eta, repeats=repeats)
-    rows.append(("selection", t, c))
-    evaluate = metrics.make_evaluate(setup.model.apply, config.eval.node_chunk)
-    t, c, _ = timed(evaluate, state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y,
-                    repeats=repeats)
-    rows.append(("evaluation", t, c))
-    if _FUSED.value:
-        round_fn = jax.jit(setup.algorithm.round)
-        t_round, c_round, _ = timed(round_fn, state, setup.node_data, inputs, repeats=repeats)
-
     nd = setup.node_data
-    n_nb = int(inputs.neighbors.shape[1] * nd.mask.shape[1])
-    print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
-          f"(slots {inputs.neighbors.shape[1]}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
-          f"kernel {ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name)}, "
-          f"integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, node_chunk {config.ntk.node_chunk}")
-    how = f"median of {repeats} after warm-up" if repeats else "first call, compile included"
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}")
-    total = sum(r[1] for r in rows)
-    peak = matmul_throughput(2048)
-    structured = ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name) == "structured"
-    flops = phase_flops(config, config.partition.num_nodes, n_nb, products=evo.products) if structured else {}
-    print(f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; kernel products per node in the evolution: "
-          f"mean {float(evo.products.mean()):.0f}, max {int(evo.products.max())}")
-    print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
-    for name, t, c in rows:
-        rate = f"{flops[name] / t / 1e9:>10.1f}{flops[name] / t / peak:>9.1%}" if name in flops else ""
-        print(f"{name:<12}{t:>10.3f}{t / total:>8.1%}{c:>11.1f}{rate}")
-    print(f"{'sum':<12}{total:>10.3f}")
+    rows = []  # (phase, seconds, compile seconds, GEMM FLOP/s around it)
+
+    def phase(name, fn, *args):
+        """Times one phase between two GEMM measurements (the machine may be shared: both move)."""
+        before = matmul_throughput(2048)
+        t, c, out = timed_compiled(fn, *args, repeats=repeats)
+        rows.append((name, t, c, 0.5 * (before + matmul_throughput(2048))))
+        return out
+
+    w_bar, f0, y = phase("messages", messages, state.params, nd, inputs)
+    h = phase("kernel", kernel, w_bar, nd, inputs)
+    evo = phase("evolution", evolution, h, f0, y, nd, inputs, eta)
+    del h
+    phase("selection", selection, w_bar, y, evo, nd, inputs, eta)
+    evaluate = metrics.make_evaluate(setup.model.apply, config.eval.node_chunk)
+    phase("evaluation", evaluate, state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
     if _FUSED.value:
-        print(f"{'fused round':<12}{t_round:>10.3f}{'':>8}{c_round:>11.1f}   (round without evaluation)")
+        phase("fused round", jax.jit(setup.algorithm.round), state, nd, inputs)
+    fused = rows.pop() if _FUSED.value else None
+
+    slots = int(inputs.neighbors.shape[1])
+    n_nb = int(slots * nd.mask.shape[1])
+    method = ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name)
+    print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
+          f"(slots {slots}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
+          f"kernel {method}, integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, "
+          f"node_chunk {config.ntk.node_chunk}, node_batching {config.ntk.node_batching}")
+    how = f"median of {repeats} after warm-up" if repeats else "one run"
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}, compiled ahead of time")
+    total = sum(r[1] for r in rows)
+    flops = (phase_flops(config, config.partition.num_nodes, n_nb, products=evo.products,
+                         num_taus=len(config.ntk.taus), slots=slots) if method == "structured" else {})
+    print(f"kernel products per node in the evolution: mean {float(evo.products.mean()):.0f}, "
+          f"max {int(evo.products.max())}")
+    print("'GEMM': float32 2048^3 GEMM GFLOP/s measured just before and after each phase (mean); 'of GEMM' "
+          "is the phase's FLOP rate against it")
+    print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GEMM':>8}{'GFLOP':>10}{'GFLOP/s':>10}"
+          f"{'of GEMM':>9}")
+    for name, t, c, gemm in rows:
+        rate = (f"{flops[name] / 1e9:>10.1f}{flops[name] / t / 1e9:>10.1f}{flops[name] / t / gemm:>9.1%}"
+                if name in flops else "")
+        print(f"{name:<12}{t:>10.3f}{t / total:>8.1%}{c:>11.1f}{gemm / 1e9:>8.1f}{rate}")
+    print(f"{'sum':<12}{total:>10.3f}")
+    both = [r for r in rows if r[0] in ("messages", "selection")]
+    print(f"messages + selection: {sum(r[1] for r in both):.3f} s; at 100% of the GEMM rate measured around "
+          f"them {sum(flops[r[0]] / r[3] for r in both) if flops else float('nan'):.3f} s")
+    if fused:
+        print(f"{'fused round':<12}{fused[1]:>10.3f}{'':>8}{fused[2]:>11.1f}{fused[3] / 1e9:>8.1f}"
+              "   (round without evaluation)")
     print(f"peak memory: {peak_memory_bytes() / 2**30:.2f} GiB")
 
 
