@@ -79,34 +79,51 @@ def stiffest_demo_neighbourhood(data_dir):
     """The reference demo setting (`fmnist_ntk_dfl`, 30 nodes, 2-regular), round 0: of the first 8
     neighbourhoods the one with the largest eta_0 * lambda_max(H) / N. Returns H, F0, Y (real rows),
     eta_0 and a label."""
+    return run_neighbourhoods(data_dir, rounds=(0,), num_nodes=30)[0]
+
+
+def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, candidates: int = 8):
+    """Real neighbourhoods of a real NTK-DFL run (`fmnist_ntk_dfl` with `num_nodes` nodes, dynamic
+    `degree`-regular, SPEC defaults, the default integrator): the run goes round by round and, at
+    each round r in `rounds`, of the first `candidates` neighbourhoods the stiffest (largest
+    eta_r * lambda_max(H) / N) at the round's averaged weights w̄_i is returned as
+    (H, F0, Y (real rows), eta_r, label). Later rounds have trained weights and a decayed eta_r."""
     from experiments.configs import fmnist_ntk_dfl  # pylint: disable=g-import-not-at-top
     from spark_jax.algorithms import ntk_dfl  # pylint: disable=g-import-not-at-top
     from spark_jax.experiment import prepare, round_inputs  # pylint: disable=g-import-not-at-top
     from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
 
     config = fmnist_ntk_dfl.get_config()
-    config.partition.num_nodes, config.topology.degree = 30, 2
+    config.partition.num_nodes, config.topology.degree = num_nodes, degree
     if data_dir:
         config.data.data_dir = data_dir
     setup = prepare(config)
     nc = config.ntk
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
-    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
-    eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
-    w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
     ph = ntk_dfl.make_node_phases(setup.model.apply, setup.model.num_classes, nc, "structured")
-    best = None
-    for i in range(8):
-        w = jax.tree.map(lambda a: a[i], w_bar)
-        x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
-        real = np.asarray(mask)
-        H = jax.jit(ph.kernel)(w, x, mask)[real][:, real]
-        stiffness = eta * float(np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]) / real.sum()
-        if best is None or stiffness > best[0]:
-            f0, y = ph.messages(w, x, labels, mask)
-            best = (stiffness, H, f0[real], y[real], i)
-    _, H, F0, Y, node = best
-    return H, F0, Y, eta, f"demo setting (30 nodes, 2-regular) round 0, node {node}'s neighbourhood"
+    kernel, round_fn = jax.jit(ph.kernel), jax.jit(setup.algorithm.round)
+    found = []
+    for r in range(max(rounds) + 1):
+        inputs = round_inputs(setup.topology.graph(r), r, stream_key(config.seed, "train"))
+        if r in rounds:
+            eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
+            w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
+            best = None
+            for i in range(candidates):
+                w = jax.tree.map(lambda a: a[i], w_bar)
+                x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
+                real = np.asarray(mask)
+                H = kernel(w, x, mask)[real][:, real]
+                stiffness = eta * float(np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]) / real.sum()
+                if best is None or stiffness > best[0]:
+                    f0, y = ph.messages(w, x, labels, mask)
+                    best = (stiffness, H, f0[real], y[real], i)
+            _, H, F0, Y, node = best
+            found.append((H, F0, Y, eta, f"NTK-DFL {num_nodes} nodes, {degree}-regular, round {r}, node {node}'s "
+                                         f"neighbourhood"))
+        if r < max(rounds):
+            state, _ = round_fn(state, setup.node_data, inputs)
+    return found
 
 
 def timed(fn, *args, repeats):

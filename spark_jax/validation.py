@@ -22,7 +22,7 @@ MIXINGS = ("uniform", "metropolis")
 MODELS = ("mlp", "cnn")
 # Options of spark_jax.ntk.INTEGRATORS and spark_jax.parallel.NODE_BATCHING, kept here so this module
 # needs no JAX (tests/test_validation_table.py checks they agree).
-INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "euler")
+INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "imex", "euler")
 NODE_BATCHING = ("auto", "vectorized", "sequential")
 
 
@@ -180,9 +180,15 @@ def _validate_ntk(config) -> None:
     _positive_int(nc.stride, "ntk.stride")
     if "warmup" in nc:
         _int(nc.warmup, "ntk.warmup", 0, why=" (grid intervals at stride 1, 'rk4_hermite')")
-    _number(nc.rtol, "ntk.rtol", 0.0, 1.0, lo_open=True, why=" (relative tolerance, 'dopri5')")
-    _number(nc.atol, "ntk.atol", 0.0, lo_open=True, why=" (absolute tolerance, 'dopri5')")
-    _positive_int(nc.max_stride, "ntk.max_stride")
+    for block, name in ((nc, "ntk"), (nc.imex, "ntk.imex")):
+        what = "'imex'" if block is nc.imex else "'dopri5'"
+        _number(block.rtol, f"{name}.rtol", 0.0, 1.0, lo_open=True, why=f" (relative tolerance, {what})")
+        _number(block.atol, f"{name}.atol", 0.0, lo_open=True, why=f" (absolute tolerance, {what})")
+        _positive_int(block.max_stride, f"{name}.max_stride")
+    _int(nc.imex.split_modes, "ntk.imex.split_modes", 0, 64,
+         why=" (modes of H treated implicitly; each costs Newton work, and it must not exceed the "
+             "neighbourhood's rows)")
+    _int(nc.imex.split_iterations, "ntk.imex.split_iterations", 0, why=" (subspace iterations)")
     _one_of(nc.node_batching, "ntk.node_batching", NODE_BATCHING)
     _int(nc.product_columns, "ntk.product_columns", 0, why=" (0 = no padding)")
     _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))

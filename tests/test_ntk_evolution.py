@@ -32,6 +32,10 @@ def _f32(*arrays):
     return [jnp.asarray(a, jnp.float32) for a in arrays]
 
 
+# The adaptive integrators at their config defaults (experiments/configs/base.py).
+ADAPTIVE = {"dopri5": {}, "imex": dict(rtol=3e-5, atol=3e-5, max_stride=200)}
+
+
 def _evolve(taus, method, substeps=1, stride=4, warmup=0, **kw):
     return jax.jit(functools.partial(ntk.evolve_logits, taus=taus, method=method, substeps=substeps,
                                      stride=stride, warmup=warmup, **kw))
@@ -77,21 +81,28 @@ def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride, warmup):
     assert err.max() < 1e-4, err.max()
 
 
+@pytest.mark.parametrize("method", ADAPTIVE)
 @pytest.mark.parametrize("stiffness", [0.5, 2.0, 8.0])
-def test_dopri5_matches_dop853(stiffness):
-    """Adaptive Dormand-Prince vs float64 DOP853 over an 800-step horizon, candidates off any step
-    pattern; at stiffness 8 a fixed RK4 step of one grid interval would be unstable."""
+def test_adaptive_matches_dop853(stiffness, method):
+    """Adaptive Dormand-Prince and the stiff-split IMEX vs float64 DOP853 over an 800-step horizon,
+    candidates off any step pattern; at stiffness 8 a fixed RK4 step of one grid interval would be
+    unstable. This kernel's spectrum is flat (not the few dominant modes of a real NTK): with 8 of 12
+    modes split off, the explicit rest is itself stiff at 8 (~2.4 per grid interval) and the error
+    estimate misses (2.3e-4, BUILD.md); from stiffness 8 on, imex splits all 12 modes."""
     H, F0, Y = _problem(3)
     eta = stiffness * N / np.linalg.eigvalsh(H)[-1]
     taus = (1, 100, 203, 204, 401, 600, 799)
     F_ref, R_ref = _dop853(H, F0, Y, eta, taus[-1])
-    out = _evolve(taus, "dopri5")(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
+    options = dict(ADAPTIVE[method], **(dict(split_modes=N) if method == "imex" and stiffness >= 8.0 else {}))
+    out = _evolve(taus, method, **options)(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(eta))
     idx = np.asarray(taus)
     np.testing.assert_allclose(out.logits, F_ref[idx], atol=1e-4, rtol=0)
     err = np.abs(np.asarray(out.residual_sums) - R_ref[idx - 1]) / idx[:, None, None]
     assert err.max() < 1e-4, err.max()
-    if stiffness <= 2.0:  # adaptive: fewer kernel products than RK4 at one step per grid interval
+    if stiffness <= 2.0 or method == "imex":  # fewer kernel products than RK4 at one step per grid interval
         assert 0 < int(out.products) < 4 * taus[-1], int(out.products)
+    if method == "imex" and stiffness >= 8.0:  # the stiffness is in the split: no stability-bound steps
+        assert int(out.products) < 400, int(out.products)
 
 
 def test_dopri5_tableau_is_scipys_rk45():
@@ -107,7 +118,8 @@ def test_dopri5_tableau_is_scipys_rk45():
     np.testing.assert_allclose(evolution._DP_P, RK45.P, rtol=1e-15, atol=1e-16)
 
 
-def test_dopri5_vmapped_nodes_step_independently():
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_adaptive_vmapped_nodes_step_independently(method):
     """Under vmap each node keeps its own step sizes: a chunk mixing a mild and a stiff node gives
     every node its own solution (vs DOP853)."""
     H, F0, Y = _problem(4)
@@ -115,7 +127,8 @@ def test_dopri5_vmapped_nodes_step_independently():
     etas = np.array([0.3, 6.0]) * N / lam  # per-node stiffness via scaled kernels, one eta
     Hs = np.stack([H * etas[0] / etas[1], H])
     taus = (50, 333, 400)
-    f = jax.vmap(functools.partial(ntk.evolve_logits, taus=taus, method="dopri5"), in_axes=(0, 0, 0, 0, None))
+    f = jax.vmap(functools.partial(ntk.evolve_logits, taus=taus, method=method, **ADAPTIVE[method]),
+                 in_axes=(0, 0, 0, 0, None))
     out = jax.jit(f)(*_f32(Hs, np.stack([F0, F0]), np.stack([Y, Y])), jnp.ones((2, N), bool),
                      jnp.float32(etas[1]))
     idx = np.asarray(taus)
@@ -127,7 +140,7 @@ def test_dopri5_vmapped_nodes_step_independently():
     assert int(out.products[0]) < int(out.products[1])  # the mild node needed fewer steps
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("method", ["dopri5", "imex", "rk4"])
 def test_sequential_node_batching_equals_vectorized(method):
     """`with_node_batching`: the chunk's nodes one by one (each its own adaptive steps) or as one
     batched program give the same values."""
@@ -145,10 +158,11 @@ def test_sequential_node_batching_equals_vectorized(method):
         parallel.with_node_batching(fn, "parallel")
 
 
-def test_dopri5_failure_is_nan_not_a_hang():
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_adaptive_failure_is_nan_not_a_hang(method):
     H, F0, Y = _problem(5)
     H[2, 4] = H[4, 2] = np.nan
-    out = _evolve((10, 20), "dopri5")(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.1))
+    out = _evolve((10, 20), method)(*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.1))
     assert np.all(np.isnan(out.logits)) and np.all(np.isnan(out.residual_sums))
 
 
@@ -215,8 +229,9 @@ def test_rejects_bad_taus():
 
 def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     """The reference demo setting (30 nodes, 2-regular, NTK-DFL partition) at eta_0: the stiffest of
-    the first 8 neighbourhoods (eta * lambda_max / N > 3 per grid interval). RK4 at the default
-    2 sub-steps and dopri5 agree with float64 DOP853 to 1e-4; one RK4 sub-step does not."""
+    the first 8 neighbourhoods (eta * lambda_max / N > 3 per grid interval). The default integrator
+    ('imex' at its config defaults), RK4 at the default 2 sub-steps and dopri5 agree with float64
+    DOP853 to 1e-4; one RK4 sub-step does not."""
     from benchmarks.evolution import stiffest_demo_neighbourhood
     from experiments.configs import base
 
@@ -235,11 +250,11 @@ def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     idx = np.asarray(taus)
     errors = {}
     for name, kw in (("rk4", dict(method="rk4", substeps=nc.substeps)), ("dopri5", dict(method="dopri5")),
-                     ("rk4/1", dict(method="rk4", substeps=1))):
-        out = jax.jit(functools.partial(ntk.evolve_logits, taus=taus, columns=16, **kw))(
+                     ("imex", {**ntk.integrator_options(nc), "columns": 16}), ("rk4/1", dict(method="rk4", substeps=1))):
+        out = jax.jit(functools.partial(ntk.evolve_logits, taus=taus, **{"columns": 16, **kw}))(
             *_f32(H, F0, Y), jnp.ones(n, bool), jnp.float32(eta))
         errors[name] = max(np.max(np.abs(np.asarray(out.logits, np.float64) - F_ref[idx])),
                            np.max(np.abs(np.asarray(out.residual_sums) - R_ref[idx - 1]) / idx[:, None, None]))
-    assert nc.integrator == "rk4" and nc.substeps == 2
-    assert errors["rk4"] < 1e-4 and errors["dopri5"] < 1e-4, errors
+    assert nc.integrator == "imex" and nc.substeps == 2
+    assert errors["rk4"] < 1e-4 and errors["dopri5"] < 1e-4 and errors["imex"] < 1e-4, errors
     assert errors["rk4/1"] > 1e-4, errors  # why the default is 2 sub-steps

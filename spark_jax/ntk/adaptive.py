@@ -4,7 +4,9 @@ Time is measured in grid intervals t (s = eta * t), t in [0, tau_max]. A
 method supplies one `attempt(F, aux, h)` of a step of length h (in grid
 intervals) from F; the driver
 
-  * cuts steps so that they end exactly on the candidate taus;
+  * cuts steps so that they end exactly on the candidate taus (a step up to
+    `STRETCH` times the proposed one ends on the tau rather than leave a tiny
+    step before it);
   * controls the step with the standard I controller on the method's scaled
     error norm (accept if < 1; h <- h * clip(0.9 * err^(-1/(q+1)), 0.2, 10),
     q the order of the embedded error estimate; never growing right after a
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+STRETCH = 1.1
 MIN_STEP = 1e-4  # grid intervals; below this the integration is declared failed
 
 
@@ -76,7 +79,8 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
     def body(state):
         t, h_prop, F, aux, R, m, R_taus, F_taus, rejected, failed, it, products = state
         next_stop = jnp.min(jnp.where(stops > t, stops, end))  # the first tau after t (exact float of an int)
-        clipped = h_prop >= next_stop - t
+        # Steps end on the taus; one stretched by at most STRETCH rather than leave a tiny step before a tau.
+        clipped = h_prop * STRETCH >= next_stop - t
         h = jnp.where(clipped, next_stop - t, h_prop)
         step = attempt(F, aux, h)
         err = step.error
