@@ -44,6 +44,10 @@ INTEGRATORS = (("rk4", dict(method="rk4")),
                ("dopri5 1e-6", dict(method="dopri5")),
                ("dopri5 1e-6 +pad", dict(method="dopri5", columns=16)),
                ("dopri5 1e-5 +pad", dict(method="dopri5", rtol=1e-5, atol=1e-5, columns=16)),
+               ("imex 3e-5 (default)", dict(method="imex", rtol=3e-5, atol=3e-5, max_stride=200, columns=16)),
+               ("imex 5e-5", dict(method="imex", rtol=5e-5, atol=5e-5, max_stride=200, columns=16)),
+               ("imex 3e-5 16 modes", dict(method="imex", rtol=3e-5, atol=3e-5, max_stride=200, columns=16,
+                                           split_modes=16)),
                ("euler", dict(method="euler")),
                ("euler +pad", dict(method="euler", columns=16)))
 
@@ -139,10 +143,12 @@ def timed(fn, *args, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--neighbourhood", choices=("first_nodes", "demo"), default="first_nodes",
+    parser.add_argument("--neighbourhood", choices=("first_nodes", "demo", "run"), default="first_nodes",
                         help="first_nodes: the first --nodes nodes of fmnist300/alpha0.1/seed0 at init, --etas; "
                              "demo: the stiffest of the first 8 neighbourhoods of the demo setting (30 nodes, "
-                             "2-regular) in round 0 at eta_0")
+                             "2-regular) in round 0 at eta_0; run: the stiffest of the first 8 neighbourhoods of an "
+                             "8-node NTK-DFL run (2-regular) at each of --rounds (trained weights, eta decayed)")
+    parser.add_argument("--rounds", default="0,10,25", help="rounds of the 'run' neighbourhoods")
     parser.add_argument("--nodes", type=int, default=6, help="nodes whose data form the neighbourhood")
     parser.add_argument("--etas", default="0.01,0.005", help="comma-separated learning rates")
     parser.add_argument("--batch", type=int, default=8, help="nodes vmapped together (node chunk)")
@@ -153,9 +159,19 @@ def main():
     if args.neighbourhood == "first_nodes":
         H, F0, Y, what = first_nodes_neighbourhood(args.nodes, args.data_dir)
         etas = [float(e) for e in args.etas.split(",")]
-    else:
+    elif args.neighbourhood == "demo":
         H, F0, Y, eta, what = stiffest_demo_neighbourhood(args.data_dir)
         etas = [eta]
+    else:
+        rounds = tuple(int(r) for r in args.rounds.split(","))
+        for H, F0, Y, eta, what in run_neighbourhoods(args.data_dir, rounds, num_nodes=8):
+            compare(H, F0, Y, [eta], what, args)
+        return
+    compare(H, F0, Y, etas, what, args)
+
+
+def compare(H, F0, Y, etas, what, args):
+    """Prints, for every eta, each integrator's products, times and errors against float64 DOP853."""
     n, c = F0.shape
     mask = jnp.ones(n, bool)
     H64, F064, Y64 = (np.asarray(a, np.float64) for a in (H, F0, Y))

@@ -4,7 +4,7 @@ degree about 5 (p = 5/299; 5/29 for :small), NTK-DFL partition alpha 0.1, SPEC d
   python -m experiments.run --config=fmnist_er
       300 nodes, 40 rounds; minutes per round on 2 CPU cores.
   python -m experiments.run --config=fmnist_er:small
-      first 30 nodes, 15 rounds, Euler; several minutes on 2 CPU cores.
+      first 30 nodes, 15 rounds, the default 'imex' evolution.
 """
 
 from experiments.configs import base

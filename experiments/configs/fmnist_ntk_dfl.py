@@ -1,13 +1,13 @@
 """NTK-DFL paper setting: Fashion-MNIST, 300 nodes, dynamic random 5-regular graph,
 NTK-DFL partition fmnist300/alpha0.1/seed0, eta_0 = 0.01 (decay 0.07), taus
-{100, 200, 400, 600, 800}, exact Jacobians, RK4 evolution.
+{100, 200, 400, 600, 800}, exact Jacobians, the default 'imex' evolution (SPEC step 7).
 
   python -m experiments.run --config=fmnist_ntk_dfl
       300 nodes, 40 rounds; paper scale: several minutes per round on 2 CPU
       cores (see benchmarks/round.py), seconds on a GPU.
   python -m experiments.run --config=fmnist_ntk_dfl:small
       100 nodes (the first 100 of the same partition file), 10 rounds,
-      Euler evolution, 1,000-image per-node test subset; minutes on 2 CPU cores.
+      the default 'imex' evolution, 1,000-image per-node test subset.
 """
 
 from experiments.configs import base

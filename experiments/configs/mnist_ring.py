@@ -4,7 +4,7 @@ SPEC defaults, target accuracy 95%.
   python -m experiments.run --config=mnist_ring
       300 nodes, 40 rounds; minutes per round on 2 CPU cores.
   python -m experiments.run --config=mnist_ring:small
-      first 30 nodes, 15 rounds, Euler; a few minutes on 2 CPU cores.
+      first 30 nodes, 15 rounds, the default 'imex' evolution.
 """
 
 from experiments.configs import base
