@@ -23,7 +23,7 @@ implementations, each tested against the plain one):
     D_{L-2,c} = g ⊙ W_{L-1}[:, c] (g = ReLU'(z_{L-2}) [N, h]), so
     B_{L-2} = G diag(s) G^T with s_h = sum_c W_{L-1}[h, c]^2: N^2 h instead
     of N^2 C h multiply-adds (the 784-100-10 MLP's kernel costs N^2 (784 + 2 h)
-    instead of N^2 (784 + 2 h + C h + C^2)), and only the blocks on and below
+    instead of N^2 (784 + h + C h + C^2)), and only the blocks on and below
     the diagonal of the symmetric H are computed (3/4 of that). Earlier layers
     backpropagate D_{l,c} explicitly (`mlp_backprop_factors`).
   * "ntvp": any model; NTK-vector products J (J^T v) with sample-local
