@@ -49,7 +49,7 @@ def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
     first = 2 * rows * (sizes[0] + 1) * sizes[1] * k
     rest = sum(2 * rows * (fi + 1) * fo * k for fi, fo in zip(sizes[1:-1], sizes[2:]))
     backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
-    kernel = 2 * rows * rows * c * k * (len(sizes) - 1)
+    kernel = 2 * rows * rows * c * k * (len(sizes) - 1) * 2 / 3  # symmetric: 3 x 3 blocks, 6 computed
     evolution = phase_flops(config, 1, rows, products=[float(jnp.mean(products))])["evolution"]
     return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
             "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel, "evolution": evolution}
@@ -105,9 +105,10 @@ def main(argv):
         t, c, first = timed(first_layer, P, repeats=repeats)
         rows.append(("first_layer", t, c, 1, blocks))
         P_b = sketch.projection_block(P, 0, plan)
-        t, c, (f0, y, sk) = timed(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P_b, first,
-                                  repeats=repeats)
+        t, c, (_, _, sk) = timed(per_node(ph.shared_messages, (0, 0, 0, None, None, None)), w_bar, nbr, smask, nd,
+                                 first, P_b, repeats=repeats)
         rows.append(("sketch", t, c, b, blocks))
+        f0, y = per_node(lambda w, n, s: ph.targets(w, *gathered(n, s)[:3], None, 0.0))(w_bar, nbr, smask)
         t, c, h = timed(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
         rows.append(("kernel", t, c, b, blocks))
         del first, sk, h

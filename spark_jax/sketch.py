@@ -257,18 +257,34 @@ def _dense_layer_index(params) -> dict:
 
 
 def _layer_blocks(P, group, layer_of) -> dict:
-    """{layer: {'kernel': rows of P_g, 'bias': rows}} for one group."""
+    """{layer: {'kernel': rows of P_g, 'bias': rows, 'augmented': bias and kernel rows}} for one group
+    ('augmented' when the bias rows directly precede the kernel's, as in a layer's flatten order)."""
     blocks: dict = {}
+    leaves: dict = {}
     for leaf in group:
         blocks.setdefault(layer_of[leaf.path[0]], {})[leaf.path[1]] = P[leaf.offset:leaf.offset + leaf.size]
+        leaves.setdefault(layer_of[leaf.path[0]], {})[leaf.path[1]] = leaf
+    for l, named in leaves.items():
+        if {"bias", "kernel"} <= set(named) and named["bias"].offset + named["bias"].size == named["kernel"].offset:
+            blocks[l]["augmented"] = P[named["bias"].offset:named["kernel"].offset + named["kernel"].size]
     return blocks
 
 
 def _input_products(a, blk, k):
-    """Q[n, o, :] = sum_i [1; a][n, i] P[i, o, :] for one dense layer: `[B, fan_out, k]`."""
+    """Q[n, o, :] = sum_i [1; a][n, i] P[i, o, :] for one dense layer: `[B, fan_out, k]`.
+
+    One GEMM [B, fan_in + 1] x [fan_in + 1, fan_out k] when the bias rows precede the kernel's in P_g
+    (row 0 of [1; a] is the bias), so no separate pass adds the bias.
+    """
     fan_in = a.shape[1]
     fan_out = blk["kernel"].shape[0] // fan_in
-    q = jnp.matmul(a.astype(jnp.float32), blk["kernel"].reshape(fan_in, fan_out * k), precision=_HIGHEST)
+    a = a.astype(jnp.float32)
+    if "augmented" in blk:
+        ones = jnp.ones((a.shape[0], 1), jnp.float32)
+        q = jnp.matmul(jnp.concatenate([ones, a], axis=1), blk["augmented"].reshape(fan_in + 1, fan_out * k),
+                       precision=_HIGHEST)
+        return q.reshape(a.shape[0], fan_out, k)
+    q = jnp.matmul(a, blk["kernel"].reshape(fan_in, fan_out * k), precision=_HIGHEST)
     q = q.reshape(a.shape[0], fan_out, k)
     return q + blk["bias"][None] if "bias" in blk else q
 

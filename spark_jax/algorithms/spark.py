@@ -46,7 +46,8 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch.SharePlan:
     among neighbourhoods (`config.sketch.share_first_layer`, bound `share_bytes`), block 0 = not shared.
 
     The schedule holds one block of products for all M * n_max rows and every node's kernel [N, N],
-    N = slots * n_max, twice (the node map's input and output).
+    N = slots * n_max (counted twice: the node map's input and output with a mesh; one device updates
+    them in place, so the bound is then conservative).
     """
     sc = config.sketch
     mode = sketch.check_share_mode(sc.share_first_layer)
@@ -69,6 +70,9 @@ class NodePhases(NamedTuple):
 
       targets(w_bar, x, labels, mask, teacher, lam) -> (F0, Y^)              steps 3, 6
       messages(w_bar, x, mask, P, first_layer) -> sketches J~_l [N, C, k]    step 3 (None: exact mode)
+      shared_messages(w_bar, neighbors, slot_mask, node_data, first_all, P_b) -> (x, mask, sketches)
+        the same for one block P_b of P's columns, gathering the neighbourhood's rows of the shared
+        first-layer products first_all [M, n_max, fan_out, block] (node by node on CPU)
       kernel(w_bar, x, mask, sketches) -> H [N, N]                           step 5
       evolve(H, F0, Y^, mask, eta) -> ntk.Evolution                          step 7
       update(w_bar, x, mask, own_rows, sketches, P, evolution, eta) -> Delta_tau leaves [T, ...]  step 8
@@ -78,6 +82,7 @@ class NodePhases(NamedTuple):
 
     targets: Callable
     messages: Callable
+    shared_messages: Callable
     kernel: Callable
     evolve: Callable
     update: Callable
@@ -107,6 +112,14 @@ def make_node_phases(config, model: Model) -> NodePhases:
 
     def messages(w_bar, x, mask, P, first_layer):
         return sketches(w_bar, x, mask, P, first_layer) if sc.enabled else None
+
+    # Gathers inside the per-node function: on CPU one neighbourhood's products at a time.
+    @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
+    def shared_messages(w_bar, neighbors, slot_mask, node_data, first_all, P_b):
+        x, _, mask = gather_neighbourhood(node_data, neighbors, slot_mask)
+        first = first_all[neighbors].reshape((x.shape[0],) + first_all.shape[2:])  # padding rows are masked
+        return x, mask, sketch.sketch_jacobian(apply, w_bar, x, mask, P_b, grouping=sc.grouping,
+                                               method=sketch_method, sample_chunk=chunk, first_layer=first)
 
     @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
     def kernel(w_bar, x, mask, sk):
@@ -146,7 +159,7 @@ def make_node_phases(config, model: Model) -> NodePhases:
         return ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=nc.tau_criterion,
                               evolved_logits=evo.logits)
 
-    return NodePhases(targets, messages, kernel, evolve, update, select)
+    return NodePhases(targets, messages, shared_messages, kernel, evolve, update, select)
 
 
 def make(config, model: Model, mesh=None) -> Algorithm:
@@ -196,28 +209,37 @@ def make(config, model: Model, mesh=None) -> Algorithm:
 
         Walks P's columns in `plan.num_blocks` blocks: per block, the first-layer products of all
         samples `[M, n_max, fan_out, block]`, then every node's sketch columns and partial kernel
-        (kernels add over columns). Holds one block of products and the kernels (x2: the map's
-        input and output).
+        (kernels add over columns). Holds one block of products and the kernels (updated in place
+        on one device; with a mesh, the node map's input and output).
         """
         m, n_max = node_data.x.shape[:2]
         flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
         rows = neighbors.shape[1] * n_max
 
-        # Gathers inside the per-node function: node by node on CPU, one neighbourhood's products at a time.
-        @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
-        def partial_kernel(w, nbr, smask, node_data, first_all, P_b):
-            x, _, mask = gather_neighbourhood(node_data, nbr, smask)
-            first = first_all[nbr].reshape((rows,) + first_all.shape[2:])  # padding rows are masked
-            return ph.kernel(w, x, mask, ph.messages(w, x, mask, P_b, first))
-
         def add_block(args, node_data, first_all, P_b):
             w, nbr, smask, h = args
-            return h + partial_kernel(w, nbr, smask, node_data, first_all, P_b)
+            x, mask, sk = ph.shared_messages(w, nbr, smask, node_data, first_all, P_b)
+            return h + ph.kernel(w, x, mask, sk)
+
+        def add_in_place(h, shared):
+            """h[i] += node i's partial kernel, chunk by chunk, updating the carry in place (one copy
+            of all kernels, where a map would hold its input and output)."""
+            def chunk(start, size, h):
+                part = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size),
+                                    (w_bar, neighbors, slot_mask, h))
+                new = jax.vmap(lambda args: add_block(args, *shared))(part)
+                return jax.lax.dynamic_update_slice_in_dim(h, new, start, 0)
+
+            full = m // batch
+            h = jax.lax.fori_loop(0, full, lambda i, h: chunk(i * batch, batch, h), h)
+            return chunk(full * batch, m - full * batch, h) if m % batch else h
 
         def block(b, h):
             P_b = sketch.projection_block(P, b, plan)
             first_all = sketch.first_layer_products(template, flat_x, P_b, sc.grouping)
             first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
+            if mesh is None:
+                return add_in_place(h, (node_data, first_all, P_b))
             # node_data and the products whole on every device: neighbours may live on other shards.
             return parallel.node_map(add_block, (w_bar, neighbors, slot_mask, h), batch_size=batch, mesh=mesh,
                                      shared=(node_data, first_all, P_b))
