@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.kernel_methods import TAUS, timed
-from spark_jax import models, ntk, sketch
+from spark_jax import models, ntk, sketch, sketched_ntk
 from spark_jax.models import num_params
 
 
@@ -84,7 +84,7 @@ def main():
           f"[= {t['materialize_small']:.3f} s x {n}/{nm}, linear in N]")
 
     print("Kernel and updates from sketches (SPEC steps 5, 8)")
-    t["kernel"], h = timed("sketched_kernel H~ [N, N]", sketch.sketched_kernel, ref, mask, repeats=args.repeats)
+    t["kernel"], h = timed("sketched_kernel H~ [N, N]", sketched_ntk.sketched_kernel, ref, mask, repeats=args.repeats)
     t["exact_kernel"], h_exact = timed("exact structured kernel (reference)",
                                        functools.partial(ntk.neighbourhood_kernel, model.apply, method="structured"),
                                        params, x, mask, repeats=args.repeats)
@@ -92,10 +92,10 @@ def main():
     print(f"    ||H~ - H||_F / ||H||_F = {err:.3f}  (one draw of P; expectation ~ 1/sqrt(k))")
     grads = tuple(jnp.asarray(rng.normal(size=(len(TAUS), k)), jnp.float32) for _ in sizes)
     t["back"], _ = timed(f"back_project, T={len(TAUS)}",
-                         functools.partial(sketch.back_project, params=params, grouping=grouping), P, grads,
+                         functools.partial(sketched_ntk.back_project, params=params, grouping=grouping), P, grads,
                          repeats=args.repeats)
     t["updates"], _ = timed(f"sketched_weight_updates, T={len(TAUS)}",
-                            lambda S, P, R, eta, mask: sketch.sketched_weight_updates(S, P, params, grouping, R,
+                            lambda S, P, R, eta, mask: sketched_ntk.sketched_weight_updates(S, P, params, grouping, R,
                                                                                       eta, mask),
                             ref, P, R, eta, mask, repeats=args.repeats)
     t["vjp"], _ = timed(f"exact VJP updates (reference), T={len(TAUS)}",

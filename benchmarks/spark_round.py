@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
 from experiments.config_names import rewrite_argv
-from spark_jax import schedules, sketch
+from spark_jax import schedules, sketch, sketch_share
 from spark_jax.algorithms import spark
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
 from spark_jax.experiment import prepare, round_inputs
@@ -80,7 +80,7 @@ def main(argv):
     plan = spark.share_plan(config, template, nd.x.shape[1], inputs.neighbors.shape[1])
     blocks = max(plan.num_blocks, 1)
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
-        template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch.projection_block(P, 0, plan),
+        template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch_share.projection_block(P, 0, plan),
         sc.grouping).reshape(nd.x.shape[:2] + (-1, plan.block)))
 
     ph = spark.make_node_phases(config, setup.model)
@@ -104,7 +104,7 @@ def main(argv):
     if plan.block:  # the round's shared schedule: per block of P's columns, all samples then all nodes
         t, c, first = timed(first_layer, P, repeats=repeats)
         rows.append(("first_layer", t, c, 1, blocks))
-        P_b = sketch.projection_block(P, 0, plan)
+        P_b = sketch_share.projection_block(P, 0, plan)
         t, c, (_, _, sk) = timed(per_node(ph.shared_messages, (0, 0, 0, None, None, None)), w_bar, nbr, smask, nd,
                                  first, P_b, repeats=repeats)
         rows.append(("sketch", t, c, b, blocks))

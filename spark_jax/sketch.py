@@ -43,10 +43,11 @@ neighbourhoods holding the sample. All samples' Q0 at once is too large
 (M n_max fan_out k floats: 12 GB at 300 nodes, k = 512), but the sketch's
 columns are independent: J P[:, cols] = (J P)[:, cols], and the sketched
 kernel is a sum over columns. So a round walks P's columns in blocks
-(`plan_shared_first_layer`, `projection_block`): per block, Q0 of every
+(`spark_jax.sketch_share`): per block, Q0 of every
 sample, then every node's partial kernel; only one block's Q0 and the nodes'
 kernels are held. The back-projected update P P^T J^T R needs no sketch:
-`back_project_update` projects the exact update instead.
+`sketched_ntk.back_project_update` projects the exact update instead.
+The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.sketched_ntk`.
 """
 
 from __future__ import annotations
@@ -61,12 +62,9 @@ import jax.numpy as jnp
 
 from spark_jax.ntk.jacobian import Apply, mask_rows, per_sample_jacobian, zero_padding
 from spark_jax.ntk.kernel import mlp_activations_and_backprops
-from spark_jax.ntk.update import weight_updates_from_jacobian
 
 GROUPINGS = ("layer", "tensor", "global")
 METHODS = ("structured", "forward", "materialize")
-# sketch.share_first_layer: "auto" = when `plan_shared_first_layer` finds it fits the byte bound.
-SHARE_MODES = ("auto", "on", "off")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -370,179 +368,3 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
                          f"with resolve_method)")
     sketches = _map_sample_chunks(fn, (zero_padding(x, mask), first_layer), sample_chunk)
     return tuple(mask_rows(sketches, mask))
-
-
-def _symmetric_gram(a: jax.Array, row_blocks: int) -> jax.Array:
-    """a a^T `[N, N]` from the blocks on and below the diagonal of a `row_blocks` x `row_blocks` split,
-    the rest mirrored: (b + 1) / (2 b) of the FLOPs of the full product (2/3 for b = 3)."""
-    n = a.shape[0]
-    b = max(1, min(row_blocks, n))
-    edges = [round(i * n / b) for i in range(b + 1)]
-    parts = [a[lo:hi] for lo, hi in zip(edges, edges[1:])]
-    lower = {(i, j): jnp.matmul(parts[i], parts[j].T, precision=_HIGHEST) for i in range(b) for j in range(i + 1)}
-    return jnp.concatenate([jnp.concatenate([lower[i, j] if j <= i else lower[j, i].T for j in range(b)], axis=1)
-                            for i in range(b)], axis=0)
-
-
-def sketched_kernel(sketches: Sequence[jax.Array], mask: jax.Array | None, row_blocks: int = 3) -> jax.Array:
-    """SPEC step 5 (sketch mode): H~ = (1/C) sum_g sum_c J~_g[:, c] J~_g[:, c]^T, `[N, N]`.
-
-    One Gram of all groups' sketches side by side `[N, G C k]`, computed on the
-    `row_blocks` x `row_blocks` blocks on and below the diagonal only and
-    mirrored (H~ is symmetric): 2/3 of the FLOPs for 3 blocks. Padding rows and
-    columns are zero.
-    """
-    leaves = mask_rows(tuple(sketches), mask)
-    n, c = leaves[0].shape[:2]
-    a = jnp.concatenate([s.reshape(n, -1).astype(jnp.float32) for s in leaves], axis=1)
-    h = _symmetric_gram(a, row_blocks) / c
-    if mask is None:
-        return h
-    return jnp.where(mask[:, None] & mask[None, :], h, jnp.zeros((), h.dtype))
-
-
-def back_project(P: Sequence[jax.Array], sketched_grads: Sequence[jax.Array], params, grouping: str):
-    """P_g g_g for every group, reshaped into the group's leaves (SPEC step 8).
-
-    Args:
-      P: P_g `[d_g, k]`.
-      sketched_grads: per group g_g `[..., k]` (e.g. `[T, k]`), in the sketch
-        space (sum_c J~_g[:, c]^T R[:, c], scaled as the caller wants).
-      params: the pytree whose structure and leaf shapes the output takes.
-      grouping: the grouping P was drawn for.
-
-    Returns:
-      pytree like `params` with leaves `[..., *leaf_shape]`; unbiased:
-      E[P_g P_g^T v] = v when g_g = P_g^T v.
-    """
-    layout = _layout(params, grouping)
-    _check_projections(P, layout)
-    if len(sketched_grads) != len(layout):
-        raise ValueError(f"need one sketched gradient per group ({len(layout)}), got {len(sketched_grads)}")
-    leaves, treedef = jax.tree.flatten(params)
-    out = [None] * len(leaves)
-    for p, g, group in zip(P, sketched_grads, layout):
-        if g.shape[-1] != p.shape[1]:
-            raise ValueError(f"sketched gradient has {g.shape[-1]} columns, P_g has k = {p.shape[1]}")
-        full = jnp.einsum("...k,dk->...d", g.astype(jnp.float32), p, precision=_HIGHEST)  # [..., d_g]
-        for leaf in group:
-            block = full[..., leaf.offset:leaf.offset + leaf.size]
-            out[leaf.index] = block.reshape(g.shape[:-1] + leaf.shape).astype(leaves[leaf.index].dtype)
-    return treedef.unflatten(out)
-
-
-def sketched_weight_updates(sketches: Sequence[jax.Array], P: Sequence[jax.Array], params, grouping: str,
-                            R: jax.Array, eta: jax.Array, mask: jax.Array):
-    """SPEC step 8 (sketch mode): Delta_tau,g = -(eta/N) P_g sum_c J~_g[:, c]^T R_tau[:, c].
-
-    Args:
-      sketches: J~_g `[N, C, k]` (`sketch_jacobian`); P: P_g `[d_g, k]`.
-      params: w̄_i (structure and shapes of the output); grouping: as for P.
-      R: `[T, N, C]` residual sums; eta: scalar (may be traced); mask: bool
-        `[N]`, N = mask.sum() (at least 1).
-
-    Returns:
-      pytree like `params` with leaves `[T, *leaf_shape]`.
-    """
-    grads = weight_updates_from_jacobian(tuple(sketches), R, eta, mask)  # per group [T, k], scaled
-    return back_project(P, grads, params, grouping)
-
-
-class SharePlan(NamedTuple):
-    """How a round shares the first layer's data side (`plan_shared_first_layer`).
-
-    block: P columns per block (0 = not shared); num_blocks: blocks per round
-    (block * num_blocks >= k; the last block's extra columns are zero);
-    held_bytes: estimated bytes the shared schedule holds at once (one block
-    of [1; x] P_0 for every sample plus `fixed_bytes`).
-    """
-
-    block: int
-    num_blocks: int
-    held_bytes: int
-
-
-def check_share_mode(share) -> str:
-    """sketch.share_first_layer -> a member of `SHARE_MODES` (True / False = "on" / "off")."""
-    if isinstance(share, bool):
-        return "on" if share else "off"
-    if share not in SHARE_MODES:
-        raise ValueError(f"sketch.share_first_layer must be one of {SHARE_MODES} (or a bool), got {share!r}")
-    return share
-
-
-def plan_shared_first_layer(share, params, grouping: str, k: int, *, samples: int, fixed_bytes: int,
-                            max_bytes: float, min_block: int = 32) -> SharePlan:
-    """Column blocks for sharing [1; x] P_0 among neighbourhoods, within `max_bytes` (static).
-
-    One block of `block` columns holds samples * fan_out * block float32s of
-    first-layer products besides `fixed_bytes` (e.g. every node's kernel,
-    accumulated over the blocks). The block is the widest that keeps the total
-    <= max_bytes, then evened out over the blocks it takes to cover k.
-
-    Args:
-      share: "auto" (share if a block of >= `min_block` columns, or all of k,
-        fits), "on" (always, in blocks as wide as the bound allows, at least
-        one column), "off", or a bool (on / off).
-      params: one model's pytree (`models.MLP`; shapes only).
-      grouping: the grouping P is drawn for; k: its columns per group.
-      samples: rows the products are computed for (all nodes' padded rows).
-      fixed_bytes: the rest of what the schedule holds at once.
-      max_bytes: the bound.
-      min_block: narrowest block "auto" accepts (narrower ones repeat the
-        per-block work, the backprops, too often to pay off).
-    """
-    mode = check_share_mode(share)
-    k = _check_k(k)
-    if mode == "off":
-        return SharePlan(0, 0, 0)
-    layer_of = _dense_layer_index(params)
-    fan_out = None
-    for group in _layout(params, grouping):
-        for leaf in group:
-            if layer_of[leaf.path[0]] == 0 and leaf.path[1] == "kernel":
-                fan_out = leaf.shape[1]
-    per_column = 4 * samples * fan_out
-    fits = int((max_bytes - fixed_bytes) // per_column)
-    if mode == "auto" and fits < min(min_block, k):
-        return SharePlan(0, 0, 0)
-    fits = max(fits, 1)
-    num_blocks = -(-k // min(fits, k))
-    block = -(-k // num_blocks)
-    return SharePlan(block, num_blocks, fixed_bytes + per_column * block)
-
-
-def projection_block(P: Sequence[jax.Array], index, plan: SharePlan) -> tuple[jax.Array, ...]:
-    """Columns [index * block, (index + 1) * block) of every P_g `[d_g, block]` (index may be traced);
-    columns past k are zero, so they add nothing to sketches, kernels or updates."""
-    out = []
-    for p in P:
-        pad = plan.block * plan.num_blocks - p.shape[1]
-        padded = jnp.pad(p, ((0, 0), (0, pad))) if pad else p
-        out.append(jax.lax.dynamic_slice_in_dim(padded, index * plan.block, plan.block, axis=1))
-    return tuple(out)
-
-
-def back_project_update(P: Sequence[jax.Array], deltas, params, grouping: str):
-    """P_g P_g^T Delta_g per group: the sketched update from an exact one (SPEC step 8).
-
-    With Delta = -(eta/N) J^T R_tau (`ntk.weight_updates`) this equals
-    `sketched_weight_updates(J P, ...)`, -(eta/N) P P^T J^T R_tau, without the
-    sketches J P (which the shared-first-layer schedule never holds whole).
-
-    Args:
-      P: P_g `[d_g, k]`; deltas: pytree like `params` with leaves `[T, *leaf_shape]`.
-      params: the pytree structure; grouping: the one P was drawn for.
-
-    Returns:
-      pytree like `deltas`.
-    """
-    layout = _layout(params, grouping)
-    _check_projections(P, layout)
-    leaves = jax.tree.leaves(deltas)
-    t = leaves[0].shape[0]
-    grads = []
-    for p, group in zip(P, layout):
-        rows = jnp.concatenate([leaves[leaf.index].reshape(t, -1).astype(jnp.float32) for leaf in group], axis=1)
-        grads.append(jnp.matmul(rows, p, precision=_HIGHEST))  # [T, k]
-    return back_project(P, grads, params, grouping)

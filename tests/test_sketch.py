@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import models, sketch
+from spark_jax import models, sketch, sketch_share, sketched_ntk
 from tests.test_ntk_kernel import _jacobian_f64, numpy_params
 
 N_REAL = 6
@@ -139,7 +139,7 @@ def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, groupin
     # The sketched kernel of step 5 from these sketches (symmetric blocks: 1, 3, more blocks than rows).
     want_h = np.einsum("icp,jcp->ij", want, want) / want.shape[1]
     for row_blocks in (1, 3, 9):
-        H = np.asarray(jax.jit(sketch.sketched_kernel, static_argnums=2)(S, MASK, row_blocks))
+        H = np.asarray(jax.jit(sketched_ntk.sketched_kernel, static_argnums=2)(S, MASK, row_blocks))
         assert _rel_err(H[np.ix_(MASK, MASK)], want_h) < 1e-5
         assert np.all(H[~MASK] == 0) and np.all(H[:, ~MASK] == 0)
 
@@ -169,15 +169,15 @@ def test_column_blocks_of_shared_products_give_the_float64_sketch_and_kernel(gro
     per block first_layer_products then the structured sketch; the blocks side by side == J P and
     the sum of the blocks' kernels == the kernel of J P (float64), padding rows zero."""
     model, params, x, xp, J = _case("mlp", (16,))
-    k, plan = 20, sketch.SharePlan(block=7, num_blocks=3, held_bytes=0)
+    k, plan = 20, sketch_share.SharePlan(block=7, num_blocks=3, held_bytes=0)
     P = sketch.projections(jax.random.key(3), params, grouping, k, 0, True)
 
     @jax.jit
     def block(P, b):
-        P_b = sketch.projection_block(P, b, plan)
+        P_b = sketch_share.projection_block(P, b, plan)
         q = sketch.first_layer_products(params, xp, P_b, grouping)  # padding rows too, as a round does
         S = sketch.sketch_jacobian(model.apply, params, xp, MASK, P_b, grouping=grouping, first_layer=q)
-        return S, sketch.sketched_kernel(S, MASK)
+        return S, sketched_ntk.sketched_kernel(S, MASK)
 
     outs = [block(P, jnp.int32(b)) for b in range(plan.num_blocks)]
     assert block._cache_size() == 1
@@ -196,7 +196,7 @@ def test_column_blocks_of_shared_products_give_the_float64_sketch_and_kernel(gro
 def test_plan_shared_first_layer():
     params = models.make_model("mlp", hidden=(16,)).init(jax.random.key(0))
     per_column = 4 * 50 * 16  # float32 products of one column for 50 samples, fan_out 16
-    plan = functools.partial(sketch.plan_shared_first_layer, params=params, grouping="layer", k=64, samples=50,
+    plan = functools.partial(sketch_share.plan_shared_first_layer, params=params, grouping="layer", k=64, samples=50,
                              fixed_bytes=1000)
     assert plan("off", max_bytes=1e12) == (0, 0, 0) and plan(False, max_bytes=1e12) == (0, 0, 0)
     assert plan("auto", max_bytes=1e12) == (64, 1, 1000 + 64 * per_column)
@@ -225,13 +225,13 @@ def test_back_project_update_matches_float64_and_the_sketched_update():
     sizes = np.cumsum([0] + [np.size(a) for a in leaves])
     delta = treedef.unflatten([jnp.asarray(g[:, a:b].reshape((T,) + np.shape(p)), jnp.float32)
                                for a, b, p in zip(sizes, sizes[1:], leaves)])
-    got = jax.jit(functools.partial(sketch.back_project_update, params=params, grouping="tensor"))(P, delta)
+    got = jax.jit(functools.partial(sketched_ntk.back_project_update, params=params, grouping="tensor"))(P, delta)
     got = np.concatenate([np.asarray(a).reshape(T, -1) for a in jax.tree.leaves(got)], axis=1)
     Pb = _block_diag(P)
     want = (g @ Pb) @ Pb.T
     assert _rel_err(got, want) < 1e-5, _rel_err(got, want)
     S = sketch.sketch_jacobian(model.apply, params, xp, MASK, P, grouping="tensor", method="structured")
-    via_sketch = sketch.sketched_weight_updates(S, P, params, "tensor", jnp.asarray(R), np.float32(eta), MASK)
+    via_sketch = sketched_ntk.sketched_weight_updates(S, P, params, "tensor", jnp.asarray(R), np.float32(eta), MASK)
     via_sketch = np.concatenate([np.asarray(a).reshape(T, -1) for a in jax.tree.leaves(via_sketch)], axis=1)
     assert _rel_err(via_sketch, want) < 1e-5
 
@@ -270,7 +270,7 @@ def test_sketched_kernel_error_shrinks_like_inverse_sqrt_k():
             P = sketch.projections(jax.random.key(seed), params, "layer", k, 0, False)
             rows = np.cumsum([0] + list(sketch.group_sizes(params, "layer")))
             S = tuple(jnp.matmul(Jf[..., a:b], p, precision="highest") for a, b, p in zip(rows, rows[1:], P))
-            Hs = sketch.sketched_kernel(S, None)
+            Hs = sketched_ntk.sketched_kernel(S, None)
             return jnp.linalg.norm(Hs - H.astype(np.float32)) / np.linalg.norm(H)
 
         errors.append(np.mean(np.asarray(jax.lax.map(error, jnp.arange(seeds)))))
@@ -292,7 +292,7 @@ def test_back_project_matches_numpy_and_is_unbiased():
     rng = np.random.default_rng(0)
     g = [rng.normal(size=(T, k)).astype(np.float32) for _ in range(2)]
     P = sketch.projections(jax.random.key(4), params, "layer", k, 0, True)
-    out = jax.jit(functools.partial(sketch.back_project, params=params, grouping="layer"))(P, g)
+    out = jax.jit(functools.partial(sketched_ntk.back_project, params=params, grouping="layer"))(P, g)
     assert out["A"]["kernel"].shape == (T, 6, 7) and out["A"]["bias"].shape == (T, 7)
     assert out["B"]["w"].shape == (T, 3)
     for p, gg, leaves in zip(P, g, ([out["A"]["bias"], out["A"]["kernel"]], [out["B"]["w"]])):
@@ -310,7 +310,7 @@ def test_back_project_matches_numpy_and_is_unbiased():
     def roundtrip(r):
         Pr = sketch.projections(jax.random.key(9), params, "layer", k, r, True)
         sk = [jnp.asarray(vr, jnp.float32) @ p for vr, p in zip(v_rows, Pr)]  # P_g^T v_g  [k]
-        return sketch.back_project(Pr, sk, params, "layer")
+        return sketched_ntk.back_project(Pr, sk, params, "layer")
 
     mean = jax.tree.map(lambda a: np.asarray(a, np.float64).mean(axis=0), roundtrip(jnp.arange(draws)))
     for name, vv in zip(("A", "B"), v_rows):
@@ -332,7 +332,7 @@ def test_sketched_weight_updates_match_float64(method, grouping):
     @jax.jit
     def updates(params, xp, mask, P, R, eta):
         S = sketch.sketch_jacobian(model.apply, params, xp, mask, P, grouping=grouping, method=method)
-        return sketch.sketched_weight_updates(S, P, params, grouping, R, eta, mask)
+        return sketched_ntk.sketched_weight_updates(S, P, params, grouping, R, eta, mask)
 
     delta = updates(params, xp, MASK, P, R, np.float32(eta))
     Pb = _block_diag(P)
@@ -371,7 +371,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="one per group"):
         sketch.sketch_jacobian(model.apply, params, x, None, P[:1], grouping="layer")
     with pytest.raises(ValueError, match=r"P\[0\] must be \[d_g=12560, k\]"):
-        sketch.back_project((P[0][:5], P[1]), (jnp.zeros(4), jnp.zeros(4)), params, "layer")
+        sketched_ntk.back_project((P[0][:5], P[1]), (jnp.zeros(4), jnp.zeros(4)), params, "layer")
     with pytest.raises(ValueError, match=r"P\[0\] must be \[d_g=16, k\]"):
         sketch.sketch_jacobian(model.apply, params, x, None, P + P, grouping="tensor")
     with pytest.raises(ValueError, match="direction_chunk"):

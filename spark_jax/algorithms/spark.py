@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from spark_jax import comm, guard, ntk, parallel, schedules, sketch
+from spark_jax import comm, guard, ntk, parallel, schedules, sketch, sketch_share, sketched_ntk
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.models import Model, init_node_params, num_params
@@ -41,7 +41,7 @@ class State:
 DEFAULT_SHARE_BYTES = 5e9
 
 
-def share_plan(config, params, n_max: int, slots: int) -> sketch.SharePlan:
+def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan:
     """Static, from the round's shapes: blocks of P's columns for sharing the first layer's [1; x] P_0
     among neighbourhoods (`config.sketch.share_first_layer`, bound `share_bytes`), block 0 = not shared.
 
@@ -50,11 +50,11 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch.SharePlan:
     them in place, so the bound is then conservative).
     """
     sc = config.sketch
-    mode = sketch.check_share_mode(sc.share_first_layer)
+    mode = sketch_share.check_share_mode(sc.share_first_layer)
     if not sc.enabled or sketch.resolve_method(sc.method, config.model.name) != "structured":
         mode = "off"
     m, rows = config.partition.num_nodes, slots * n_max
-    return sketch.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
+    return sketch_share.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
                                           fixed_bytes=2 * m * rows * rows * 4,
                                           max_bytes=float(sc.get("share_bytes", DEFAULT_SHARE_BYTES)))
 
@@ -124,7 +124,7 @@ def make_node_phases(config, model: Model) -> NodePhases:
     @functools.partial(parallel.with_node_batching, batching=nc.node_batching)
     def kernel(w_bar, x, mask, sk):
         if sk is not None:
-            return sketch.sketched_kernel(sk, mask)
+            return sketched_ntk.sketched_kernel(sk, mask)
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=nc.jacobian_mode)
 
@@ -138,20 +138,20 @@ def make_node_phases(config, model: Model) -> NodePhases:
             return ntk.weight_updates(apply, w_bar, x, mask, residuals, eta)
         if sk is None:  # shared first layer: no whole sketch held; P P^T of the exact update instead
             if sc.update_mode == "backproject":
-                return sketch.back_project_update(P, ntk.weight_updates(apply, w_bar, x, mask, residuals, eta),
+                return sketched_ntk.back_project_update(P, ntk.weight_updates(apply, w_bar, x, mask, residuals, eta),
                                                   w_bar, sc.grouping)
             own = own_rows[None, :, None]
             t = residuals.shape[0]
             both = ntk.weight_updates(apply, w_bar, x, mask, jnp.concatenate(
                 [jnp.where(own, residuals, 0.0), jnp.where(own, 0.0, residuals)]), eta)  # one VJP, 2T rows
-            projected = sketch.back_project_update(P, jax.tree.map(lambda a: a[t:], both), w_bar, sc.grouping)
+            projected = sketched_ntk.back_project_update(P, jax.tree.map(lambda a: a[t:], both), w_bar, sc.grouping)
             return jax.tree.map(lambda a, b: a[:t] + b, both, projected)
         if sc.update_mode == "backproject":
-            return sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
+            return sketched_ntk.sketched_weight_updates(sk, P, w_bar, sc.grouping, residuals, eta, mask)
         # own_exact: own rows exact VJP, neighbour rows back-projected; both /N of the whole set
         own = own_rows[None, :, None]
         exact = ntk.weight_updates(apply, w_bar, x, mask, jnp.where(own, residuals, 0.0), eta)
-        projected = sketch.sketched_weight_updates(sk, P, w_bar, sc.grouping, jnp.where(own, 0.0, residuals),
+        projected = sketched_ntk.sketched_weight_updates(sk, P, w_bar, sc.grouping, jnp.where(own, 0.0, residuals),
                                                    eta, mask)
         return jax.tree.map(jnp.add, exact, projected)
 
@@ -179,7 +179,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     k_total = sc.k * len(sketch.group_sizes(template, sc.grouping)) if sc.enabled else 0
     apply = model.apply
     ph = make_node_phases(config, model)
-    sketch.check_share_mode(sc.share_first_layer)
+    sketch_share.check_share_mode(sc.share_first_layer)
 
     def init(key, node_data) -> State:
         del node_data
@@ -235,7 +235,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
             return chunk(full * batch, m - full * batch, h) if m % batch else h
 
         def block(b, h):
-            P_b = sketch.projection_block(P, b, plan)
+            P_b = sketch_share.projection_block(P, b, plan)
             first_all = sketch.first_layer_products(template, flat_x, P_b, sc.grouping)
             first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
             if mesh is None:

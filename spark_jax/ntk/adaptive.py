@@ -33,6 +33,15 @@ STRETCH = 1.1
 MIN_STEP = 1e-4  # grid intervals; below this the integration is declared failed
 
 
+def combine(weights, vectors):
+    """sum_i weights[i] * vectors[i] over the non-zero static weights (a Runge-Kutta stage sum)."""
+    terms = [w * v for w, v in zip(weights, vectors) if w != 0.0]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
 class Attempt(NamedTuple):
     """One attempted step from (F, aux) of length h grid intervals.
 

@@ -237,10 +237,8 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
             U, lam, eigen_products = jnp.zeros((F0.shape[0], 0), jnp.float32), jnp.zeros((0,), jnp.float32), 0
         probabilities = lambda F: jnp.where(real, jax.nn.softmax(F, axis=-1), zero)
         hr = lambda r: jnp.where(real, product(r), zero)
-        attempt = stiff_split.imex_attempt(hr, residual, probabilities, U, lam, a, mask, rtol, atol)
-        r0 = residual(F0)
-        f_i0 = -a * jnp.matmul(U, lam[:, None] * jnp.matmul(U.T, r0, precision=_HIGHEST), precision=_HIGHEST)
-        aux0 = (-a * hr(r0) - f_i0, f_i0)
+        attempt, carry_at = stiff_split.imex_attempt(hr, residual, probabilities, U, lam, a, mask, rtol, atol)
+        aux0 = carry_at(F0)
         R_taus, F_taus, products = adaptive.integrate(attempt, aux0, F0, residual, taus, max_stride,
                                                       error_order=3)
         return Evolution(residual_sums=R_taus, logits=F_taus, products=1 + eigen_products + products)
@@ -277,15 +275,6 @@ _DP_P = ((1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 /
          (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423))
 
 
-def _combine(weights, ks):
-    """sum_i weights[i] * ks[i], skipping zero weights (static)."""
-    terms = [w * k for w, k in zip(weights, ks) if w != 0.0]
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
-
-
 def _dopri5_attempt(deriv, real, rtol: float, atol: float):
     """One Dormand-Prince 5(4) step for `adaptive.integrate`: aux = k1 = dF/dt at F (FSAL).
 
@@ -294,15 +283,15 @@ def _dopri5_attempt(deriv, real, rtol: float, atol: float):
     def attempt(F, k1, h):
         ks = [k1]
         for row in _DP_A:
-            ks.append(deriv(F + h * _combine(row, ks)))
-        F_new = F + h * _combine(_DP_B, ks)
+            ks.append(deriv(F + h * adaptive.combine(row, ks)))
+        F_new = F + h * adaptive.combine(_DP_B, ks)
         k7 = deriv(F_new)  # FSAL: the next step's first stage
         ks.append(k7)
         scale = atol + rtol * jnp.maximum(jnp.abs(F), jnp.abs(F_new))
-        err = jnp.where(real, h * _combine(_DP_E, ks) / scale, 0.0)
+        err = jnp.where(real, h * adaptive.combine(_DP_E, ks) / scale, 0.0)
         count = jnp.maximum(jnp.sum(real) * F.shape[-1], 1)
         err_norm = jnp.sqrt(jnp.sum(err * err) / count)
-        Q = [_combine([p[j] for p in _DP_P], ks) for j in range(4)]  # [N, C] each
+        Q = [adaptive.combine([p[j] for p in _DP_P], ks) for j in range(4)]  # [N, C] each
 
         def dense(theta):  # 4th-order dense output (Hairer et al.)
             return F + h * (theta * (Q[0] + theta * (Q[1] + theta * (Q[2] + theta * Q[3]))))

@@ -82,15 +82,6 @@ DENSE = ((6818779379841 / 7100303317025, -54480133 / 30881146, 6943876665148 / 7
 ERROR = tuple(b - bh for b, bh in zip(B, B_HAT))
 
 
-def _combine(weights, vectors):
-    """sum_i weights[i] * vectors[i], skipping zero weights (static); None if all are zero."""
-    out = None
-    for w, v in zip(weights, vectors):
-        if w != 0.0:
-            out = w * v if out is None else out + w * v
-    return out
-
-
 def dominant_subspace(block_product: Callable, real: jax.Array, num_modes: int, iterations: int):
     """Rough top eigenpairs of the PSD kernel H by subspace iteration and Rayleigh-Ritz.
 
@@ -137,8 +128,11 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
       real: bool `[N]`.
       rtol, atol: static error tolerances per entry of F.
 
-    The carry (aux) is (f_E(F), f_I(F)) `[N, C]` each. 6 kernel products per attempt
-    (stages 2-6 and the new point, the next step's first stage).
+    Returns:
+      (attempt, carry_at): `attempt(F, aux, h)` for `adaptive.integrate`, its carry
+      (aux) being (f_E(F), f_I(F)) `[N, C]` each, and `carry_at(F)` that carry at F (one
+      kernel product). 6 kernel products per attempt (stages 2-6 and the new point, the
+      next step's first stage).
     """
     k = U.shape[1]
     V = U * jnp.sqrt(lam)[None, :]  # the implicit part is V V^T  [N, k]
@@ -147,6 +141,10 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
     def split(r, Hr):  # (f_E, f_I) from r and H r
         f_i = -a * jnp.matmul(U, lam[:, None] * jnp.matmul(U.T, r, precision=_HIGHEST), precision=_HIGHEST)
         return -a * Hr - f_i, f_i
+
+    def carry_at(F):  # (f_E(F), f_I(F)): one kernel product
+        r = residual(F)
+        return split(r, product(r))
 
     def scaled_norm(x, ref):
         z = jnp.where(real[:, None], x / (atol + rtol * jnp.abs(ref)), 0.0)
@@ -206,7 +204,7 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
         # value W = -c V^T r(F) the stage would have at Z = F).
         Ws = [-c * jnp.matmul(V.T, residual(F), precision=_HIGHEST)] if k else []
         for stage, (row_e, row_i) in enumerate(zip(A_EXPLICIT, A_IMPLICIT), start=1):
-            A = F + h * (_combine(row_e, f_e) + _combine(row_i[:len(f_i)], f_i))
+            A = F + h * (adaptive.combine(row_e, f_e) + adaptive.combine(row_i[:len(f_i)], f_i))
             if k:
                 if stage == 1:
                     W0 = Ws[0]
@@ -224,21 +222,20 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
             f_e.append(split(r, product(r))[0])
             f_i.append(f_i_stage)
         f = [e + i for e, i in zip(f_e, f_i)]
-        F_new = F + h * _combine(B, f)
-        r_new = residual(F_new)
-        aux_new = split(r_new, product(r_new))
+        F_new = F + h * adaptive.combine(B, f)
+        aux_new = carry_at(F_new)
         # Max norm: the local error of every logit within tolerance (an RMS over N C entries lets a few
         # rows of a trained model's neighbourhood, where the error concentrates, exceed it ~sqrt(N C)-fold).
         scale = atol + rtol * jnp.maximum(jnp.abs(F), jnp.abs(F_new))
-        error = jnp.max(jnp.where(real[:, None], jnp.abs(h * _combine(ERROR, f)) / scale, 0.0))
+        error = jnp.max(jnp.where(real[:, None], jnp.abs(h * adaptive.combine(ERROR, f)) / scale, 0.0))
         error = jnp.where(converged | ~jnp.isfinite(error), error, NEWTON_FAILED)
 
         # Dense output F + h (theta q2 + theta^2 q1 + theta^3 q0), q_j = sum_i d_ij f_i: 3 arrays per step.
-        q0, q1, q2 = (_combine([d[j] for d in DENSE], f) for j in range(3))
+        q0, q1, q2 = (adaptive.combine([d[j] for d in DENSE], f) for j in range(3))
 
         def dense(theta):  # F(t + theta h), 3rd order
             return F + h * (theta * (q2 + theta * (q1 + theta * q0)))
 
         return adaptive.Attempt(F_new, aux_new, error, dense, jnp.int32(6))
 
-    return attempt
+    return attempt, carry_at
