@@ -20,10 +20,12 @@ PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
 MIXINGS = ("uniform", "metropolis")
 MODELS = ("mlp", "cnn")
-# Options of spark_jax.ntk.INTEGRATORS and spark_jax.parallel.NODE_BATCHING, kept here so this module
+# Options of spark_jax.ntk.INTEGRATORS, spark_jax.parallel.NODE_BATCHING and
+# spark_jax.sketch_share.SHARE_MODES, kept here so this module
 # needs no JAX (tests/test_validation_table.py checks they agree).
 INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "imex", "euler")
 NODE_BATCHING = ("auto", "vectorized", "sequential")
+SHARE_MODES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -212,8 +214,8 @@ def _validate_spark_fields(config) -> None:
     _bool(sc.redraw, "sketch.redraw")
     _one_of(sc.method, "sketch.method", ("auto", "structured", "forward", "materialize"))
     _positive_int(sc.direction_chunk, "sketch.direction_chunk")
-    if "share_first_layer" in sc:
-        _bool(sc.share_first_layer, "sketch.share_first_layer")
+    _one_of(sc.share_first_layer, "sketch.share_first_layer", SHARE_MODES)
+    _number(sc.share_bytes, "sketch.share_bytes", 0.0, lo_open=True, why=" (bytes the shared first layer may hold)")
     _one_of(sc.update_mode, "sketch.update_mode", ("backproject", "own_exact", "roundtrip"))
     _number(dc.lambda_max, "distill.lambda_max", 0.0, 1.0)
     _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))

@@ -73,6 +73,9 @@ BAD_CONFIGS = [
     ({"algorithm": "ntk_dfl", "model.name": "cnn", "ntk.kernel": "structured"},
      "ntk.kernel='structured' needs model.name='mlp', not 'cnn'"),
     ({"sketch.k": 0}, "sketch.k=0 must be an integer >= 1"),
+    ({"sketch.share_first_layer": "always"},
+     "sketch.share_first_layer='always' is not one of 'auto', 'on', 'off'"),
+    ({"sketch.share_bytes": 0.0}, "sketch.share_bytes=0.0 must be a finite number > 0 (bytes the shared"),
     ({**SPARK, "sketch.k": 2000}, "sketch.k=2000 exceeds the 1010 parameters of sketch group 1 (grouping 'layer'"),
     ({**SPARK, "model.name": "cnn"}, "sketch.k=512 exceeds the 80 parameters of sketch group 0"),
     ({"sketch.direction_chunk": 0}, "sketch.direction_chunk=0 must be an integer >= 1"),
@@ -186,6 +189,7 @@ def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
 
 def test_option_lists_agree_with_the_modules():
     """validation.py keeps its own (JAX-free) copies of these option lists."""
-    from spark_jax import ntk, parallel, validation
+    from spark_jax import ntk, parallel, sketch_share, validation
     assert validation.INTEGRATORS == ntk.INTEGRATORS
     assert validation.NODE_BATCHING == parallel.NODE_BATCHING
+    assert validation.SHARE_MODES == sketch_share.SHARE_MODES

@@ -112,10 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.sketch.redraw = True  # new P every round (key folds in r); False = one P for the run
     c.sketch.method = "auto"  # 'auto' | 'structured' (dense layers) | 'forward' (JVPs) | 'materialize' (J then J P)
     c.sketch.direction_chunk = 128  # sketch directions per forward-mode chunk
-    # 'structured' only: compute the first layer's data side [1; x] P_0 once per sample per round and
-    # share it among the (degree + 1) neighbourhoods holding the sample; holds M * n_max * 100 * k
-    # floats (300 nodes: ~13 GB, 30 nodes: ~1.3 GB), so off by default on CPU.
-    c.sketch.share_first_layer = False
+    # 'structured' only: compute the first layer's data side [1; x] P_0 once per sample per round (not
+    # once in each of the degree + 1 neighbourhoods holding it), in blocks of P's columns so that one
+    # block of products for all samples plus every node's kernel (counted x2) stays <= share_bytes
+    # (spark_jax/sketch_share.py). 'auto' = when blocks of >= 32 columns fit | 'on' (as wide as fit) | 'off'.
+    c.sketch.share_first_layer = "auto"
+    c.sketch.share_bytes = 5e9  # 300 nodes: 8 blocks of 64 columns; measured peak 4.9 GiB
     c.sketch.update_mode = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
 
     c.distill = ml_collections.ConfigDict()
@@ -178,8 +180,8 @@ def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topolog
 
 def apply_variant(c: ml_collections.ConfigDict, name: str, arg: str, *, num_nodes: int, rounds: int) -> None:
     """Variants: '' = unchanged (paper scale);
-    ':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds (the default integrator), shared
-      first-layer sketch products, a 1,000-image per-node test subset;
+    ':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds (the default integrator and
+      first-layer sharing), a 1,000-image per-node test subset;
     ':cpu' = the method-comparison size for a 2-core CPU (`compare_fmnist` in about
       an hour for 3 seeds): 20 nodes of 60 samples from the NTK-DFL per-node
       Dirichlet recipe (alpha as set), 10 rounds, 1,000-image per-node subset.
@@ -188,7 +190,6 @@ def apply_variant(c: ml_collections.ConfigDict, name: str, arg: str, *, num_node
         c.partition.num_nodes = num_nodes
         c.rounds = rounds
         c.eval.per_node_test_subset = 1000
-        c.sketch.share_first_layer = True  # ~1.3 GB at 30 nodes; 1.8x faster SPARK rounds
     if arg == "cpu":
         c.partition.kind = "ntk_dfl"
         c.partition.num_nodes = 20
