@@ -185,7 +185,6 @@ def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, updat
     for mode in ("off", share):
         c = _spark_config(sketch__enabled=True, sketch__k=k, sketch__update_mode=update_mode, ntk__node_chunk=4,
                           ntk__taus=(6, 12), ntk__eta0=0.1, momentum__beta=0.5)  # tau > 1: the update uses H
-        del c.sketch["share_first_layer"]  # whatever the schema's type, set the mode under test
         c.sketch.share_first_layer = mode
         c.sketch.share_bytes = bound if blocks > 1 else 1e12
         c.stages.unit, c.stages.boundaries = "round", (0, 0)

@@ -36,11 +36,6 @@ class State:
     velocity: Any  # leaves [M, ...] (SPEC step 10)
 
 
-# sketch.share_bytes default: the bound on what the shared-first-layer schedule holds at once (one
-# block of first-layer products for every sample, plus every node's kernel twice).
-DEFAULT_SHARE_BYTES = 5e9
-
-
 def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan:
     """Static, from the round's shapes: blocks of P's columns for sharing the first layer's [1; x] P_0
     among neighbourhoods (`config.sketch.share_first_layer`, bound `share_bytes`), block 0 = not shared.
@@ -55,8 +50,8 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan
         mode = "off"
     m, rows = config.partition.num_nodes, slots * n_max
     return sketch_share.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
-                                          fixed_bytes=2 * m * rows * rows * 4,
-                                          max_bytes=float(sc.get("share_bytes", DEFAULT_SHARE_BYTES)))
+                                                fixed_bytes=2 * m * rows * rows * 4,
+                                                max_bytes=float(sc.share_bytes))
 
 
 def distillation_targets(labels_onehot, teacher_logits, lam, temperature: float):

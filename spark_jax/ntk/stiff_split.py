@@ -174,16 +174,17 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
             """Z = A + V W with G(W) = 0 (simplified Newton from W0). Returns (V W, converged, W).
 
             Stops when the estimated distance to the solution, rate / (1 - rate) * |update| (Hairer &
-            Wanner IV.8), is below NEWTON_TOLERANCE of the error tolerance; fails on divergence."""
-
-            def g(W):
-                return W + c * jnp.matmul(V.T, residual(A + jnp.matmul(V, W, precision=_HIGHEST)),
-                                          precision=_HIGHEST)
+            Wanner IV.8), is below NEWTON_TOLERANCE of the error tolerance; fails on divergence. The
+            update's size |V d| is measured in W-space (|V d|^2 = sum_a lambda_a |d_a|^2, U orthonormal)
+            against the stage's RMS tolerance: one N-sized product pair per iteration."""
+            scale = (atol + rtol * jnp.sqrt(jnp.sum(jnp.where(real[:, None], A * A, 0.0)) / (count * C))) ** 2
+            denominator = count * C * scale
 
             def body(carry):
                 W, it, _, _, previous = carry
-                d = -newton_solve(g(W))
-                size = scaled_norm(jnp.matmul(V, d, precision=_HIGHEST), A)
+                r = residual(A + jnp.matmul(V, W, precision=_HIGHEST))
+                d = -newton_solve(W + c * jnp.matmul(V.T, r, precision=_HIGHEST))
+                size = jnp.sqrt(jnp.sum(lam[:, None] * d * d) / denominator)
                 rate = size / jnp.where(previous > 0, previous, 1.0)
                 estimate = jnp.where(it > 0, rate / jnp.maximum(1.0 - rate, 1e-6), 1.0) * size
                 done = (estimate < NEWTON_TOLERANCE) | (size == 0.0)
