@@ -45,3 +45,46 @@ PRESETS["compare_fmnist"] = Preset(
     description="SPARK, NTK-DFL, DFedAvg, DFedAvgM, D-PSGD, DFedSAM x alpha {0.1, 0.3, 0.5} x "
                 "{dynamic 5-regular, ring} on the same partitions, graphs and evaluation",
     settings=_comparison_settings((0.1, 0.3, 0.5), ("regular", "ring")))
+
+
+# The SPARK readings (docs/RESULTS.md): one row per reading of the paper's open choices (SPEC "v1/v2").
+_V2 = {"sketch.enabled": False}  # exact Jacobians: distillation + momentum are the method (paper v2)
+READINGS: dict[str, dict[str, Any]] = {
+    "ntk_dfl": {"algorithm": "ntk_dfl"},
+    "spark_v2": {**_V2},
+    "spark_v2_no_momentum": {**_V2, "momentum.beta": 0.0},
+    "spark_v2_no_distill": {**_V2, "distill.lambda_max": 0.0},
+    "spark_v1": {},  # SPEC defaults: k = 512 per layer, back-projection, P redrawn every round
+    "spark_v1_fixed_P": {"sketch.redraw": False},
+    "spark_v1_own_exact": {"sketch.update_mode": "own_exact"},
+    "spark_v1_roundtrip": {"sketch.update_mode": "roundtrip"},
+    "spark_v1_k128": {"sketch.k": 128},
+    # Per layer, k = 2,048 would exceed the output layer's 1,010 parameters: one global group instead.
+    "spark_v1_k2048_global": {"sketch.k": 2048, "sketch.grouping": "global"},
+    "spark_v1_teacher_neighbors": {"distill.teacher": "neighbors"},
+    "spark_v1_velocity_mixed": {"momentum.velocity": "mixed"},
+    "dfedavg": {"algorithm": "dfedavg"},
+    "dfedavgm": {"algorithm": "dfedavgm"},
+}
+# The rows every study runs with 3 seeds at alpha 0.1, and the rows also run at alpha 0.5.
+READINGS_CORE = ("ntk_dfl", "spark_v1", "spark_v1_own_exact", "spark_v1_roundtrip", "spark_v2", "dfedavgm")
+READINGS_ALPHA_05 = ("ntk_dfl", "spark_v1", "spark_v1_roundtrip", "spark_v2", "dfedavgm")
+
+
+def _readings(rows, alphas) -> dict[str, dict[str, Any]]:
+    """Each reading at each alpha: setting '<reading>,alpha=<alpha>'."""
+    return {f"{row},alpha={alpha}": {**READINGS[row], "partition.alpha": alpha} for alpha in alphas for row in rows}
+
+
+PRESETS["spark_readings"] = Preset(
+    description="every SPARK reading (v1 sketch variants, v2 exact-Jacobian variants), NTK-DFL, DFedAvg and "
+                "DFedAvgM x alpha {0.1, 0.5}: the paper-scale study (docs/RESULTS.md)",
+    settings=_readings(READINGS, (0.1, 0.5)))
+PRESETS["spark_readings_core"] = Preset(
+    description="the study's core rows at alpha 0.1 (run with 3 seeds; docs/RESULTS.md)",
+    settings=_readings(READINGS_CORE, (0.1,)))
+PRESETS["spark_readings_more"] = Preset(
+    description="the study's other rows at alpha 0.1 and its alpha-0.5 rows (the CPU study runs them with "
+                "fewer seeds; docs/RESULTS.md)",
+    settings={**_readings([r for r in READINGS if r not in READINGS_CORE], (0.1,)),
+              **_readings(READINGS_ALPHA_05, (0.5,))})

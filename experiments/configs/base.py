@@ -173,7 +173,7 @@ def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topolog
     if dataset == "mnist":
         c.eval.target_accuracy = 0.95
     apply_variant(c, name, arg, num_nodes=30, rounds=15)
-    if arg in ("small", "cpu"):
+    if arg in ("small", "cpu", "study"):
         c.topology.p = p_small
     return c
 
@@ -182,18 +182,20 @@ def apply_variant(c: ml_collections.ConfigDict, name: str, arg: str, *, num_node
     """Variants: '' = unchanged (paper scale);
     ':small' = CPU-sized: `num_nodes` nodes, `rounds` rounds (the default integrator and
       first-layer sharing), a 1,000-image per-node test subset;
+    ':study' = the CPU study of the SPARK readings (docs/RESULTS.md): `num_nodes` nodes,
+      20 rounds (stages of 7, 6 and 7 rounds), a 1,000-image per-node test subset;
     ':cpu' = the method-comparison size for a 2-core CPU (`compare_fmnist` in about
       an hour for 3 seeds): 20 nodes of 60 samples from the NTK-DFL per-node
       Dirichlet recipe (alpha as set), 10 rounds, 1,000-image per-node subset.
     Anything else is an error."""
-    if arg in ("small", "cpu"):
+    if arg in ("small", "cpu", "study"):
         c.partition.num_nodes = num_nodes
-        c.rounds = rounds
+        c.rounds = 20 if arg == "study" else rounds
         c.eval.per_node_test_subset = 1000
     if arg == "cpu":
         c.partition.kind = "ntk_dfl"
         c.partition.num_nodes = 20
         c.partition.samples_per_node = 60
         c.rounds = 10
-    elif arg and arg != "small":
-        raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small', 'cpu'")
+    elif arg and arg not in ("small", "study"):
+        raise ValueError(f"{name}: unknown argument {arg!r}; known: 'small', 'study', 'cpu'")
