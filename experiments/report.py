@@ -3,6 +3,9 @@
   python -m experiments.report results/sweep_x [--target=0.85] [--out=results/sweep_x/report] [--compare]
       writes report.md, report.csv, accuracy_vs_round.png, accuracy_vs_bytes.png;
       seconds for hundreds of runs.
+  python -m experiments.report results/readings_cpu --readings=docs/RESULTS.md
+      the study of the SPARK readings (sweep presets spark_readings*): RESULTS.md, its figures and a
+      copy of the run records (spark_jax/report_readings.py).
   python -m experiments.report results/compare_cpu
       a method comparison (sweep preset compare_fmnist) also gets compare.csv, compare_vs_round.png,
       compare_vs_bytes.png and partition_*.png, and its tables in report.md.
@@ -24,10 +27,13 @@ import sys
 
 from absl import app, flags
 
-from spark_jax import report_compare, report_tables
+from spark_jax import report_compare, report_readings, report_tables
 
 _TARGET = flags.DEFINE_float("target", None, "Target aggregated test accuracy for rounds/bytes to target.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default DIR/report).")
+_READINGS = flags.DEFINE_string("readings", None, "Write the study of the SPARK readings (sweep presets "
+                                "spark_readings*) to this Markdown file, e.g. docs/RESULTS.md, with its data and "
+                                "figures in results/ beside it (spark_jax/report_readings.py).")
 _COMPARE = flags.DEFINE_bool("compare", None, "Methods x settings comparison tables and figures "
                              "(default: when `algorithm` and another config key vary).")
 
@@ -35,6 +41,13 @@ _COMPARE = flags.DEFINE_bool("compare", None, "Methods x settings comparison tab
 def main(argv):
     if len(argv) != 2:
         sys.exit("usage: python -m experiments.report DIR [--target=0.85] [--out=DIR/report] [--compare]")
+    if _READINGS.value:
+        try:
+            written = report_readings.write_results(argv[1], _READINGS.value)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {written['markdown']}, {len(written['figures'])} figures; run records in {written['data']}")
+        return
     compare = functools.partial(report_compare.section, force=_COMPARE.value)
     try:
         report = report_tables.write_report(argv[1], _OUT.value, _TARGET.value, sections=[compare])
