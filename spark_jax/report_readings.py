@@ -17,6 +17,8 @@ import os
 import pathlib
 import shutil
 
+import numpy as np
+
 from spark_jax import readings_stats as rs
 from spark_jax import readings_verdicts as rv
 from spark_jax import report_tables
@@ -34,6 +36,9 @@ def collect(src, dst) -> pathlib.Path:
         raise ValueError(f"no sweep.json under {src}")
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if (src / "NOTES.md").is_file():  # the study's hand-written notes (prose, no numbers)
+        shutil.copy2(src / "NOTES.md", tmp / "NOTES.md")
     for sweep in sweeps:
         rel = sweep.parent.relative_to(src)
         (tmp / rel).mkdir(parents=True, exist_ok=True)
@@ -148,6 +153,27 @@ def figure_path(data_name: str, alpha: float, kind: str) -> str:
     return f"results/{data_name}_alpha{alpha:g}_{kind}.png"
 
 
+def paper_scale(cells, stats, nodes=300, rounds=40, seeds=3) -> str:
+    """The paper-scale study's CPU time, extrapolated from the measured seconds per round.
+
+    A node's neighbourhood has the same size at every scale (its degree and its partition share do not
+    change), so a round costs about nodes / study-nodes times the study's round.
+    """
+    run = next(c.runs[0] for c in cells if c.runs)
+    scale = nodes / int(run.config.get("partition.num_nodes", nodes))
+    per_reading = {}
+    for (reading, _), s in stats.items():
+        per_reading.setdefault(reading, []).append(s["seconds_per_round"])
+    hours = sum(np.mean(v) for v in per_reading.values()) * 2 * seeds * rounds * scale / 3600
+    return (f"The paper-scale study is one preset: `python -m experiments.sweep --config=fmnist_regular "
+            f"--preset=spark_readings --seeds=0,1,2 --workdir=results/readings_paper` ({len(per_reading)} rows x "
+            f"alpha 0.1 and 0.5 x {seeds} seeds, {nodes} nodes, {rounds} rounds). On the machine that ran this "
+            f"study it would take about {hours:.0f} hours: each row's measured seconds per round x {scale:g} "
+            f"(a {nodes}-node round does {scale:g}x the work of a {run.config.get('partition.num_nodes')}-node "
+            f"round: every neighbourhood keeps its size) x {rounds} rounds x 2 alphas x {seeds} seeds. It runs "
+            "unchanged on a GPU machine; its GPU time is measured by the device suite (BUILD.md).")
+
+
 def markdown(root) -> str:
     """RESULTS.md's text from the run records under `root` (the collected copy)."""
     cells = rs.load_cells(root)
@@ -196,6 +222,10 @@ def markdown(root) -> str:
                   f"![accuracy vs cumulative bytes, alpha {a:g}]({figures[a, 'bytes']})", "",
                   f"### Per stage (alpha {a:g}; distillation acts from stage 2, momentum in stage 3)", "",
                   stage_table([c for c in sub if c.runs], stats), ""]
+    parts += ["## Paper scale", "", paper_scale(cells, stats), ""]
+    notes = pathlib.Path(root) / "NOTES.md"
+    if notes.is_file():
+        parts += ["## Notes", "", notes.read_text().strip(), ""]
     bad = [(c, s, e) for c in cells for s, e in c.failed]
     open_ = [(c, s) for c in cells for s in c.unfinished]
     parts += ["## Failed and unfinished runs", ""]
