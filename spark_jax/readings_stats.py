@@ -140,3 +140,30 @@ def common_target(cells: list[Cell], share: float = 0.75) -> float:
         return math.nan
     k = max(1, math.ceil(share * len(bests)))
     return math.floor(bests[k - 1] * 100 + 1e-9) / 100
+
+
+# (reading, against, what the difference isolates)
+EFFECTS = (
+    ("spark_v2_no_distill", "ntk_dfl", "momentum alone (exact Jacobians)"),
+    ("spark_v2_no_momentum", "ntk_dfl", "distillation alone (exact Jacobians)"),
+    ("spark_v2", "spark_v2_no_distill", "distillation, with momentum"),
+    ("spark_v2", "spark_v2_no_momentum", "momentum, with distillation"),
+    ("spark_v1", "spark_v2", "the sketch (k = 512 per layer, back-projection)"),
+    ("spark_v1_own_exact", "spark_v1", "node i's own rows exact instead of back-projected"),
+    ("spark_v1_roundtrip", "spark_v1", "exact update by a round trip instead of back-projection"),
+    ("spark_v1_fixed_P", "spark_v1", "one P for the run instead of a new P each round"),
+    ("spark_v1_k128", "spark_v1", "k = 128 instead of 512 per layer"),
+    ("spark_v1_k2048_global", "spark_v1", "one global k = 2,048 instead of 512 per layer"),
+    ("spark_v1_teacher_neighbors", "spark_v1", "neighbours' own models as teachers"),
+    ("spark_v1_velocity_mixed", "spark_v1", "velocity mixed like the weights"),
+)
+
+
+def paired_effect(a: Cell, b: Cell) -> tuple[list[float], list[int]] | None:
+    """Mean accuracy difference a - b at the three stage ends over the seeds both have, and those seeds."""
+    seeds = sorted({r.seed for r in a.runs} & {r.seed for r in b.runs})
+    if not seeds:
+        return None
+    ra, rb = ({r.seed: r for r in c.runs} for c in (a, b))
+    diffs = [[accuracy_at(ra[s], e) - accuracy_at(rb[s], e) for e in stage_ends(ra[s])] for s in seeds]
+    return [float(x) for x in np.mean(diffs, axis=0)], seeds

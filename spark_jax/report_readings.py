@@ -111,6 +111,19 @@ def stage_table(cells, stats) -> str:
     return "\n".join(lines)
 
 
+def effect_table(cells) -> str:
+    """What each part of SPARK changes: paired differences (same seeds) at the three stage ends."""
+    by = {c.reading: c for c in cells if c.runs}
+    lines = ["| reading − against | isolates | seeds | end of stage 1 | end of stage 2 | end of stage 3 (points) |",
+             "|---|---|---|---|---|---|"]
+    for a, b, what in rs.EFFECTS:
+        if a in by and b in by and (effect := rs.paired_effect(by[a], by[b])) is not None:
+            diffs, seeds = effect
+            lines.append(f"| {a} − {b} | {what} | {' '.join(map(str, seeds))} | "
+                         + " | ".join(f"{100 * d:+.1f}" for d in diffs) + " |")
+    return "\n".join(lines)
+
+
 def scorecard_table(rows) -> str:
     lines = ["| reading | final acc | Jacobian traffic cut vs ntk_dfl | rounds speed-up vs fastest baseline | "
              "total bytes to target, cut vs ntk_dfl | final acc vs best baseline (points) | claims met |",
@@ -221,7 +234,9 @@ def markdown(root) -> str:
         parts += [f"![accuracy vs round, alpha {a:g}]({figures[a, 'round']})", "",
                   f"![accuracy vs cumulative bytes, alpha {a:g}]({figures[a, 'bytes']})", "",
                   f"### Per stage (alpha {a:g}; distillation acts from stage 2, momentum in stage 3)", "",
-                  stage_table([c for c in sub if c.runs], stats), ""]
+                  stage_table([c for c in sub if c.runs], stats), "",
+                  "What each part changes (paired by seed; stage 1 has no distillation or momentum, so "
+                  "differences there come from the sketch or from chance):", "", effect_table(sub), ""]
     parts += ["## Paper scale", "", paper_scale(cells, stats), ""]
     notes = pathlib.Path(root) / "NOTES.md"
     if notes.is_file():

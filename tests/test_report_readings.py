@@ -145,3 +145,11 @@ def test_markdown_names_failures_and_every_row(study, tmp_path):
     assert all(p.is_file() and p.stat().st_size > 0 for p in written["figures"])
     assert not list(written["data"].rglob("checkpoints"))
     assert report_readings.markdown(written["data"]) == text  # regenerates from the collected copy
+
+
+def test_paired_effects_at_stage_ends(study):
+    cells = {c.reading: c for c in readings_stats.load_cells(study)}
+    diffs, seeds = readings_stats.paired_effect(cells["spark_v1"], cells["spark_v2"])
+    # records 2, 4, 6 of v1 (.50 .70 .83 | .52 .72 .81) minus v2 (.80 .86 .88 | .81 .86 .89)
+    assert seeds == [0, 1] and diffs == pytest.approx([-0.295, -0.15, -0.065])
+    assert readings_stats.paired_effect(cells["spark_v1"], cells["spark_v1_own_exact"]) is None
