@@ -49,10 +49,11 @@ def main(argv):
     from spark_jax.data import DataError
     from spark_jax.experiment import run
     from spark_jax.guard import NonFiniteError
+    from spark_jax.run_lock import LockedError
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
-    except (ValueError, DataError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
+    except (ValueError, DataError, FileNotFoundError, FileExistsError, NonFiniteError, LockedError) as e:
         sys.exit(f"error: {e}")
     if summary.get("run_status") == "already finished":
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "

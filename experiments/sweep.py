@@ -66,9 +66,11 @@ def main(argv):
 
     meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": sys.argv[1:]}
     print(f"sweep of {len(grid)} runs in {_WORKDIR.value}", flush=True)
+    from spark_jax.run_lock import LockedError  # pylint: disable=g-import-not-at-top
+
     try:
         results = sweep_grid.run_sweep(grid, _WORKDIR.value, meta=meta, log=lambda s: print(s, flush=True))
-    except sweep_grid.SweepError as e:
+    except (sweep_grid.SweepError, LockedError) as e:
         sys.exit(f"error: {e}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:

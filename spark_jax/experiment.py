@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, topology
+from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, run_lock, topology
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
@@ -206,10 +206,17 @@ def run(config, workdir, resume: bool = False) -> dict:
     (summary.json) is not run again: its summary comes back with
     'run_status': 'already finished'. A `workdir` that does not exist or is
     empty starts a new run. The returned summary's 'run_status' is 'ran',
-    'resumed' or 'already finished'.
+    'resumed' or 'already finished'. The run holds the lock of `workdir`
+    (`spark_jax.run_lock`) throughout: a second process on it gets
+    `run_lock.LockedError` naming this one's pid.
     """
     validate_config(config, algorithms.available())
     run_dir = RunDir(workdir)
+    with run_lock.hold(run_dir.path):  # one process per run directory (LockedError names the holder)
+        return _run_locked(config, run_dir, resume)
+
+
+def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
     resuming = resume and run_dir.exists()
     if resuming:
         check_resumable(config, run_dir)

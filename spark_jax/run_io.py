@@ -17,6 +17,8 @@ import tempfile
 import jax
 import numpy as np
 
+from spark_jax.run_lock import LOCK_NAME
+
 
 def to_jsonable(x):
     """Converts numpy/jax scalars and arrays (nested in dicts/lists) to JSON types."""
@@ -114,8 +116,8 @@ class RunDir:
         self.path = pathlib.Path(path)
 
     def exists(self) -> bool:
-        """True when the directory exists and is not empty."""
-        return self.path.is_dir() and any(self.path.iterdir())
+        """True when the directory exists and holds anything besides its lock file (`run_lock`)."""
+        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
 
     def create(self) -> None:
         if self.exists():

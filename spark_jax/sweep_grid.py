@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from spark_jax import checkpoint
+from spark_jax import checkpoint, run_lock
 from spark_jax.run_io import config_differences, write_json_atomic
 from spark_jax.sweep_presets import PRESETS, Preset
 
@@ -307,13 +307,18 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
     skipped; an interrupted one (a directory without it) with a complete
     checkpoint is resumed (`runner(..., resume=True)`); without one, its
     directory is removed and the run redone. sweep.json is rewritten after
-    every run.
+    every run. The sweep holds the lock of `sweep_dir` (`spark_jax.run_lock`)
+    throughout; each run also locks its own directory.
     """
     if runner is None:
         from spark_jax.experiment import run as runner  # pylint: disable=g-import-not-at-top
     sweep_dir = pathlib.Path(sweep_dir)
+    with run_lock.hold(sweep_dir):  # one sweep per directory (LockedError names the holder's pid)
+        return _run_sweep_locked(grid, sweep_dir, runner, meta, log)
+
+
+def _run_sweep_locked(grid, sweep_dir: pathlib.Path, runner, meta, log) -> list[RunResult]:
     check_resumable(grid, sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, RunResult] = {}
     write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
     width = len(str(len(grid)))
