@@ -326,8 +326,13 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
         record = {"round": r + 1, **ev, **alg_metrics, **messages, "weight_bytes": weights_sent,
                   "bytes_round": sent, "bytes_cumulative": progress.bytes_cumulative,
                   "round_time": time.perf_counter() - t0, "wall_time": time.perf_counter() - start}
+        record = to_jsonable(record)
+        try:
+            guard.check_record(record, r + 1)  # every value the round writes, before it is committed
+        except guard.NonFiniteError as e:
+            raise guard.NonFiniteError(f"{e}; {_where_kept(run_dir, progress)}") from None
         run_dir.append_metrics(record)
-        progress.history.append(to_jsonable(record))
+        progress.history.append(record)
         progress.round = r + 1
         progress.wall_time = time.perf_counter() - start
         if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):

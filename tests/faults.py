@@ -30,11 +30,12 @@ def assert_one_line_error(proc, message: str, status: int = 1) -> str:
 
 
 def snapshot(directory) -> dict[str, bytes]:
-    """{relative path: bytes} of every file under `directory` ({} if it does not exist)."""
+    """{relative path: bytes} of every file under `directory` but the lock ({} if it does not exist)."""
     directory = pathlib.Path(directory)
     if not directory.exists():
         return {}
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def assert_nothing_half_written(directory) -> None:
