@@ -259,9 +259,9 @@ def _start(setup: Setup, run_dir: RunDir, resume: bool):
         state = parallel.shard_nodes(state, setup.mesh)
     progress = checkpoint.Progress()
     if resume:
-        step = checkpoint.latest_step(run_dir.path)
-        if step is not None:
-            state, progress = checkpoint.restore(run_dir.path, step, like=state)
+        restored = checkpoint.restore_intact(run_dir.path, like=state)  # corrupt steps skipped, named
+        if restored is not None:
+            state, progress = restored
         run_dir.rewrite_metrics(progress.history)
         logging.warning("resuming %s at round %d of %d", run_dir.path, progress.round, cfg.rounds)
     return state, progress

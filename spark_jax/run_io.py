@@ -41,6 +41,27 @@ def write_json_atomic(path: pathlib.Path, obj) -> None:
     os.replace(tmp, path)
 
 
+class CorruptFileError(ValueError):
+    """A run file that does not parse or has the wrong shape; the message names the file."""
+
+
+def read_json(path, what: str) -> dict:
+    """The JSON object in `path`; CorruptFileError naming the file (and line) when it is not one."""
+    path = pathlib.Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode())
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore the file or pass "
+                               "another --workdir") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); restore "
+                               "the file or pass another --workdir") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path}: not {what} (expected a JSON object, got {type(data).__name__}); restore "
+                               "the file or pass another --workdir")
+    return data
+
+
 # jax.config values that change what a run computes (bits), recorded in config.json.
 JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_partitionable",
              "jax_default_prng_impl", "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion",
@@ -125,19 +146,29 @@ class RunDir:
                                   "continue its run from the last checkpoint, another --workdir, or remove it")
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def read_config(self) -> dict | None:
-        """The config dict of config.json, or None when there is none."""
+    def _config_json(self) -> dict | None:
         path = self.path / "config.json"
-        return json.loads(path.read_text())["config"] if path.exists() else None
+        if not path.exists():
+            return None
+        data = read_json(path, "a run config")
+        if not isinstance(data.get("config"), dict) or not isinstance(data.get("environment", {}), dict):
+            raise CorruptFileError(f"{path}: not a run config (expected a JSON object with a 'config' object, "
+                                   f"got keys {sorted(data)[:5]}); restore the file or pass another --workdir")
+        return data
+
+    def read_config(self) -> dict | None:
+        """The config dict of config.json, or None when there is none (CorruptFileError naming it if damaged)."""
+        data = self._config_json()
+        return None if data is None else data["config"]
 
     def read_environment(self) -> dict:
         """The environment recorded in config.json ({} when there is none)."""
-        path = self.path / "config.json"
-        return json.loads(path.read_text()).get("environment", {}) if path.exists() else {}
+        data = self._config_json()
+        return {} if data is None else data.get("environment", {})
 
     def read_summary(self) -> dict | None:
         path = self.path / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, "a run summary") if path.exists() else None
 
     def write_config(self, config_dict: dict) -> None:
         write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
