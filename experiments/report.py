@@ -45,6 +45,10 @@ def main(argv):
         print("\n" + section["text"])
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} unfinished run(s)")
+    if report["corrupt"]:
+        print(f"skipped {len(report['corrupt'])} corrupt run(s):")
+        for run in report["corrupt"]:
+            print(f"  {run.problem}")
     print(f"target {report['target']:g}; wrote {', '.join(str(p) for p in report['files'].values())}")
 
 

@@ -74,7 +74,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        print(f"\n--- {r.spec.name} failed ---\n{r.traceback}", file=sys.stderr)
+        print(f"\n--- {r.spec.name} failed ---\n{r.traceback or r.error}", file=sys.stderr)
     print(f"{len(results) - len(failed)}/{len(results)} runs finished; report: "
           f"python -m experiments.report {_WORKDIR.value}")
     if failed:

@@ -51,14 +51,11 @@ def read_json(path, what: str) -> dict:
     try:
         data = json.loads(path.read_bytes().decode())
     except UnicodeDecodeError as e:
-        raise CorruptFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); restore the file or pass "
-                               "another --workdir") from None
+        raise CorruptFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise CorruptFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); restore "
-                               "the file or pass another --workdir") from None
+        raise CorruptFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(data, dict):
-        raise CorruptFileError(f"{path}: not {what} (expected a JSON object, got {type(data).__name__}); restore "
-                               "the file or pass another --workdir")
+        raise CorruptFileError(f"{path}: not {what} (expected a JSON object, got {type(data).__name__})")
     return data
 
 
@@ -153,7 +150,7 @@ class RunDir:
         data = read_json(path, "a run config")
         if not isinstance(data.get("config"), dict) or not isinstance(data.get("environment", {}), dict):
             raise CorruptFileError(f"{path}: not a run config (expected a JSON object with a 'config' object, "
-                                   f"got keys {sorted(data)[:5]}); restore the file or pass another --workdir")
+                                   f"got keys {sorted(data)[:5]})")
         return data
 
     def read_config(self) -> dict | None:
@@ -194,3 +191,33 @@ def read_metrics(path) -> list[dict]:
     """The records of a run's metrics.jsonl."""
     with open(pathlib.Path(path) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+REQUIRED_METRICS = ("round", "test_accuracy", "bytes_cumulative")
+
+
+def read_metrics_checked(path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl, checked: CorruptFileError naming the file and line when a
+    line is not a JSON object with finite REQUIRED_METRICS, or the rounds are not 1, 2, 3, ... (a
+    duplicated or missing round, e.g. two processes writing one file)."""
+    file = pathlib.Path(path) / "metrics.jsonl"
+    records = []
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{file}: line {number}"
+            try:
+                record = json.loads(raw.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise CorruptFileError(f"{where}: not a JSON object ({raw[:40]!r})") from None
+            if not isinstance(record, dict):
+                raise CorruptFileError(f"{where}: not a JSON object ({raw[:40]!r})")
+            bad = [k for k in REQUIRED_METRICS if not isinstance(record.get(k), (int, float))
+                   or isinstance(record.get(k), bool) or not np.isfinite(record[k])]
+            if bad:
+                raise CorruptFileError(f"{where}: {', '.join(bad)} missing or not a finite number")
+            if record["round"] != len(records) + 1:
+                seen = "duplicated" if record["round"] <= len(records) else "unexpected"
+                raise CorruptFileError(f"{where}: {seen} round {record['round']} (expected round "
+                                       f"{len(records) + 1})")
+            records.append(record)
+    return records

@@ -62,7 +62,8 @@ FALLBACK = [
     ("truncated-array-file", lambda w: _truncate(_largest_array_file(w / "checkpoints/3")), "OUT_OF_RANGE"),
     ("deleted-array-file", lambda w: _largest_array_file(w / "checkpoints/3").unlink(), "Error"),
     ("truncated-meta", lambda w: _truncate(w / "checkpoints/3/meta/metadata"), "Error"),
-    ("meta-of-another-step", lambda w: shutil.copy(w / "checkpoints/2/meta/metadata", w / "checkpoints/3/meta/metadata"),
+    ("meta-of-another-step",
+     lambda w: shutil.copy(w / "checkpoints/2/meta/metadata", w / "checkpoints/3/meta/metadata"),
      "CheckpointError: its progress (round 2, 2 metrics records) is not that of step 3"),
 ]
 
@@ -98,7 +99,7 @@ ERRORS = [
     ("both-checkpoints", lambda w: [_truncate(w / f"checkpoints/{s}/meta/metadata") for s in (2, 3)],
      "cannot resume {w}: no checkpoint reads back intact ({w}/checkpoints/3: "),
     ("config-list", _write("config.json", "[]"),
-     "{w}/config.json: not a run config (expected a JSON object, got list); restore the file or pass another"),
+     "{w}/config.json: not a run config (expected a JSON object, got list)"),
     ("config-no-config-key", _write("config.json", '{"environment": {}}'),
      "{w}/config.json: not a run config (expected a JSON object with a 'config' object, got keys ['environment'])"),
     ("config-config-not-object", _write("config.json", '{"config": 3}'),
