@@ -49,12 +49,15 @@ def main(argv):
     from spark_jax.data import DataError
     from spark_jax.experiment import run
     from spark_jax.guard import NonFiniteError
+    from spark_jax.run_io import os_error_line
     from spark_jax.run_lock import LockedError
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
-    except (ValueError, DataError, FileNotFoundError, FileExistsError, NonFiniteError, LockedError) as e:
+    except (ValueError, DataError, FileExistsError, NonFiniteError, LockedError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # the path and the cause: workdir under a file, read-only, disk full, ...
+        sys.exit(f"error: {os_error_line(e)}")
     if summary.get("run_status") == "already finished":
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
               f"accuracy {summary['final_test_accuracy']:.4f}")

@@ -28,7 +28,8 @@ from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parall
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_io import RunDir, config_differences, environment_info, flatten_config, to_jsonable
+from spark_jax.run_io import (RunDir, config_differences, environment_info, flatten_config, to_jsonable,
+                              naming, write_atomic)
 from spark_jax.validation import ConfigError, validate_config
 
 __all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition", "check_resumable"]
@@ -231,8 +232,9 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
     run_dir.create()
     try:
         run_dir.write_config(config.to_dict())
-        (run_dir.path / "partition.txt").write_text(partition.histogram_summary(setup.label_hist) + "\n")
-        partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+        write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
+        with naming(run_dir.path / "label_histogram.png"):
+            partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException:
         # Nothing half-written: a run that failed before its first round leaves no directory.

@@ -1,13 +1,15 @@
 """A run directory: config.json, metrics.jsonl, summary.json (STYLE "Configs").
 
-Files are written atomically (temp file + rename), so a killed run never
-leaves a truncated JSON file; metrics.jsonl is appended one flushed line per
-round, and rewritten atomically (`rewrite_metrics`) when a run resumes from a
+Files are written atomically (temp file + fsync + rename; the temp file is
+removed on failure), so a killed run or a full disk never leaves a truncated
+JSON file; metrics.jsonl is appended one fsynced line per round, cut back to
+its previous end when the append fails, and rewritten atomically (`rewrite_metrics`) when a run resumes from a
 checkpoint, so that it ends at the checkpoint's round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -32,13 +34,52 @@ def to_jsonable(x):
     return x
 
 
-def write_json_atomic(path: pathlib.Path, obj) -> None:
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Re-raises an OSError without a file name (a failed write() or flush()) with `path` as its name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def write_atomic(path, text: str) -> None:
+    """Writes `path` all or nothing: a temp file beside it (mode as open() would give, not mkstemp's
+    0600), fsynced, renamed over it; on any failure the temp file is removed and `path` is untouched."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with naming(path), os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), file_mode())
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+    write_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path and the cause ('/x/metrics.jsonl: No space left on device')."""
+    if e.filename is None:
+        return str(e)
+    other = f" -> {e.filename2}" if e.filename2 is not None else ""
+    return f"{e.filename}{other}: {e.strerror or type(e).__name__}"
 
 
 class CorruptFileError(ValueError):
@@ -171,17 +212,28 @@ class RunDir:
         write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
-            f.flush()
+        """Appends one line, all or nothing: on any failure (disk full, ...) the file is cut back."""
+        line = (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode()
+        path = self.path / "metrics.jsonl"
+        with naming(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: nothing to flush
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(line)
+                    while view:  # a short write (disk nearly full) is followed by the error
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, size)
+                    raise
+            finally:
+                os.close(fd)
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """Replaces metrics.jsonl by `records` atomically (resume: cut back to the checkpoint)."""
-        path = self.path / "metrics.jsonl"
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records)
-        os.replace(tmp, path)
+        write_atomic(self.path / "metrics.jsonl",
+                     "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records))
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.path / "summary.json", summary)

@@ -18,7 +18,7 @@ import pytest
 from experiments.configs import tiny
 from spark_jax import algorithms, checkpoint, experiment
 from spark_jax.guard import NonFiniteError
-from spark_jax.run_io import read_metrics
+from spark_jax.run_io import file_mode, read_metrics
 from tests.faults import assert_nothing_half_written, assert_one_line_error, run_cli, snapshot
 
 ARGS = ["--config=tiny", "--config.rounds=4", "--config.checkpoint_every=1", "--resume"]
@@ -88,6 +88,9 @@ def test_corrupt_newest_checkpoint_is_skipped_and_named(damage, reason, interrup
     assert {f"checkpoints/{k[len('checkpoints_corrupt/'):]}": v for k, v in snapshot(workdir).items()
             if k.startswith("checkpoints_corrupt/")} == kept  # moved aside, not altered
     assert checkpoint.complete_steps(workdir) == [4] and (workdir / "summary.json").exists()
+    # Family 10: files written after the resume get the same mode as the others (not mkstemp's 0600).
+    modes = {str(p.relative_to(workdir)): oct(p.stat().st_mode & 0o777) for p in workdir.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {oct(file_mode())}, modes
 
 
 def _write(name, text):
