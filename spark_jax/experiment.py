@@ -298,14 +298,27 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
 
 def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager):
     """Runs rounds progress.round .. config.rounds - 1, updating `progress`; returns the final state."""
-    cfg = setup.config
-    alg = setup.algorithm
-    # With a mesh: per-round graph arrays replicated.
+    bar = _progress(setup.config, setup.config.rounds, progress.round)  # with a mesh: inputs replicated
+    try:
+        return _round_loop(setup, run_dir, state, progress, manager, bar)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.round + 1, run_dir.path) from None
+
+
+class Interrupted(Exception):
+    """SIGINT during the rounds; the run directory is resumable (`--resume`)."""
+
+    def __init__(self, round_number: int, path):
+        super().__init__(f"interrupted at round {round_number}; {path} is resumable from its last checkpoint")
+        self.round = round_number
+
+
+def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager, bar):
+    cfg, alg = setup.config, setup.algorithm
     place_inputs = (lambda x: x) if setup.mesh is None else lambda x: parallel.replicate(x, setup.mesh)
     round_fn = jax.jit(guarded_round(alg.round), donate_argnums=0)
     evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
     train_key = stream_key(cfg.seed, "train")
-    bar = _progress(cfg, cfg.rounds, progress.round)
     start = time.perf_counter() - progress.wall_time
     counts = jax.device_get(setup.node_data.counts)
     for r in range(progress.round, cfg.rounds):
