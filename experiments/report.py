@@ -28,6 +28,7 @@ import sys
 from absl import app, flags
 
 from spark_jax import report_compare, report_readings, report_tables
+from spark_jax.run_io import os_error_line
 
 _TARGET = flags.DEFINE_float("target", None, "Target aggregated test accuracy for rounds/bytes to target.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default DIR/report).")
@@ -44,20 +45,28 @@ def main(argv):
     if _READINGS.value:
         try:
             written = report_readings.write_results(argv[1], _READINGS.value)
-        except (ValueError, FileNotFoundError) as e:
+        except ValueError as e:
             sys.exit(f"error: {e}")
+        except OSError as e:
+            sys.exit(f"error: {os_error_line(e)}")
         print(f"wrote {written['markdown']}, {len(written['figures'])} figures; run records in {written['data']}")
         return
     compare = functools.partial(report_compare.section, force=_COMPARE.value)
     try:
         report = report_tables.write_report(argv[1], _OUT.value, _TARGET.value, sections=[compare])
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # e.g. a read-only or full --out directory: the path and the cause
+        sys.exit(f"error: {os_error_line(e)}")
     print(report_tables.markdown_table(report["rows"]))
     for section in report["sections"]:
         print("\n" + section["text"])
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} unfinished run(s)")
+    if report["corrupt"]:
+        print(f"skipped {len(report['corrupt'])} corrupt run(s):")
+        for run in report["corrupt"]:
+            print(f"  {run.problem}")
     print(f"target {report['target']:g}; wrote {', '.join(str(p) for p in report['files'].values())}")
 
 

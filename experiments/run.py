@@ -47,13 +47,25 @@ def main(argv):
     workdir = _WORKDIR.value or f"results/{config.name.replace(':', '_')}_{stamp}"
 
     from spark_jax.data import DataError
-    from spark_jax.experiment import run
+    from spark_jax.experiment import Interrupted, run
     from spark_jax.guard import NonFiniteError
+    from spark_jax.run_io import os_error_line
+    from spark_jax.run_lock import LockedError
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
-    except (ValueError, DataError, FileNotFoundError, FileExistsError, NonFiniteError) as e:
+    except Interrupted as e:  # SIGINT during the rounds: the directory is resumable
+        args = " ".join(a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir"))
+        print(f"error: interrupted at round {e.round}; resume with python -m experiments.run {args} "
+              f"--workdir={workdir} --resume", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("error: interrupted before the first round; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, DataError, FileExistsError, NonFiniteError, LockedError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # the path and the cause: workdir under a file, read-only, disk full, ...
+        sys.exit(f"error: {os_error_line(e)}")
     if summary.get("run_status") == "already finished":
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
               f"accuracy {summary['final_test_accuracy']:.4f}")

@@ -66,13 +66,18 @@ def main(argv):
 
     meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": sys.argv[1:]}
     print(f"sweep of {len(grid)} runs in {_WORKDIR.value}", flush=True)
+    from spark_jax.run_io import os_error_line  # pylint: disable=g-import-not-at-top
+    from spark_jax.run_lock import LockedError  # pylint: disable=g-import-not-at-top
+
     try:
         results = sweep_grid.run_sweep(grid, _WORKDIR.value, meta=meta, log=lambda s: print(s, flush=True))
-    except sweep_grid.SweepError as e:
+    except (sweep_grid.SweepError, LockedError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # the sweep directory itself: under a file, read-only, disk full
+        sys.exit(f"error: {os_error_line(e)}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        print(f"\n--- {r.spec.name} failed ---\n{r.traceback}", file=sys.stderr)
+        print(f"\n--- {r.spec.name} failed ---\n{r.traceback or r.error}", file=sys.stderr)
     print(f"{len(results) - len(failed)}/{len(results)} runs finished; report: "
           f"python -m experiments.report {_WORKDIR.value}")
     if failed:

@@ -22,18 +22,36 @@ Atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
 looks complete; temp directories are removed when a manager opens the
 directory. Saves are synchronous (the next round donates the state's buffers)
 and the last `keep` steps are kept.
+
+Verified on restore (`restore_intact`): a step whose files do not read back
+(truncated or deleted array files, a truncated meta/metadata), whose arrays
+are not finite or whose progress does not match its step is skipped with a
+warning naming it, and moved to RUN_DIR/checkpoints_corrupt/<step> (kept for
+inspection, out of orbax's way); the newest intact step is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import os
 import pathlib
+import re
+import shutil
 from typing import Any
 
 import jax
+import numpy as np
+from absl import logging
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
 KEEP = 2
+
+
+class CheckpointError(ValueError):
+    """No complete checkpoint of a run reads back intact; the message names each one and why."""
 
 
 @dataclasses.dataclass
@@ -90,9 +108,21 @@ def save(manager, state, progress: Progress) -> None:
     """Writes checkpoint step = progress.round (atomically; returns when it is complete)."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave(progress.to_json())), force=True)
-    manager.wait_until_finished()
+    step_dir = pathlib.Path(manager.directory) / str(progress.round)
+    try:
+        with _quiet_orbax():
+            manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                 meta=ocp.args.JsonSave(progress.to_json())),
+                         force=True)
+            manager.wait_until_finished()
+    except Exception as e:  # e.g. disk full: one OSError naming the step; no temp directory left behind
+        for tmp in step_dir.parent.glob(f"{step_dir.name}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is not None:
+            raise
+        code = getattr(e, "errno", None) or _os_error_code(e)
+        cause = os.strerror(code) if code else f"checkpoint not written ({_reason(e)})"
+        raise OSError(code or errno.EIO, cause, str(step_dir)) from e
 
 
 def restore(run_dir, step: int, like: Any = None) -> tuple[Any, Progress]:
@@ -116,3 +146,99 @@ def keep_only_latest(manager) -> None:
     steps = sorted(manager.all_steps())
     for step in steps[:-1]:
         manager.delete(step)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs the traceback of every failing reader/writer thread; we raise (or report) one error."""
+    _quiet_closed_loop_callbacks()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed read or write, tensorstore still calls back into orbax's closed event loops from
+    its threads, and Python prints each 'Event loop is closed' RuntimeError; those are echoes of the
+    one error we raise, so they are dropped (installed once; every other exception still reaches the
+    previous hooks)."""
+    import sys  # pylint: disable=g-import-not-at-top
+
+    if getattr(sys.excepthook, "_spark_jax_quiet", False):
+        return
+    previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def echo(value) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+    def hook(kind, value, tb):
+        if not echo(value):
+            previous(kind, value, tb)
+
+    def unraisable(info):
+        if not echo(info.exc_value):
+            previous_unraisable(info)
+
+    hook._spark_jax_quiet = True
+    sys.excepthook, sys.unraisablehook = hook, unraisable
+
+
+def _os_error_code(e: BaseException) -> int | None:
+    """The errno tensorstore reports inside an orbax error ("... [os_error_code='28']"), if any."""
+    while e is not None:
+        found = re.search(r"os_error_code='(\d+)'", str(e))
+        if found:
+            return int(found.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+    """One line: the root cause of `e` (orbax wraps tensorstore's error, which names the file)."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
+
+
+def verify(state, progress: Progress, step: int) -> None:
+    """Raises CheckpointError unless `progress` is that of `step` and every array of `state` is finite."""
+    rounds = [r.get("round") if isinstance(r, dict) else None for r in progress.history]
+    if progress.round != step or rounds != list(range(1, step + 1)):
+        raise CheckpointError(f"its progress (round {progress.round}, {len(rounds)} metrics records) is not "
+                              f"that of step {step}")
+    if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)):
+        raise CheckpointError("its state holds NaN/Inf")
+
+
+def restore_intact(run_dir, like: Any = None) -> tuple[Any, Progress] | None:
+    """(state, progress) of the newest checkpoint that reads back intact (`verify`); None if there is none.
+
+    Corrupt newer steps are moved to RUN_DIR/checkpoints_corrupt/<step>, with a
+    warning naming each; CheckpointError (naming every step and its fault)
+    when checkpoints exist but none is intact, and then nothing is moved.
+    """
+    skipped = []
+    for step in reversed(complete_steps(run_dir)):
+        try:
+            with _quiet_orbax():
+                state, progress = restore(run_dir, step, like)
+            verify(state, progress, step)
+        except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+            skipped.append((step, _reason(e)))
+            continue
+        for bad, reason in skipped:
+            moved = pathlib.Path(run_dir) / CORRUPT_DIR / str(bad)
+            moved.parent.mkdir(exist_ok=True)
+            shutil.move(str(checkpoint_dir(run_dir) / str(bad)), str(moved))
+            logging.warning("skipping the corrupt checkpoint %s (%s); moved to %s; resuming from the checkpoint "
+                            "of round %d", checkpoint_dir(run_dir) / str(bad), reason, moved, step)
+        return state, progress
+    if skipped:
+        listed = "; ".join(f"{checkpoint_dir(run_dir) / str(s)}: {r}" for s, r in skipped)
+        raise CheckpointError(f"cannot resume {run_dir}: no checkpoint reads back intact ({listed}); remove "
+                              f"{checkpoint_dir(run_dir)} to restart the run from round 0")
+    return None

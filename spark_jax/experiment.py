@@ -24,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, topology
+from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, run_lock, topology
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_io import RunDir, config_differences, environment_info, flatten_config, to_jsonable
+from spark_jax.run_io import (RunDir, config_differences, environment_info, flatten_config, to_jsonable,
+                              naming, write_atomic)
 from spark_jax.validation import ConfigError, validate_config
 
 __all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition", "check_resumable"]
@@ -206,10 +207,17 @@ def run(config, workdir, resume: bool = False) -> dict:
     (summary.json) is not run again: its summary comes back with
     'run_status': 'already finished'. A `workdir` that does not exist or is
     empty starts a new run. The returned summary's 'run_status' is 'ran',
-    'resumed' or 'already finished'.
+    'resumed' or 'already finished'. The run holds the lock of `workdir`
+    (`spark_jax.run_lock`) throughout: a second process on it gets
+    `run_lock.LockedError` naming this one's pid.
     """
     validate_config(config, algorithms.available())
     run_dir = RunDir(workdir)
+    with run_lock.hold(run_dir.path):  # one process per run directory (LockedError names the holder)
+        return _run_locked(config, run_dir, resume)
+
+
+def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
     resuming = resume and run_dir.exists()
     if resuming:
         check_resumable(config, run_dir)
@@ -224,8 +232,9 @@ def run(config, workdir, resume: bool = False) -> dict:
     run_dir.create()
     try:
         run_dir.write_config(config.to_dict())
-        (run_dir.path / "partition.txt").write_text(partition.histogram_summary(setup.label_hist) + "\n")
-        partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+        write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
+        with naming(run_dir.path / "label_histogram.png"):
+            partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException:
         # Nothing half-written: a run that failed before its first round leaves no directory.
@@ -252,9 +261,9 @@ def _start(setup: Setup, run_dir: RunDir, resume: bool):
         state = parallel.shard_nodes(state, setup.mesh)
     progress = checkpoint.Progress()
     if resume:
-        step = checkpoint.latest_step(run_dir.path)
-        if step is not None:
-            state, progress = checkpoint.restore(run_dir.path, step, like=state)
+        restored = checkpoint.restore_intact(run_dir.path, like=state)  # corrupt steps skipped, named
+        if restored is not None:
+            state, progress = restored
         run_dir.rewrite_metrics(progress.history)
         logging.warning("resuming %s at round %d of %d", run_dir.path, progress.round, cfg.rounds)
     return state, progress
@@ -289,14 +298,27 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
 
 def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager):
     """Runs rounds progress.round .. config.rounds - 1, updating `progress`; returns the final state."""
-    cfg = setup.config
-    alg = setup.algorithm
-    # With a mesh: per-round graph arrays replicated.
+    bar = _progress(setup.config, setup.config.rounds, progress.round)  # with a mesh: inputs replicated
+    try:
+        return _round_loop(setup, run_dir, state, progress, manager, bar)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.round + 1, run_dir.path) from None
+
+
+class Interrupted(Exception):
+    """SIGINT during the rounds; the run directory is resumable (`--resume`)."""
+
+    def __init__(self, round_number: int, path):
+        super().__init__(f"interrupted at round {round_number}; {path} is resumable from its last checkpoint")
+        self.round = round_number
+
+
+def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager, bar):
+    cfg, alg = setup.config, setup.algorithm
     place_inputs = (lambda x: x) if setup.mesh is None else lambda x: parallel.replicate(x, setup.mesh)
     round_fn = jax.jit(guarded_round(alg.round), donate_argnums=0)
     evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
     train_key = stream_key(cfg.seed, "train")
-    bar = _progress(cfg, cfg.rounds, progress.round)
     start = time.perf_counter() - progress.wall_time
     counts = jax.device_get(setup.node_data.counts)
     for r in range(progress.round, cfg.rounds):
@@ -319,8 +341,13 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
         record = {"round": r + 1, **ev, **alg_metrics, **messages, "weight_bytes": weights_sent,
                   "bytes_round": sent, "bytes_cumulative": progress.bytes_cumulative,
                   "round_time": time.perf_counter() - t0, "wall_time": time.perf_counter() - start}
+        record = to_jsonable(record)
+        try:
+            guard.check_record(record, r + 1)  # every value the round writes, before it is committed
+        except guard.NonFiniteError as e:
+            raise guard.NonFiniteError(f"{e}; {_where_kept(run_dir, progress)}") from None
         run_dir.append_metrics(record)
-        progress.history.append(to_jsonable(record))
+        progress.history.append(record)
         progress.round = r + 1
         progress.wall_time = time.perf_counter() - start
         if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):

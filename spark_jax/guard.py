@@ -13,6 +13,9 @@ phase, True where node i's values were all finite:
 `check` names the first phase (in that order) that failed, so a NaN is traced
 to where it was born rather than to the neighbours mixing spread it to. The
 flags are stripped from the metrics before they are written (`split_flags`).
+`check_record` then checks every number the round would write (its
+metrics.jsonl line: losses, consensus distance, accuracies, byte counts), so
+no round with a NaN/Inf anywhere is committed.
 """
 
 from __future__ import annotations
@@ -60,3 +63,22 @@ def check(flags: dict, round_number: int, max_nodes: int = 5) -> None:
             shown = ", ".join(map(str, bad[:max_nodes])) + (", ..." if len(bad) > max_nodes else "")
             raise NonFiniteError(f"round {round_number}: non-finite {phase} at node(s) {shown} "
                                  f"({len(bad)} of {flags[key].size} nodes)")
+
+
+def nonfinite_values(record, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every non-finite number in a (nested) JSON-able record."""
+    if isinstance(record, dict):
+        return [bad for k, v in record.items() for bad in nonfinite_values(v, f"{prefix}{k}.")]
+    if isinstance(record, (list, tuple)):
+        return [bad for i, v in enumerate(record) for bad in nonfinite_values(v, f"{prefix}{i}.")]
+    if isinstance(record, (float, np.floating)) and not np.isfinite(record):
+        return [(prefix.rstrip("."), float(record))]
+    return []
+
+
+def check_record(record: dict, round_number: int, max_values: int = 5) -> None:
+    """Raises NonFiniteError naming the round and the metrics when any value of `record` is NaN/Inf."""
+    bad = nonfinite_values(record)
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad[:max_values]) + (", ..." if len(bad) > max_values else "")
+        raise NonFiniteError(f"round {round_number}: non-finite metrics ({shown})")

@@ -51,15 +51,22 @@ def load_cells(root) -> list[Cell]:
     root = pathlib.Path(root)
     cells: dict[tuple[str, float], Cell] = {}
     for sweep_file in sorted(root.rglob("sweep.json")):
-        sweep = json.loads(sweep_file.read_text())
-        for entry in sweep["runs"]:
+        try:
+            entries = json.loads(sweep_file.read_text())["runs"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{sweep_file}: not a sweep record ({type(e).__name__}: {e})") from e
+        for entry in entries:
             key = parse_setting(entry["setting"])
             if key is None:
                 continue
             cell = cells.setdefault(key, Cell(*key, runs=[], failed=[], unfinished=[]))
             run_dir = sweep_file.parent / entry["run_dir"]
             if (run_dir / "summary.json").is_file():
-                cell.runs.append(report_tables.load_run(run_dir))
+                run = report_tables.load_run(run_dir)
+                if run.problem:  # damaged records: reported as failed, never averaged in
+                    cell.failed.append((entry["seed"], f"damaged run records: {run.problem}"))
+                else:
+                    cell.runs.append(run)
             elif entry.get("status") == "failed":
                 cell.failed.append((entry["seed"], str(entry.get("error") or "unknown error").splitlines()[0]))
             else:

@@ -1,7 +1,10 @@
 """Reports regenerated from run directories: tables over seeds and accuracy curves.
 
 `python -m experiments.report DIR` is a thin wrapper around `write_report`.
-Any directory holding config.json and metrics.jsonl below DIR is a run. Runs
+Any directory holding config.json and metrics.jsonl below DIR is a run. A run
+whose config.json, metrics.jsonl (bad lines, duplicated or missing rounds) or
+summary.json does not read back is left out of every table and listed with
+the file and the fault ('corrupt'); it never makes a setting of its own. Runs
 are grouped into settings by their flattened configs with the seed (and
 `IGNORED` keys, which say how a run ran, not what it computed) left out; a
 setting's label lists the keys whose values differ between runs. Rounds and
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_jax.run_io import IGNORED_IN_RESUME_CHECK, flatten
+from spark_jax.run_io import IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, flatten, read_metrics_checked
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
 _MISSING = "<missing>"
@@ -28,9 +31,10 @@ _MISSING = "<missing>"
 @dataclasses.dataclass
 class Run:
     path: pathlib.Path
-    config: dict[str, Any] | None  # flattened, tuples for lists; None if config.json is unreadable
+    config: dict[str, Any] | None  # flattened, tuples for lists; None when the run is corrupt
     records: list[dict]
     complete: bool  # summary.json present
+    problem: str | None = None  # the damaged file and its fault; such a run is in no table
 
     @property
     def seed(self):
@@ -51,13 +55,15 @@ def find_run_dirs(root) -> list[pathlib.Path]:
 
 
 def load_run(path) -> Run:
+    """The run in `path`; a damaged config.json, metrics.jsonl or summary.json sets `problem` (named)."""
     path = pathlib.Path(path)
+    run_dir = RunDir(path)
     try:
-        config = flatten(json.loads((path / "config.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError):
-        config = None
-    with open(path / "metrics.jsonl") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        config = flatten(run_dir.read_config())
+        records = read_metrics_checked(path)
+        run_dir.read_summary()
+    except (CorruptFileError, OSError) as e:
+        return Run(path, None, [], False, problem=str(e))
     return Run(path, config, records, (path / "summary.json").exists())
 
 
@@ -92,26 +98,17 @@ def sweep_setting_names(root) -> dict[str, str]:
 
 
 def group_settings(runs: list[Run], root=None) -> list[Setting]:
-    """Runs grouped by the config keys that differ between them (seed excluded), in value order.
-
-    A run without a readable config is grouped by its parent directory's name
-    (the setting directory of a sweep).
-    """
-    configs = [r.config for r in runs if r.config is not None]
+    """Runs (with readable configs) grouped by the config keys that differ between them (seed
+    excluded), in value order."""
+    configs = [r.config for r in runs]
     keys = sorted(set().union(*configs)) if configs else []
     varying = [k for k in keys if k not in IGNORED
                and len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
     groups: dict[tuple, Setting] = {}
     for run in runs:
-        if run.config is None:
-            where = _relative(run.path.parent, root) if root else run.path.parent.name
-            key = ("dir", str(where))
-            values = {"directory": str(where)}
-            label = str(where)
-        else:
-            values = {k: run.config.get(k, _MISSING) for k in varying}
-            key = ("config",) + tuple(repr(v) for v in values.values())
-            label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
+        values = {k: run.config.get(k, _MISSING) for k in varying}
+        key = tuple(repr(v) for v in values.values())
+        label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
         groups.setdefault(key, Setting(label, values, [])).runs.append(run)
     names = sweep_setting_names(root) if root else {}
     for setting in groups.values():
@@ -252,10 +249,13 @@ def write_report(root, out=None, target: float | None = None, sections=()) -> di
     root = pathlib.Path(root)
     out = pathlib.Path(out) if out else root / "report"
     all_runs = [load_run(p) for p in find_run_dirs(root)]
-    runs = [r for r in all_runs if r.complete and r.records]
-    skipped = [r for r in all_runs if not (r.complete and r.records)]
+    corrupt = [r for r in all_runs if r.problem]
+    runs = [r for r in all_runs if r.complete and r.records and not r.problem]
+    skipped = [r for r in all_runs if not (r.complete and r.records) and not r.problem]
     if not runs:
-        raise ValueError(f"no finished run directories (config.json + metrics.jsonl + summary.json) under {root}")
+        listed = f" ({len(corrupt)} corrupt: {'; '.join(r.problem for r in corrupt)})" if corrupt else ""
+        raise ValueError(f"no finished run directories (config.json + metrics.jsonl + summary.json) under "
+                         f"{root}{listed}")
     target = default_target(runs) if target is None else target
     settings = group_settings(runs, root)
     rows = summarize(settings, target)
@@ -269,12 +269,12 @@ def write_report(root, out=None, target: float | None = None, sections=()) -> di
     for x in extra:
         files.update(x["files"])
     files["md"].write_text(markdown_report(root, settings, rows, target, skipped, files,
-                                           [x["markdown"] for x in extra]))
-    return {"rows": rows, "settings": settings, "skipped": skipped, "target": target, "files": files,
-            "sections": extra}
+                                           [x["markdown"] for x in extra], corrupt))
+    return {"rows": rows, "settings": settings, "skipped": skipped, "corrupt": corrupt, "target": target,
+            "files": files, "sections": extra}
 
 
-def markdown_report(root, settings, rows, target, skipped, files, sections=()) -> str:
+def markdown_report(root, settings, rows, target, skipped, files, sections=(), corrupt=()) -> str:
     runs = sum(len(s.runs) for s in settings)
     parts = [f"# Report: {root}", "",
              f"{runs} finished runs in {len(settings)} settings; target aggregated test accuracy {target:g}. "
@@ -292,4 +292,6 @@ def markdown_report(root, settings, rows, target, skipped, files, sections=()) -
     if skipped:
         parts += ["", f"Skipped {len(skipped)} unfinished run(s) (no summary.json): "
                   + ", ".join(_relative(r.path, root) for r in skipped)]
+    if corrupt:
+        parts += ["", f"Skipped {len(corrupt)} corrupt run(s):", ""] + [f"- {r.problem}" for r in corrupt]
     return "\n".join(parts) + "\n"

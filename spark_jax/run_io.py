@@ -1,13 +1,15 @@
 """A run directory: config.json, metrics.jsonl, summary.json (STYLE "Configs").
 
-Files are written atomically (temp file + rename), so a killed run never
-leaves a truncated JSON file; metrics.jsonl is appended one flushed line per
-round, and rewritten atomically (`rewrite_metrics`) when a run resumes from a
+Files are written atomically (temp file + fsync + rename; the temp file is
+removed on failure), so a killed run or a full disk never leaves a truncated
+JSON file; metrics.jsonl is appended one fsynced line per round, cut back to
+its previous end when the append fails, and rewritten atomically (`rewrite_metrics`) when a run resumes from a
 checkpoint, so that it ends at the checkpoint's round.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -16,6 +18,8 @@ import tempfile
 
 import jax
 import numpy as np
+
+from spark_jax.run_lock import LOCK_NAME
 
 
 def to_jsonable(x):
@@ -30,13 +34,70 @@ def to_jsonable(x):
     return x
 
 
-def write_json_atomic(path: pathlib.Path, obj) -> None:
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Re-raises an OSError without a file name (a failed write() or flush()) with `path` as its name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def write_atomic(path, text: str) -> None:
+    """Writes `path` all or nothing: a temp file beside it (mode as open() would give, not mkstemp's
+    0600), fsynced, renamed over it; on any failure the temp file is removed and `path` is untouched."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with naming(path), os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), file_mode())
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+    write_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path and the cause ('/x/metrics.jsonl: No space left on device')."""
+    if e.filename is None:
+        return str(e)
+    other = f" -> {e.filename2}" if e.filename2 is not None else ""
+    return f"{e.filename}{other}: {e.strerror or type(e).__name__}"
+
+
+class CorruptFileError(ValueError):
+    """A run file that does not parse or has the wrong shape; the message names the file."""
+
+
+def read_json(path, what: str) -> dict:
+    """The JSON object in `path`; CorruptFileError naming the file (and line) when it is not one."""
+    path = pathlib.Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode())
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path}: not {what} (expected a JSON object, got {type(data).__name__})")
+    return data
 
 
 # jax.config values that change what a run computes (bits), recorded in config.json.
@@ -114,8 +175,8 @@ class RunDir:
         self.path = pathlib.Path(path)
 
     def exists(self) -> bool:
-        """True when the directory exists and is not empty."""
-        return self.path.is_dir() and any(self.path.iterdir())
+        """True when the directory exists and holds anything besides its lock file (`run_lock`)."""
+        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
 
     def create(self) -> None:
         if self.exists():
@@ -123,35 +184,56 @@ class RunDir:
                                   "continue its run from the last checkpoint, another --workdir, or remove it")
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def read_config(self) -> dict | None:
-        """The config dict of config.json, or None when there is none."""
+    def _config_json(self) -> dict | None:
         path = self.path / "config.json"
-        return json.loads(path.read_text())["config"] if path.exists() else None
+        if not path.exists():
+            return None
+        data = read_json(path, "a run config")
+        if not isinstance(data.get("config"), dict) or not isinstance(data.get("environment", {}), dict):
+            raise CorruptFileError(f"{path}: not a run config (expected a JSON object with a 'config' object, "
+                                   f"got keys {sorted(data)[:5]})")
+        return data
+
+    def read_config(self) -> dict | None:
+        """The config dict of config.json, or None when there is none (CorruptFileError naming it if damaged)."""
+        data = self._config_json()
+        return None if data is None else data["config"]
 
     def read_environment(self) -> dict:
         """The environment recorded in config.json ({} when there is none)."""
-        path = self.path / "config.json"
-        return json.loads(path.read_text()).get("environment", {}) if path.exists() else {}
+        data = self._config_json()
+        return {} if data is None else data.get("environment", {})
 
     def read_summary(self) -> dict | None:
         path = self.path / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, "a run summary") if path.exists() else None
 
     def write_config(self, config_dict: dict) -> None:
         write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
-            f.flush()
+        """Appends one line, all or nothing: on any failure (disk full, ...) the file is cut back."""
+        line = (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode()
+        path = self.path / "metrics.jsonl"
+        with naming(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: nothing to flush
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(line)
+                    while view:  # a short write (disk nearly full) is followed by the error
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, size)
+                    raise
+            finally:
+                os.close(fd)
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """Replaces metrics.jsonl by `records` atomically (resume: cut back to the checkpoint)."""
-        path = self.path / "metrics.jsonl"
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records)
-        os.replace(tmp, path)
+        write_atomic(self.path / "metrics.jsonl",
+                     "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records))
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.path / "summary.json", summary)
@@ -161,3 +243,33 @@ def read_metrics(path) -> list[dict]:
     """The records of a run's metrics.jsonl."""
     with open(pathlib.Path(path) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+REQUIRED_METRICS = ("round", "test_accuracy", "bytes_cumulative")
+
+
+def read_metrics_checked(path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl, checked: CorruptFileError naming the file and line when a
+    line is not a JSON object with finite REQUIRED_METRICS, or the rounds are not 1, 2, 3, ... (a
+    duplicated or missing round, e.g. two processes writing one file)."""
+    file = pathlib.Path(path) / "metrics.jsonl"
+    records = []
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{file}: line {number}"
+            try:
+                record = json.loads(raw.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise CorruptFileError(f"{where}: not a JSON object ({raw[:40]!r})") from None
+            if not isinstance(record, dict):
+                raise CorruptFileError(f"{where}: not a JSON object ({raw[:40]!r})")
+            bad = [k for k in REQUIRED_METRICS if not isinstance(record.get(k), (int, float))
+                   or isinstance(record.get(k), bool) or not np.isfinite(record[k])]
+            if bad:
+                raise CorruptFileError(f"{where}: {', '.join(bad)} missing or not a finite number")
+            if record["round"] != len(records) + 1:
+                seen = "duplicated" if record["round"] <= len(records) else "unexpected"
+                raise CorruptFileError(f"{where}: {seen} round {record['round']} (expected round "
+                                       f"{len(records) + 1})")
+            records.append(record)
+    return records

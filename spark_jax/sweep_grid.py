@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import pathlib
 import re
 import shutil
@@ -35,8 +34,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from spark_jax import checkpoint
-from spark_jax.run_io import config_differences, write_json_atomic
+from spark_jax import checkpoint, run_lock
+from spark_jax.run_io import CorruptFileError, RunDir, config_differences, write_json_atomic
 from spark_jax.sweep_presets import PRESETS, Preset
 
 
@@ -263,13 +262,12 @@ def check_resumable(grid: list[RunSpec], sweep_dir) -> None:
     """SweepError if an existing run directory holds a run of a different config."""
     problems = []
     for spec in grid:
-        path = pathlib.Path(sweep_dir) / spec.name / "config.json"
-        if not path.exists():
-            continue
         try:
-            old = json.loads(path.read_text())["config"]
-        except (ValueError, KeyError):
-            continue  # unreadable: an interrupted run, re-run
+            old = RunDir(pathlib.Path(sweep_dir) / spec.name).read_config()
+        except CorruptFileError:
+            continue  # named when the run itself is tried (resumed: fails, named; no checkpoint: redone)
+        if old is None:
+            continue
         diff = config_differences(old, spec.config.to_dict())
         if diff:
             problems.append(f"{spec.name} (differs in {', '.join(diff[:5])})")
@@ -307,13 +305,18 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
     skipped; an interrupted one (a directory without it) with a complete
     checkpoint is resumed (`runner(..., resume=True)`); without one, its
     directory is removed and the run redone. sweep.json is rewritten after
-    every run.
+    every run. The sweep holds the lock of `sweep_dir` (`spark_jax.run_lock`)
+    throughout; each run also locks its own directory.
     """
     if runner is None:
         from spark_jax.experiment import run as runner  # pylint: disable=g-import-not-at-top
     sweep_dir = pathlib.Path(sweep_dir)
+    with run_lock.hold(sweep_dir):  # one sweep per directory (LockedError names the holder's pid)
+        return _run_sweep_locked(grid, sweep_dir, runner, meta, log)
+
+
+def _run_sweep_locked(grid, sweep_dir: pathlib.Path, runner, meta, log) -> list[RunResult]:
     check_resumable(grid, sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, RunResult] = {}
     write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
     width = len(str(len(grid)))
@@ -322,8 +325,10 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
         state = run_state(run_dir)
         start = time.perf_counter()
         if state == "done":
-            summary = json.loads((run_dir / "summary.json").read_text())
-            res = RunResult(spec, "done", _final_accuracy(summary))
+            try:
+                res = RunResult(spec, "done", _final_accuracy(RunDir(run_dir).read_summary()))
+            except CorruptFileError as e:  # reported, counted as failed; the sweep goes on
+                res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}")
         else:
             resume = state == "interrupted" and checkpoint.latest_step(run_dir) is not None
             if state == "interrupted" and not resume:

@@ -153,3 +153,15 @@ def test_paired_effects_at_stage_ends(study):
     # records 2, 4, 6 of v1 (.50 .70 .83 | .52 .72 .81) minus v2 (.80 .86 .88 | .81 .86 .89)
     assert seeds == [0, 1] and diffs == pytest.approx([-0.295, -0.15, -0.065])
     assert readings_stats.paired_effect(cells["spark_v1"], cells["spark_v1_own_exact"]) is None
+
+
+def test_a_damaged_run_is_reported_as_failed_never_averaged(study):
+    bad = study / "part" / "spark_v2,alpha=0.1" / "seed1" / "metrics.jsonl"
+    bad.write_text(bad.read_text()[:-40])  # the last line cut mid-record
+    cell = next(c for c in readings_stats.load_cells(study) if c.reading == "spark_v2")
+    assert [r.seed for r in cell.runs] == [0]
+    assert cell.failed and cell.failed[0][0] == 1 and "damaged run records" in cell.failed[0][1]
+    assert "metrics.jsonl" in cell.failed[0][1]
+    (study / "part" / "sweep.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="sweep.json: not a sweep record"):
+        readings_stats.load_cells(study)

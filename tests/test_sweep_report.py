@@ -299,10 +299,12 @@ def test_report_on_synthetic_runs(config, tmp_path):
 
 def test_report_labels_and_fallbacks(config, tmp_path):
     write_synthetic_runs(tmp_path, config)
-    (tmp_path / "group2" / "seed0" / "config.json").write_text("{}")  # unreadable -> directory name
+    (tmp_path / "group2" / "seed0" / "config.json").write_text("{}")  # corrupt: left out, named (issue 16)
     runs = [r for r in map(report_tables.load_run, report_tables.find_run_dirs(tmp_path)) if r.complete]
     labels = sorted(s.label for s in report_tables.group_settings(runs, tmp_path))
-    assert labels == ["dfedavg.local_epochs=1", "dfedavg.local_epochs=2", "group2"]
+    assert labels == ["dfedavg.local_epochs=1", "dfedavg.local_epochs=2"]
+    assert report_tables.load_run(tmp_path / "group2" / "seed0").problem.endswith(
+        "config.json: not a run config (expected a JSON object with a 'config' object, got keys [])")
     assert report_tables.format_bytes(1.5e9) == "1.50 GB" and report_tables.format_bytes(2.5e6) == "2.50 MB"
     assert report_tables.default_target(runs) == config.eval.target_accuracy
 
