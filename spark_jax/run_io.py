@@ -69,6 +69,7 @@ def environment_info() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
         "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
@@ -108,20 +109,31 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 class RunDir:
-    """Owns one run directory; create it only after every input is validated."""
+    """Owns one run directory; create it only after every input is validated.
 
-    def __init__(self, path):
+    writer=False (every process but process 0 of a multi-process run): reads
+    as usual, but creates and writes nothing (`spark_jax.distributed`).
+    """
+
+    def __init__(self, path, writer: bool = True):
         self.path = pathlib.Path(path)
+        self.writer = writer
 
     def exists(self) -> bool:
         """True when the directory exists and is not empty."""
         return self.path.is_dir() and any(self.path.iterdir())
 
     def create(self) -> None:
+        if not self.writer:  # process 0 creates it (the others may already see it made)
+            return
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def check_new(self) -> None:
+        """FileExistsError when the directory exists and is not empty."""
         if self.exists():
             raise FileExistsError(f"workdir {self.path} already exists and is not empty; pass --resume to "
                                   "continue its run from the last checkpoint, another --workdir, or remove it")
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def read_config(self) -> dict | None:
         """The config dict of config.json, or None when there is none."""
@@ -138,15 +150,20 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else None
 
     def write_config(self, config_dict: dict) -> None:
-        write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
+        if self.writer:
+            write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
 
     def append_metrics(self, record: dict) -> None:
+        if not self.writer:
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
             f.flush()
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """Replaces metrics.jsonl by `records` atomically (resume: cut back to the checkpoint)."""
+        if not self.writer:
+            return
         path = self.path / "metrics.jsonl"
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.")
         with os.fdopen(fd, "w") as f:
@@ -154,7 +171,8 @@ class RunDir:
         os.replace(tmp, path)
 
     def write_summary(self, summary: dict) -> None:
-        write_json_atomic(self.path / "summary.json", summary)
+        if self.writer:
+            write_json_atomic(self.path / "summary.json", summary)
 
 
 def read_metrics(path) -> list[dict]:
