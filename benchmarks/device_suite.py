@@ -44,7 +44,7 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.device_suite", description=__doc__.split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (< 2 min)")
-    p.add_argument("--budget_s", type=float, default=None, help="time budget (default 480 s; 110 s dry run)")
+    p.add_argument("--budget_s", type=float, default=None, help="time budget (default 480 s; 170 s dry run)")
     p.add_argument("--data_dir", default=None, help="Fashion-MNIST IDX folder (default: $SPARK_JAX_DATA_DIR, "
                    "data/ in the checkout, ../shared/data, the first that holds them)")
     return p.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
               "(scripts/prepare_gpu_carry.sh) or pass --data_dir", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out_dir)
-    budget = args.budget_s or (110.0 if args.dry_run else 480.0)
+    budget = args.budget_s or (170.0 if args.dry_run else 480.0)
     env = dict(os.environ, SPARK_JAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_MEM_FRACTION=".9",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     if args.dry_run:

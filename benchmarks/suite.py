@@ -27,7 +27,7 @@ REQUIRED_MODULES = ("jax", "flax", "optax", "chex", "orbax.checkpoint", "absl", 
                     "scipy", "matplotlib", "tqdm", "pytest")
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")
-# Tiny sizes for --dry-run (CPU): an MLP with 8 hidden units, 8 nodes of 40 samples, 2 rounds.
+# Tiny sizes for --dry-run (CPU): an MLP with 8 hidden units, 8 nodes of 40 samples, 1 round.
 TINY = ["--config=tiny", "--config.model.hidden=(8,)", "--config.ntk.taus=(10,20)", "--config.sketch.k=16",
         "--config.topology.kind=regular", "--config.topology.degree=3", "--config.ntk.node_chunk=4"]
 
@@ -54,11 +54,11 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
     study = str(work / "study")
     if dry_run:
         ntk, spark, slice_ = ([*TINY, "--config.algorithm=ntk_dfl"], [*TINY, "--config.algorithm=spark"],
-                              [*TINY, "--config.algorithm=spark", "--config.rounds=2"])
+                              [*TINY, "--config.algorithm=spark", "--config.rounds=1"])
         tests = ["pytest", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider",
                  "-k", "test_vmap_over_nodes_equals_loop or test_sequential_node_batching_equals_vectorized",
                  "tests/test_ntk_vmap.py", "tests/test_ntk_evolution.py"]
-        repeats, gemm, caps = "--repeats=1", "--n=256", dict(tests=60, bench=60, study=90, report=30, extra=40)
+        repeats, gemm, caps = "--repeats=0", "--n=256", dict(tests=60, bench=60, study=90, report=30, extra=40)
         extras = [("ntk_dfl node_chunk=2", "benchmarks.round", [*ntk, "--config.ntk.node_chunk=2", "--nofused"])]
     else:
         ntk, spark = ["--config=fmnist_ntk_dfl"], ["--config=fmnist_regular"]
@@ -82,7 +82,8 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
         Step("study report", ["experiments.report", study], caps["report"], "study"),
     ]
     # The sweep (precision cost, node_chunk, batching): one timed run each, while the budget lasts.
-    steps += [Step(name, [module, *argv, "--repeats=1"], caps["extra"], "benchmarks") for name, module, argv in extras]
+    steps += [Step(name, [module, *argv, "--repeats=0" if dry_run else "--repeats=1"], caps["extra"], "benchmarks")
+              for name, module, argv in extras]
     return steps
 
 
