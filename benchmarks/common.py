@@ -38,10 +38,14 @@ def timed_compiled(fn, *args, repeats: int):
     return t, compile_s, out
 
 
-def matmul_throughput(n: int, repeats: int = 3) -> float:
-    """Measured float32 GEMM FLOP/s of an [n, n] x [n, n] product (the machine's practical limit)."""
+def matmul_throughput(n: int, repeats: int = 3, precision: str | None = None) -> float:
+    """Measured float32 GEMM FLOP/s of an [n, n] x [n, n] product (the machine's practical limit).
+
+    precision: None = the current default (`jax.default_matmul_precision`),
+    else 'float32', 'tensorfloat32', 'bfloat16' (operands stay float32).
+    """
     a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
-    f = jax.jit(lambda x, y: x @ y)
+    f = jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision=precision))
     t, _, _ = timed(f, a, a, repeats=max(repeats, 1))
     return 2 * n**3 / t
 

@@ -8,6 +8,15 @@ its last checkpoint (same command, same config):
 
   python -m experiments.run --config=fmnist_ring:small --workdir=results/a --resume
 
+Several processes (hosts), each started with the same command plus its
+place in the run (or the environment variables JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID; `--distributed` alone under Slurm / Open
+MPI): the node axis spans every process's devices, process 0 writes the run
+directory (on a filesystem all of them share, for the checkpoints):
+
+  python -m experiments.run --config=tiny --workdir=results/t \
+      --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0   # and =1 on the other host
+
 Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
 input, a config that differs from the resumed run's, or a NaN/Inf (the round,
 nodes and phase named; checkpoints and metrics of the good rounds are kept).
@@ -28,6 +37,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NA
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default results/<name>_<timestamp>).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last checkpoint "
                             "(a new run if --workdir is empty; nothing to do if it finished).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: process 0's host:port "
+                                   "(default $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes "
+                                      "(default $JAX_NUM_PROCESSES; unset or 1 = one process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0 = coordinator "
+                                   "(default $JAX_PROCESS_ID).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the cluster's "
+                                 "own settings (Slurm, Open MPI).")
+_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 60, "Seconds to wait for every process to connect.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir "
                                 "and $SPARK_JAX_DATA_DIR).")
 
@@ -36,6 +54,27 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep the progress bar readable
+    from spark_jax import distributed
+
+    try:
+        options = distributed.options_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                           _DISTRIBUTED.value, _TIMEOUT.value)
+    except distributed.DistributedError as e:
+        sys.exit(f"error: {e}")
+    distributed.initialize(options)  # before anything touches a device
+    try:
+        _run()
+    finally:
+        distributed.shutdown()
+
+
+def jax_process_count() -> int:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    return jax.process_count()
+
+
+def _run():
     config = _CONFIG.value
     if config is None:
         sys.exit(f"error: --config is required; named configs: {', '.join(named_configs())}")
@@ -43,9 +82,12 @@ def main(argv):
         config.data.data_dir = _DATA_DIR.value
     if _RESUME.value and not _WORKDIR.value:
         sys.exit("error: --resume needs --workdir (the run directory to continue)")
+    if jax_process_count() > 1 and not _WORKDIR.value:
+        sys.exit("error: a run over several processes needs --workdir (the same shared directory for all)")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = _WORKDIR.value or f"results/{config.name.replace(':', '_')}_{stamp}"
 
+    from spark_jax import distributed
     from spark_jax.data import DataError
     from spark_jax.experiment import Interrupted, run
     from spark_jax.guard import NonFiniteError
@@ -66,6 +108,8 @@ def main(argv):
         sys.exit(f"error: {e}")
     except OSError as e:  # the path and the cause: workdir under a file, read-only, disk full, ...
         sys.exit(f"error: {os_error_line(e)}")
+    if not distributed.is_writer():
+        return
     if summary.get("run_status") == "already finished":
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
               f"accuracy {summary['final_test_accuracy']:.4f}")

@@ -64,7 +64,7 @@ def main(argv):
         print(sweep_grid.format_grid(grid, _WORKDIR.value))
         return
 
-    meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": sys.argv[1:]}
+    meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": _ARGV}
     print(f"sweep of {len(grid)} runs in {_WORKDIR.value}", flush=True)
     from spark_jax.run_io import os_error_line  # pylint: disable=g-import-not-at-top
     from spark_jax.run_lock import LockedError  # pylint: disable=g-import-not-at-top
@@ -82,6 +82,9 @@ def main(argv):
           f"python -m experiments.report {_WORKDIR.value}")
     if failed:
         sys.exit(f"error: {len(failed)} of {len(results)} runs failed: {', '.join(r.spec.name for r in failed)}")
+
+
+_ARGV = sys.argv[1:]  # as typed (before a named --config is resolved to its file), for sweep.json
 
 
 if __name__ == "__main__":

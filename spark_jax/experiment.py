@@ -15,6 +15,7 @@ rounds.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from typing import Any, NamedTuple
@@ -24,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spark_jax import algorithms, checkpoint, comm, data, guard, metrics, parallel, partition, run_lock, topology
+from spark_jax import (algorithms, checkpoint, comm, data, distributed, guard, metrics, parallel, partition,
+                       run_lock, topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_io import (RunDir, config_differences, environment_info, flatten_config, to_jsonable,
-                              naming, write_atomic)
+from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
+from spark_jax.run_io import RunDir, naming, to_jsonable, write_atomic
 from spark_jax.validation import ConfigError, validate_config
 
 __all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition", "check_resumable"]
@@ -91,9 +93,21 @@ def make_mesh(config):
 
     config.parallel.devices = 0: the most available devices that divide the
     node count (all of them when they do); N > 0: exactly N devices (error
-    if the node count does not split evenly over them).
+    if the node count does not split evenly over them). Several processes
+    (`spark_jax.distributed`): always every process's devices, so the node
+    count must be divisible by the global device count.
     """
     num_nodes = config.partition.num_nodes
+    if jax.process_count() > 1:
+        total = jax.device_count()
+        if config.parallel.devices not in (0, total):
+            raise ConfigError(f"parallel.devices={config.parallel.devices}: a run over {jax.process_count()} "
+                              f"processes uses all their {total} devices (parallel.devices=0 or {total})")
+        try:
+            parallel.check_divisible(num_nodes, total)
+        except ValueError as e:
+            raise ConfigError(f"{e} ({jax.process_count()} processes x {jax.local_device_count()})") from None
+        return parallel.node_mesh(total)
     if config.parallel.devices:
         devices = config.parallel.devices
         try:
@@ -115,10 +129,7 @@ def prepare(config) -> Setup:
     """
     validate_config(config, algorithms.available())
     mesh = make_mesh(config)
-    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
-    part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
-    topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
-    topo.graph(0)
+    ds, part, topo = distributed.run_everywhere("data", lambda: _load(config), _data_digest)
     train_x = data.normalize_images(ds.train_images, ds.name)
     nd = partition.make_node_data(train_x, ds.train_labels.astype(np.int32), part)
     test_x = data.normalize_images(ds.test_images, ds.name)
@@ -140,6 +151,22 @@ def prepare(config) -> Setup:
                  node_test_y=place(node_y), topology=topo, num_params=d,
                  label_hist=partition.label_histogram(part, ds.train_labels, data.NUM_CLASSES),
                  data_source=ds.source, mesh=mesh)
+
+
+def _load(config):
+    """(dataset, partition, topology stream): the host-side inputs, checked (e.g. graph feasibility)."""
+    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
+    part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
+    topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
+    topo.graph(0)
+    return ds, part, topo
+
+
+def _data_digest(loaded) -> bytes:
+    """What every process of a multi-process run must have loaded alike: images, labels, partition."""
+    ds, part, topo = loaded
+    return distributed.digest_arrays(ds.train_images, ds.train_labels, ds.test_images, ds.test_labels,
+                                     part.offsets, part.indices, topo.graph(0).neighbors)
 
 
 def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) -> RoundInputs:
@@ -170,33 +197,6 @@ def final_models(setup: Setup, node_params) -> dict:
             "aggregated_test_half_accuracy": acc(metrics.mean_params(node_params))}
 
 
-def check_resumable(config, run_dir: RunDir) -> None:
-    """Raises unless `run_dir` holds a run of `config` (fields that change no result aside).
-
-    Differences in the recorded environment (versions, device kind, XLA flags)
-    only warn: the run continues, but may not be bit-identical to an
-    uninterrupted one.
-    """
-    saved = run_dir.read_config()
-    if saved is None:
-        raise FileExistsError(f"cannot resume: workdir {run_dir.path} is not empty but has no config.json "
-                              "(not a run directory); pass another --workdir or remove it")
-    diff = config_differences(saved, config.to_dict())
-    if diff:
-        old, new = flatten_config(saved), flatten_config(config.to_dict())
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-        raise ConfigError(f"cannot resume {run_dir.path}: the config differs from its config.json in "
-                          f"{len(diff)} field(s) ({shown}{'; ...' if len(diff) > 3 else ''}); resume with the "
-                          "same config or pass another --workdir")
-    env = run_dir.read_environment()
-    now = environment_info()
-    changed = [k for k in ("jax", "jaxlib", "device_kind", "devices", "XLA_FLAGS", "jax_flags")
-               if k in env and env[k] != now[k]]
-    if changed:
-        logging.warning("resuming %s in another environment (%s differ): the rest of the run may not be "
-                        "bit-identical to an uninterrupted one", run_dir.path, ", ".join(changed))
-
-
 def run(config, workdir, resume: bool = False) -> dict:
     """Runs `config.rounds` rounds and writes the run directory; returns the summary.
 
@@ -212,33 +212,34 @@ def run(config, workdir, resume: bool = False) -> dict:
     `run_lock.LockedError` naming this one's pid.
     """
     validate_config(config, algorithms.available())
-    run_dir = RunDir(workdir)
-    with run_lock.hold(run_dir.path):  # one process per run directory (LockedError names the holder)
+    run_dir = RunDir(workdir, writer=distributed.is_writer())
+    # One process per run directory (LockedError names the holder); in a multi-process run, process 0 holds it.
+    with run_lock.hold(run_dir.path) if run_dir.writer else contextlib.nullcontext():
         return _run_locked(config, run_dir, resume)
 
 
 def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
-    resuming = resume and run_dir.exists()
-    if resuming:
-        check_resumable(config, run_dir)
-        done = run_dir.read_summary()
-        if done is not None:
-            return {**done, "run_status": "already finished"}
-    elif run_dir.exists():
-        run_dir.create()  # raises: not empty (before loading any data)
+    resuming, done = distributed.run_everywhere(
+        "config", lambda: check_workdir(config, run_dir, resume),
+        lambda checked: distributed.digest_json([agreed_config(config), str(run_dir.path), resume, checked[0],
+                                                 checked[1] is not None]))
+    if done is not None:
+        return {**done, "run_status": "already finished"}
     setup = prepare(config)
     if resuming:
         return {**_run_rounds(setup, run_dir, resume=True), "run_status": "resumed"}
     run_dir.create()
     try:
-        run_dir.write_config(config.to_dict())
-        write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
-        with naming(run_dir.path / "label_histogram.png"):
-            partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+        if run_dir.writer:
+            run_dir.write_config(config.to_dict())
+            write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
+            with naming(run_dir.path / "label_histogram.png"):
+                partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+        distributed.barrier("spark_jax.run_dir")  # the other processes open its checkpoints/ next
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException:
         # Nothing half-written: a run that failed before its first round leaves no directory.
-        if not (run_dir.path / "metrics.jsonl").exists():
+        if run_dir.writer and not (run_dir.path / "metrics.jsonl").exists():
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
 
@@ -320,13 +321,13 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
     evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
     train_key = stream_key(cfg.seed, "train")
     start = time.perf_counter() - progress.wall_time
-    counts = jax.device_get(setup.node_data.counts)
+    counts = distributed.fetch(setup.node_data.counts)
     for r in range(progress.round, cfg.rounds):
         t0 = time.perf_counter()
         graph = setup.topology.graph(r)
         state, alg_metrics = round_fn(state, setup.node_data, place_inputs(round_inputs(graph, r, train_key)))
         ev = evaluate(state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
-        ev, alg_metrics = jax.device_get((ev, alg_metrics))
+        ev, alg_metrics = distributed.fetch((ev, alg_metrics))
         alg_metrics, flags = guard.split_flags(alg_metrics)
         try:
             guard.check(flags, r + 1)

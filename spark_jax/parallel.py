@@ -18,8 +18,10 @@ shard_map's Manual context ("Context mesh ... should match the mesh of
 sharding ... passed to index_to_gather"). The mixing step `base.mix` is plain
 jit code on sharded arrays; XLA inserts the collectives for its gather.
 
-Multi-host: call `jax.distributed.initialize()` first; `jax.devices()` is then
-the global device list and the same program runs on every host (BUILD.md).
+Several processes (hosts): `spark_jax.distributed.initialize` first (experiments.run
+--num_processes ...); `jax.devices()` is then the global device list, the
+same program runs in every process, and each places the pieces its own
+devices hold (`_from_host`; BUILD.md "Multiple devices").
 """
 
 from __future__ import annotations

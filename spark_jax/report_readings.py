@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -155,6 +156,8 @@ def _commands(root) -> list[str]:
     out, workdirs = [], []
     for sweep in sorted(pathlib.Path(root).rglob("sweep.json")):
         argv = json.loads(sweep.read_text()).get("argv", [])
+        # named configs as typed (older sweeps recorded the resolved path of experiments/configs/NAME.py)
+        argv = [re.sub(r"^--config=\S*experiments/configs/(\w+)\.py", r"--config=\1", a) for a in argv]
         out.append("python -m experiments.sweep " + " ".join(argv))
         workdirs += [a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")]
     parent = os.path.commonpath(workdirs) if len(workdirs) > 1 else (workdirs or ["DIR"])[0]

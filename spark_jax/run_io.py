@@ -130,6 +130,7 @@ def environment_info() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
         "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
@@ -162,27 +163,46 @@ def flatten_config(config_dict: dict) -> dict:
     return {k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK}
 
 
+# Fields added to the config schema after runs may have started, each with the value under which such a
+# run computed what it did: a saved config without the field compares as holding that value. (All runs
+# before `ntk.matmul_precision` ran on CPUs, where 'float32' is what every product computed.)
+ADDED_FIELDS = {"ntk.matmul_precision": "float32"}
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted fields whose values differ between two config dicts (ignored fields left out)."""
+    """Dotted fields whose values differ between two config dicts (ignored fields left out; a field of
+    `ADDED_FIELDS` missing from `old` compares as its listed value)."""
     old, new = flatten_config(old), flatten_config(new)
+    old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 class RunDir:
-    """Owns one run directory; create it only after every input is validated."""
+    """Owns one run directory; create it only after every input is validated.
 
-    def __init__(self, path):
+    writer=False (every process but process 0 of a multi-process run): reads
+    as usual, but creates and writes nothing (`spark_jax.distributed`).
+    """
+
+    def __init__(self, path, writer: bool = True):
         self.path = pathlib.Path(path)
+        self.writer = writer
 
     def exists(self) -> bool:
         """True when the directory exists and holds anything besides its lock file (`run_lock`)."""
         return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
 
     def create(self) -> None:
+        if not self.writer:  # process 0 creates it (the others may already see it made)
+            return
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def check_new(self) -> None:
+        """FileExistsError when the directory exists and is not empty."""
         if self.exists():
             raise FileExistsError(f"workdir {self.path} already exists and is not empty; pass --resume to "
                                   "continue its run from the last checkpoint, another --workdir, or remove it")
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def _config_json(self) -> dict | None:
         path = self.path / "config.json"
@@ -209,10 +229,13 @@ class RunDir:
         return read_json(path, "a run summary") if path.exists() else None
 
     def write_config(self, config_dict: dict) -> None:
-        write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
+        if self.writer:
+            write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
 
     def append_metrics(self, record: dict) -> None:
         """Appends one line, all or nothing: on any failure (disk full, ...) the file is cut back."""
+        if not self.writer:
+            return
         line = (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode()
         path = self.path / "metrics.jsonl"
         with naming(path):
@@ -232,11 +255,14 @@ class RunDir:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """Replaces metrics.jsonl by `records` atomically (resume: cut back to the checkpoint)."""
+        if not self.writer:
+            return
         write_atomic(self.path / "metrics.jsonl",
                      "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records))
 
     def write_summary(self, summary: dict) -> None:
-        write_json_atomic(self.path / "summary.json", summary)
+        if self.writer:
+            write_json_atomic(self.path / "summary.json", summary)
 
 
 def read_metrics(path) -> list[dict]:

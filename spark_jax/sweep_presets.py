@@ -31,6 +31,12 @@ PRESETS: dict[str, Preset] = {
         }),
 }
 
+PRESETS["device_slice"] = Preset(
+    description="the GPU suite's study slice (benchmarks/device_suite.py): NTK-DFL, SPARK (SPEC defaults), "
+                "exact-Jacobian SPARK (v2 reading) and DFedAvgM on the same partition, graphs and evaluation",
+    settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {}, "spark_exact": {"sketch.enabled": False},
+              "dfedavgm": {"algorithm": "dfedavgm"}})
+
 COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam")
 
 

@@ -25,6 +25,7 @@ MODELS = ("mlp", "cnn")
 # needs no JAX (tests/test_validation_table.py checks they agree).
 INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "imex", "euler")
 NODE_BATCHING = ("auto", "vectorized", "sequential")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")  # spark_jax.algorithms.base
 SHARE_MODES = ("auto", "on", "off")
 
 
@@ -198,6 +199,7 @@ def _validate_ntk(config) -> None:
     _int(nc.sample_chunk, "ntk.sample_chunk", 0, why=" (0 = no chunking)")
     _positive_int(nc.node_chunk, "ntk.node_chunk")
     _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
+    _one_of(nc.matmul_precision, "ntk.matmul_precision", MATMUL_PRECISIONS)
     if config.algorithm in ("ntk_dfl", "spark"):
         _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
                  f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")

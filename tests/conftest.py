@@ -7,6 +7,10 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Float32 products in full float32 on every backend: on NVIDIA GPUs the default
+# may be TF32 (10-bit mantissa), too coarse for the 1e-4 float64 comparisons
+# (no effect on CPU, whose float32 products are always full precision).
+jax.config.update("jax_default_matmul_precision", "float32")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

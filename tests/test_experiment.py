@@ -65,3 +65,12 @@ def test_bad_input_fails_cleanly(args, message, real_data_dir, tmp_path):
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not workdir.exists()
+
+
+def test_runs_started_before_a_field_was_added_still_resume():
+    from spark_jax.run_io import config_differences  # pylint: disable=g-import-not-at-top
+    old = {"ntk": {"eta0": 0.01}}
+    assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "float32"}}) == []
+    assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "highest"}}) == [
+        "ntk.matmul_precision"]
+    assert config_differences(old, {"ntk": {"eta0": 0.02, "matmul_precision": "float32"}}) == ["ntk.eta0"]

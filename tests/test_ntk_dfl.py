@@ -113,6 +113,7 @@ def _reference_node(apply, w_bar, x, y, eta, integrator="euler"):
 
 @pytest.mark.parametrize("kernel,integrator", [("structured", "euler"), ("contraction", "euler"),
                                                ("structured", "dopri5"), ("structured", "imex")])
+@pytest.mark.device
 def test_round_equals_per_node_loop_reference(kernel, integrator):
     nd = _node_data()
     adj = _adjacency()
@@ -152,6 +153,7 @@ def test_padding_is_inert():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.device
 def test_node_batching_changes_no_value():
     """Kernel and evolution per node in a loop ('sequential', CPU's 'auto') or as one batched program."""
     graph = padded_graph(_adjacency(), "uniform")
@@ -165,6 +167,7 @@ def test_node_batching_changes_no_value():
 
 
 @pytest.mark.parametrize("integrator", ["euler", "dopri5", "imex"])
+@pytest.mark.device
 def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())
     config = _config(integrator=integrator)

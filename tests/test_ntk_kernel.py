@@ -72,6 +72,7 @@ def _case(name, arch):
     ("cnn", (2, 4), "contraction", {"chunk_size": 4}),
     ("cnn", (2, 4), "ntvp", {}),
 ])
+@pytest.mark.device
 def test_kernel_matches_float64_and_padding_is_inert(name, arch, method, kw):
     model, params, x, xp, mask, want = _case(name, arch)
     f = jax.jit(functools.partial(ntk.neighbourhood_kernel, model.apply, method=method, **kw))
@@ -91,6 +92,7 @@ def test_structured_rejects_cnn():
         ntk.neighbourhood_kernel(model.apply, params, x, method="structured")
 
 
+@pytest.mark.device
 def test_jacobian_modes_match_float64():
     model, params, x = _setup("mlp", hidden=(4,), n=3)
     want = _jacobian_f64(model.apply, params, x)
@@ -104,6 +106,7 @@ def test_jacobian_modes_match_float64():
         assert leaf.shape == (3, model.num_classes) + p.shape
 
 
+@pytest.mark.device
 def test_kernel_from_projected_jacobian():
     """The sketch path: H~ = (1/C) sum_c (J_c P)(J_c P)^T from a projected Jacobian pytree."""
     model, params, x, *_ = _case("mlp", (16,))

@@ -48,6 +48,7 @@ def test_kencarp4_order_conditions():
     np.testing.assert_allclose(dense @ c**2, theta**3 / 3, atol=1e-10)
 
 
+@pytest.mark.device
 def test_dominant_subspace_against_numpy():
     """Subspace iteration + Rayleigh-Ritz: on a kernel with a few dominant modes (as a real NTK) the top
     Ritz values match NumPy's eigenvalues; padding rows stay zero."""
@@ -79,6 +80,7 @@ def test_split_modes_are_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.device
 def test_imex_on_real_neighbourhoods_of_a_real_run(real_data_dir):
     """The stiffest of the first 8 neighbourhoods of a real NTK-DFL run (8 nodes of fmnist300/alpha0.1,
     dynamic 2-regular, SPEC defaults) at round 0 (weights at init), 10 and 25 (trained weights, eta

@@ -128,6 +128,7 @@ def test_masked_cross_entropy():
 
 @pytest.mark.parametrize("hidden", [(16,), (8, 6)])
 @pytest.mark.parametrize("method", UPDATE_METHODS)
+@pytest.mark.device
 def test_updates_and_losses_match_float64(method, hidden):
     """Delta_tau = -(eta/N) J^T R_tau for T = 3 cotangents, and the candidates' network losses, against
     float64 (explicit Jacobian contraction; one float64 forward per candidate), padding holding garbage."""

@@ -5,6 +5,7 @@ import functools
 import chex
 import jax
 import numpy as np
+import pytest
 
 from spark_jax import models, ntk
 from tests.test_ntk_kernel import numpy_params
@@ -27,6 +28,7 @@ def _node_round(apply, params, x, mask, targets, eta):
                 idx_lin=idx_lin, lin=lin)
 
 
+@pytest.mark.device
 def test_vmap_over_nodes_equals_loop():
     model = models.make_model("mlp", hidden=(16,))
     nodes = [numpy_params(model, m) for m in range(M)]

@@ -165,3 +165,13 @@ def test_a_damaged_run_is_reported_as_failed_never_averaged(study):
     (study / "part" / "sweep.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="sweep.json: not a sweep record"):
         readings_stats.load_cells(study)
+
+
+
+def test_commands_show_named_configs_as_typed(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "sweep.json").write_text(json.dumps({"argv": [
+        "--config=/x/y/experiments/configs/fmnist_regular.py:study", "--seeds=0,1", "--workdir=results/r/a"]}))
+    assert report_readings._commands(tmp_path) == [  # pylint: disable=protected-access
+        "python -m experiments.sweep --config=fmnist_regular:study --seeds=0,1 --workdir=results/r/a",
+        "python -m experiments.report results/r/a --readings=docs/RESULTS.md"]

@@ -62,6 +62,7 @@ def test_groups_sizes_and_row_order():
     assert sketch.group_sizes(jax.eval_shape(lambda: params), "layer") == sketch.group_sizes(params, "layer")
 
 
+@pytest.mark.device
 def test_projections_deterministic_identical_per_node_and_redrawn():
     _, params, *_ = _case("mlp", (16,))
     key = jax.random.key(7)
@@ -123,6 +124,7 @@ def test_projection_moments():
     ("cnn", (2, 4), "forward", "tensor", {"direction_chunk": 32}),
     ("cnn", (2, 4), "materialize", "layer", {"sample_chunk": 4}),
 ])
+@pytest.mark.device
 def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, grouping, kw):
     """J~_g = J_g P_g (J float64) to 1e-5 relative; padding rows zero (one holds NaN)."""
     model, params, x, xp, J = _case(name, arch)
@@ -146,6 +148,7 @@ def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, groupin
 
 @pytest.mark.parametrize("arch,grouping,kw", [((16,), "layer", {}), ((16,), "tensor", {"sample_chunk": 3}),
                                                ((8, 6), "global", {"sample_chunk": 5})])
+@pytest.mark.device
 def test_shared_first_layer_products_match_float64(arch, grouping, kw):
     """first_layer_products computed on the unpadded rows, gathered into a padded neighbourhood,
     then passed to the structured sketch == J P (float64) to 1e-5; padding rows still zero."""
@@ -164,6 +167,7 @@ def test_shared_first_layer_products_match_float64(arch, grouping, kw):
 
 
 @pytest.mark.parametrize("grouping", ["layer", "global"])
+@pytest.mark.device
 def test_column_blocks_of_shared_products_give_the_float64_sketch_and_kernel(grouping):
     """The shared schedule: k = 20 columns in 3 blocks of 7 (the last padded with a zero column);
     per block first_layer_products then the structured sketch; the blocks side by side == J P and
@@ -213,6 +217,7 @@ def test_plan_shared_first_layer():
         plan("sometimes", max_bytes=1e12)
 
 
+@pytest.mark.device
 def test_back_project_update_matches_float64_and_the_sketched_update():
     """P_g P_g^T Delta_g (float64) per group; with Delta = -(eta/N) J^T R it equals the update from J P."""
     model, params, x, xp, J = _case("mlp", (16,))
@@ -320,6 +325,7 @@ def test_back_project_matches_numpy_and_is_unbiased():
 
 
 @pytest.mark.parametrize("method,grouping", [("structured", "layer"), ("forward", "tensor")])
+@pytest.mark.device
 def test_sketched_weight_updates_match_float64(method, grouping):
     """Delta_tau = -(eta/N) P P^T J^T R_tau (J float64), padding residuals (garbage) ignored."""
     model, params, x, xp, J = _case("mlp", (16,))

@@ -27,6 +27,7 @@ def _spark_config(**overrides):
     return c
 
 
+@pytest.mark.device
 def test_all_parts_off_equals_ntk_dfl_round_for_round():
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
@@ -82,6 +83,7 @@ def test_nesterov_momentum_equals_numpy_recursion_on_a_linear_model():
             np.testing.assert_allclose(state.velocity["Dense_0"]["kernel"][i], vW, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.device
 def test_stage_schedule_values_and_no_recompilation_across_boundaries():
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
@@ -170,6 +172,7 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
 
 
 @pytest.mark.parametrize("share,blocks,update_mode", [("on", 3, "backproject"), ("auto", 1, "own_exact")])
+@pytest.mark.device
 def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, update_mode):
     """sketch.share_first_layer (one [1; x] P_0 per sample, in column blocks, kernels summed over the
     blocks, the update P P^T of the exact one) gives the same rounds as each neighbourhood's own

@@ -38,6 +38,7 @@ BAD_CONFIGS = [
     ({"partition.kind": "iid", "partition.num_nodes": 700, "partition.samples_per_node": 100},
      "partition.num_nodes * partition.samples_per_node = 70000 exceeds the 60000 training samples"),
     ({"partition.file_seed": -2}, "partition.file_seed=-2 must be an integer >= 0"),
+    ({"ntk.matmul_precision": "tf32"}, "ntk.matmul_precision='tf32' is not one of 'float32', 'tensorfloat32'"),
     ({"topology.kind": "regular", "topology.degree": 3, "partition.num_nodes": 7},
      "topology: random 3-regular graph on 7 nodes is impossible: num_nodes * degree must be even"),
     ({"topology.kind": "regular", "topology.degree": 8}, "degree must be < num_nodes"),
@@ -193,3 +194,5 @@ def test_option_lists_agree_with_the_modules():
     assert validation.INTEGRATORS == ntk.INTEGRATORS
     assert validation.NODE_BATCHING == parallel.NODE_BATCHING
     assert validation.SHARE_MODES == sketch_share.SHARE_MODES
+    from spark_jax.algorithms import base
+    assert validation.MATMUL_PRECISIONS == base.MATMUL_PRECISIONS

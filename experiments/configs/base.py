@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ntk.sample_chunk = 0  # samples per Jacobian chunk (0 = all at once)
     c.ntk.node_chunk = 8  # nodes processed at once (bounds memory)
     c.ntk.tau_criterion = "network"  # 'network' | 'linearized' (SPEC step 9)
+    # Float32 products of the NTK rounds: 'float32' (full, every backend) | 'tensorfloat32' | 'bfloat16' |
+    # 'default' (the backend's: TF32 on recent NVIDIA GPUs, too coarse for the 1e-4 evolution; BUILD.md "GPU").
+    c.ntk.matmul_precision = "float32"
 
     # SPARK (SPEC steps 3, 6, 8, 10 and "The three stages"); used by algorithm 'spark'.
     c.sketch = ml_collections.ConfigDict()

@@ -53,6 +53,30 @@ class Algorithm(NamedTuple):
     message_bytes: Callable[..., dict] | None = None
 
 
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
+
+
+def with_matmul_precision(fn: Callable, precision: str) -> Callable:
+    """`fn` traced under `jax.default_matmul_precision(precision)`.
+
+    'float32': every float32 product in full float32, on every backend (on
+    NVIDIA GPUs the default may be TF32, 10-bit mantissa: too coarse for the
+    1e-4 evolution tolerance, SPEC step 7); 'tensorfloat32' / 'bfloat16':
+    faster, coarser products; 'default': the backend's choice. No effect on
+    CPU, whose float32 products are always full precision.
+    """
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown matmul precision {precision!r}; choose one of {MATMUL_PRECISIONS}")
+    if precision == "default":
+        return fn
+
+    def with_precision(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return with_precision
+
+
 def mix(tree, neighbors: jax.Array, weights: jax.Array):
     """SPEC step 2: w̄_i = sum_s weights[i, s] * w[neighbors[i, s]].
 

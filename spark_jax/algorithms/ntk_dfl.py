@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from spark_jax import comm, guard, ntk, parallel
-from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.schedules import learning_rate
 
@@ -148,4 +148,5 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         return comm.ntk_message_bytes(neighbors, mask, counts, num_classes=model.num_classes,
                                       jacobian_floats_per_row=model.num_classes * d)
 
-    return Algorithm(name="ntk_dfl", init=init, round=round_fn, message_bytes=message_bytes)
+    return Algorithm(name="ntk_dfl", init=init, round=with_matmul_precision(round_fn, config.ntk.matmul_precision),
+                     message_bytes=message_bytes)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from spark_jax import comm, guard, ntk, parallel, schedules, sketch, sketch_share, sketched_ntk
-from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.rng import stream_key
@@ -295,4 +295,5 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         out["exact_jacobian_bytes"] = rows * num_classes * d * comm.BYTES_PER_FLOAT
         return out
 
-    return Algorithm(name="spark", init=init, round=round_fn, message_bytes=message_bytes)
+    return Algorithm(name="spark", init=init, round=with_matmul_precision(round_fn, config.ntk.matmul_precision),
+                     message_bytes=message_bytes)
