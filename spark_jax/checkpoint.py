@@ -169,6 +169,11 @@ def _quiet_closed_loop_callbacks() -> None:
 
     if getattr(sys.excepthook, "_spark_jax_quiet", False):
         return
+    # asyncio also reports the failed reader's future when it is garbage-collected ("Future exception was
+    # never retrieved", with its traceback): another echo of the same error.
+    import logging as std_logging  # pylint: disable=g-import-not-at-top
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage())
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
 
     def echo(value) -> bool:
@@ -178,8 +183,9 @@ def _quiet_closed_loop_callbacks() -> None:
         if not echo(value):
             previous(kind, value, tb)
 
-    def unraisable(info):
-        if not echo(info.exc_value):
+    def unraisable(info):  # also a failed reader coroutine collected unawaited: the error restore raises
+        reader = "_read_array_index_and_device_put" in repr(info.object)
+        if not (echo(info.exc_value) or reader):
             previous_unraisable(info)
 
     hook._spark_jax_quiet = True
@@ -210,8 +216,15 @@ def verify(state, progress: Progress, step: int) -> None:
     if progress.round != step or rounds != list(range(1, step + 1)):
         raise CheckpointError(f"its progress (round {progress.round}, {len(rounds)} metrics records) is not "
                               f"that of step {step}")
-    if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)):
+    if not all(np.all(np.isfinite(v)) for x in jax.tree.leaves(state) for v in _local_values(x)):
         raise CheckpointError("its state holds NaN/Inf")
+
+
+def _local_values(x) -> list[np.ndarray]:
+    """This process's values of `x`: its shards when `x` spans other processes' devices (multi-process)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return [np.asarray(s.data) for s in x.addressable_shards]
+    return [np.asarray(x)]
 
 
 def restore_intact(run_dir, like: Any = None) -> tuple[Any, Progress] | None:
@@ -231,6 +244,8 @@ def restore_intact(run_dir, like: Any = None) -> tuple[Any, Progress] | None:
             skipped.append((step, _reason(e)))
             continue
         for bad, reason in skipped:
+            if jax.process_index() != 0:  # multi-process: process 0 moves them
+                continue
             moved = pathlib.Path(run_dir) / CORRUPT_DIR / str(bad)
             moved.parent.mkdir(exist_ok=True)
             shutil.move(str(checkpoint_dir(run_dir) / str(bad)), str(moved))

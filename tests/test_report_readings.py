@@ -175,3 +175,13 @@ def test_commands_show_named_configs_as_typed(tmp_path):
     assert report_readings._commands(tmp_path) == [  # pylint: disable=protected-access
         "python -m experiments.sweep --config=fmnist_regular:study --seeds=0,1 --workdir=results/r/a",
         "python -m experiments.report results/r/a --readings=docs/RESULTS.md"]
+# ---------------------------------------------------------------- the committed study
+
+
+def test_committed_results_regenerate_from_their_run_records():
+    data = REPO / "docs" / "results" / "readings_cpu"
+    committed = (REPO / "docs" / "RESULTS.md").read_text()
+    assert report_readings.markdown(data) == committed
+    for line in committed.splitlines():
+        if line.startswith("!["):
+            assert (REPO / "docs" / line.split("](")[1].rstrip(")")).is_file(), line
