@@ -13,6 +13,8 @@ import pytest
 from benchmarks import suite
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # minutes of subprocesses: in the full suite (CI), not in -m "not slow"
+
 
 def _suite(args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "benchmarks.device_suite", *args], cwd=REPO,

@@ -22,6 +22,8 @@ from spark_jax import distributed
 from tests.conftest import REPO
 from tests.multiprocess import Processes, env_for, error_lines
 
+pytestmark = pytest.mark.slow  # minutes of subprocesses: in the full suite (CI), not in -m "not slow"
+
 TIMEOUT = 240  # s per multi-process run (2 cores shared with everything else)
 ALGORITHMS = {"ntk_dfl": [], "spark": [], "dfedavg": ["--config.rounds=6", "--config.checkpoint_every=1"]}
 TIMING = ("round_time", "wall_time")
