@@ -37,6 +37,20 @@ def _sparks(stats, alpha) -> list[str]:
     return [r for (r, a) in stats if a == alpha and r.startswith("spark_")]
 
 
+def _rounds_to(reach, reading: str, alpha: float, rounds: int) -> float | None:
+    """Mean rounds to the common target; a seed that never reached it counts the cell as rounds + 1."""
+    x = reach.get((reading, alpha))
+    if not x or not x["n"]:
+        return None
+    return x["round"] if x["reached"] == x["n"] else float(rounds + 1)
+
+
+def _total_bytes(reach, reading: str, alpha: float) -> float | None:
+    """Mean total bytes to the common target; None unless every seed reached it."""
+    x = reach.get((reading, alpha))
+    return x["bytes"] if x and x["n"] and x["reached"] == x["n"] else None
+
+
 def claim_a(stats, alpha: float) -> Verdict:
     """Jacobian bytes of the SPEC-default sketch (spark_v1) against NTK-DFL, and the accuracy kept."""
     name = "(a) 98.7% less Jacobian traffic than NTK-DFL, accuracy kept"
@@ -60,11 +74,8 @@ def claim_b(stats, reach, alpha: float, rounds: int) -> Verdict:
     """Rounds to the common target: the fastest SPARK reading against the fastest baseline."""
     name = f"(b) target accuracy about 3x faster than existing approaches (alpha {alpha:g})"
 
-    def rounds_to(reading):  # unreached by some seed -> counted as more than the run's rounds
-        x = reach.get((reading, alpha))
-        if x is None or not x["n"]:
-            return None
-        return x["round"] if x["reached"] == x["n"] else float(rounds + 1)
+    def rounds_to(reading):
+        return _rounds_to(reach, reading, alpha, rounds)
 
     sparks = {r: rounds_to(r) for r in _sparks(stats, alpha) if rounds_to(r) is not None}
     bases = {r: rounds_to(r) for r in BASELINES if rounds_to(r) is not None}
@@ -84,8 +95,7 @@ def claim_c(stats, reach, alpha: float) -> Verdict:
     name = f"(c) total communication to target lowered by up to about 70% (alpha {alpha:g})"
 
     def total(reading):
-        x = reach.get((reading, alpha))
-        return x["bytes"] if x and x["n"] and x["reached"] == x["n"] else None
+        return _total_bytes(reach, reading, alpha)
 
     sparks = {r: total(r) for r in _sparks(stats, alpha) if total(r) is not None}
     if total("ntk_dfl") is None or not sparks:
@@ -148,12 +158,10 @@ def scorecard(stats, reach, alpha: float, rounds: int) -> list[dict]:
     common target; gap against the best baseline's final accuracy. `met` counts the claims' full thresholds.
     """
     def rounds_to(r):
-        x = reach.get((r, alpha))
-        return None if not x or not x["n"] else x["round"] if x["reached"] == x["n"] else float(rounds + 1)
+        return _rounds_to(reach, r, alpha, rounds)
 
     def total(r):
-        x = reach.get((r, alpha))
-        return x["bytes"] if x and x["n"] and x["reached"] == x["n"] else None
+        return _total_bytes(reach, r, alpha)
 
     bases = [rounds_to(b) for b in BASELINES if rounds_to(b) is not None]
     best_base = max((stats[b, alpha]["final"][0] for b in BASELINES if (b, alpha) in stats), default=math.nan)

@@ -12,6 +12,7 @@ verdicts from the fixed rules of `readings_verdicts`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pathlib
@@ -152,7 +153,6 @@ def _setting_line(run) -> str:
 
 
 def _commands(root) -> list[str]:
-    import json  # pylint: disable=g-import-not-at-top
     out, workdirs = [], []
     for sweep in sorted(pathlib.Path(root).rglob("sweep.json")):
         argv = json.loads(sweep.read_text()).get("argv", [])

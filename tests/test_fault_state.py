@@ -57,6 +57,15 @@ def _truncate(path: pathlib.Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def resume_damaged(damage, interrupted, real_data_dir, tmp_path):
+    """A copy of the interrupted run, damaged, then resumed by the CLI: (workdir, snapshot before, process)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(interrupted, workdir)
+    damage(workdir)
+    before = snapshot(workdir)
+    return workdir, before, run_cli("run", [f"--workdir={workdir}", *ARGS], real_data_dir)
+
+
 # Damage to the newest checkpoint (3): skipped and named, the run resumes from checkpoint 2.
 FALLBACK = [
     ("truncated-array-file", lambda w: _truncate(_largest_array_file(w / "checkpoints/3")), "OUT_OF_RANGE"),
@@ -70,11 +79,7 @@ FALLBACK = [
 
 @pytest.mark.parametrize("damage,reason", [c[1:] for c in FALLBACK], ids=[c[0] for c in FALLBACK])
 def test_corrupt_newest_checkpoint_is_skipped_and_named(damage, reason, interrupted, real_data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(interrupted, workdir)
-    damage(workdir)
-    before = snapshot(workdir)
-    proc = run_cli("run", [f"--workdir={workdir}", *ARGS], real_data_dir)
+    workdir, before, proc = resume_damaged(damage, interrupted, real_data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warning = [l for l in proc.stderr.splitlines() if "skipping the corrupt checkpoint" in l]
     assert len(warning) == 1 and f"skipping the corrupt checkpoint {workdir}/checkpoints/3 (" in warning[0]
@@ -118,11 +123,7 @@ ERRORS = [
 
 @pytest.mark.parametrize("damage,message", [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
 def test_corrupt_state_without_a_fallback_is_one_line(damage, message, interrupted, real_data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(interrupted, workdir)
-    damage(workdir)
-    before = snapshot(workdir)
-    proc = run_cli("run", [f"--workdir={workdir}", *ARGS], real_data_dir)
+    workdir, before, proc = resume_damaged(damage, interrupted, real_data_dir, tmp_path)
     assert_one_line_error(proc, message.format(w=workdir))
     assert snapshot(workdir) == before and not (workdir / ".lock").exists()
     assert_nothing_half_written(workdir)
