@@ -21,7 +21,9 @@ Atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
 `<step>` only when complete, so a run killed mid-save leaves no step that
 looks complete; temp directories are removed when a manager opens the
 directory. Saves are synchronous (the next round donates the state's buffers)
-and the last `keep` steps are kept.
+and the last `keep` steps are kept. SIGINT/SIGTERM arriving during a save are
+delivered when it has finished (`_signals_deferred`), so Ctrl-C never leaves a
+temp directory behind.
 
 Verified on restore (`restore_intact`): a step whose files do not read back
 (truncated or deleted array files, a truncated meta/metadata), whose arrays
@@ -39,6 +41,8 @@ import os
 import pathlib
 import re
 import shutil
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -110,7 +114,7 @@ def save(manager, state, progress: Progress) -> None:
 
     step_dir = pathlib.Path(manager.directory) / str(progress.round)
     try:
-        with _quiet_orbax():
+        with _signals_deferred(), _quiet_orbax():
             manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                  meta=ocp.args.JsonSave(progress.to_json())),
                          force=True)
@@ -146,6 +150,28 @@ def keep_only_latest(manager) -> None:
     steps = sorted(manager.all_steps())
     for step in steps[:-1]:
         manager.delete(step)
+
+
+@contextlib.contextmanager
+def _signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """SIGINT/SIGTERM received inside the block are re-raised once it exits (to the previous handlers).
+
+    Orbax writes a step from worker threads; a KeyboardInterrupt in the middle
+    would leave `<step>.orbax-checkpoint-tmp` behind while they still write.
+    Only the main thread can install handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
@@ -204,8 +230,11 @@ def _os_error_code(e: BaseException) -> int | None:
 
 def _reason(e: BaseException, limit: int = 200) -> str:
     """One line: the root cause of `e` (orbax wraps tensorstore's error, which names the file)."""
-    while e.__cause__ is not None or e.__context__ is not None:
-        e = e.__cause__ or e.__context__
+    while True:  # the explicit cause, else the implicit context unless suppressed (`raise ... from None`)
+        inner = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if inner is None:
+            break
+        e = inner
     line = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
 

@@ -7,12 +7,18 @@ the run from its last checkpoint.
 """
 
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spark_jax import checkpoint
 from tests.conftest import REPO
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env
 
@@ -40,3 +46,25 @@ def test_sigint_during_the_rounds_says_how_to_resume(real_data_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = [json.loads(l)["round"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(1, 41)) and (workdir / "summary.json").exists()
+
+
+def test_sigint_during_a_checkpoint_save_is_delivered_after_it(tmp_path):
+    """Ctrl-C while orbax writes a step: the step completes (no temp directory), then KeyboardInterrupt."""
+    state = {"params": jnp.arange(6.0).reshape(2, 3)}
+    with checkpoint.open_manager(tmp_path) as manager:
+        save = manager.save
+
+        def interrupted_save(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the step is being written
+            time.sleep(0.01)
+            return save(*args, **kwargs)
+
+        manager.save = interrupted_save
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(manager, state, checkpoint.Progress(round=1, history=[{"round": 1}]))
+    assert checkpoint.complete_steps(tmp_path) == [1]
+    assert_nothing_half_written(tmp_path)
+    restored, progress = checkpoint.restore(tmp_path, 1, like=state)
+    np.testing.assert_array_equal(restored["params"], state["params"])
+    assert progress.round == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

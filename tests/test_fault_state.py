@@ -70,7 +70,7 @@ def resume_damaged(damage, interrupted, real_data_dir, tmp_path):
 FALLBACK = [
     ("truncated-array-file", lambda w: _truncate(_largest_array_file(w / "checkpoints/3")), "OUT_OF_RANGE"),
     ("deleted-array-file", lambda w: _largest_array_file(w / "checkpoints/3").unlink(), "Error"),
-    ("truncated-meta", lambda w: _truncate(w / "checkpoints/3/meta/metadata"), "Error"),
+    ("truncated-meta", lambda w: _truncate(w / "checkpoints/3/meta/metadata"), "JSONDecodeError: "),
     ("meta-of-another-step",
      lambda w: shutil.copy(w / "checkpoints/2/meta/metadata", w / "checkpoints/3/meta/metadata"),
      "CheckpointError: its progress (round 2, 2 metrics records) is not that of step 3"),
@@ -127,3 +127,17 @@ def test_corrupt_state_without_a_fallback_is_one_line(damage, message, interrupt
     assert_one_line_error(proc, message.format(w=workdir))
     assert snapshot(workdir) == before and not (workdir / ".lock").exists()
     assert_nothing_half_written(workdir)
+
+
+def test_reason_is_the_root_cause_but_not_a_suppressed_context():
+    """`raise X from None` (json's decoder does it over a StopIteration) names X, not the hidden context."""
+    try:
+        try:
+            try:
+                raise StopIteration(738)
+            except StopIteration:
+                raise json.JSONDecodeError("Expecting value", "{", 1) from None
+        except json.JSONDecodeError as e:
+            raise RuntimeError("orbax: cannot restore meta") from e
+    except RuntimeError as outer:
+        assert checkpoint._reason(outer) == "JSONDecodeError: Expecting value: line 1 column 2 (char 1)"
