@@ -1,9 +1,10 @@
 """Runs over 2 processes (jax.distributed, gloo, 127.0.0.1) equal one process; bad multi-process input.
 
 Each algorithm (NTK-DFL, SPARK, DFedAvg) runs the tiny config (8 nodes) as
-2 processes x 2 simulated CPU devices, as 1 process x 4 devices (the same
-4-device program: equal up to the order of the cross-process sums, <= 1e-6)
-and on 1 device (float32 reduction order, <= 1e-4). DFedAvg is interrupted
+2 processes x 2 simulated CPU devices and as 1 process x 4 devices (the same
+4-device program: equal up to the order of the cross-process sums, <= 1e-6).
+SPARK also runs on 1 device (float32 reduction order, <= 1e-4); that sharded
+runs of every algorithm equal one device is tests/test_sharding.py's job. DFedAvg is interrupted
 after its first checkpoint (both processes killed) and resumed over 2
 processes with --resume. Every process is bounded in time and killed with
 its process group (tests/multiprocess.py).
@@ -22,10 +23,11 @@ from spark_jax import distributed
 from tests.conftest import REPO
 from tests.multiprocess import Processes, env_for, error_lines
 
-pytestmark = pytest.mark.slow  # minutes of subprocesses: in the full suite (CI), not in -m "not slow"
+slow = pytest.mark.slow  # the subprocess tests (minutes): in the full suite (CI), not in -m "not slow"
 
 TIMEOUT = 240  # s per multi-process run (2 cores shared with everything else)
 ALGORITHMS = {"ntk_dfl": [], "spark": [], "dfedavg": ["--config.rounds=6", "--config.checkpoint_every=1"]}
+ONE_DEVICE = ["spark"]  # the most involved round; the others' sharded == unsharded is in test_sharding.py
 TIMING = ("round_time", "wall_time")
 
 
@@ -69,8 +71,10 @@ def runs(real_data_dir, tmp_path_factory):
         two = (interrupted_then_resumed if name == "dfedavg" else run_two_processes)(
             args, real_data_dir, tmp / "two", tmp / "logs")
         out[name] = {"two_processes": two, "four_devices": run_single(args, 4, real_data_dir, tmp / "four"),
-                     "one_device": run_single([*args, "--config.parallel.devices=1"], 1, real_data_dir, tmp / "one"),
                      "dir": tmp}
+        if name in ONE_DEVICE:
+            out[name]["one_device"] = run_single([*args, "--config.parallel.devices=1"], 1, real_data_dir,
+                                                 tmp / "one")
     return out
 
 
@@ -81,6 +85,7 @@ def largest_difference(a: list[dict], b: list[dict]) -> float:
                if k not in TIMING and not isinstance(x[k], (list, dict, type(None))))
 
 
+@slow
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_two_processes_equal_one_process_on_four_devices(runs, algorithm):
     got = runs[algorithm]
@@ -91,13 +96,15 @@ def test_two_processes_equal_one_process_on_four_devices(runs, algorithm):
         assert a["bytes_cumulative"] == b["bytes_cumulative"] and a["test_accuracy"] == b["test_accuracy"]
 
 
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+@slow
+@pytest.mark.parametrize("algorithm", ONE_DEVICE)
 def test_two_processes_equal_one_device_up_to_reduction_order(runs, algorithm):
     diff = largest_difference(runs[algorithm]["two_processes"], runs[algorithm]["one_device"])
     print(f"{algorithm}: 2 processes vs 1 device: largest metric difference {diff:.3g}")
     assert diff <= 1e-4
 
 
+@slow
 def test_only_process_0_writes_and_the_checkpoint_spans_both(runs):
     workdir = runs["dfedavg"]["dir"] / "two"
     assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt"} <= {p.name for p in workdir.iterdir()}
@@ -111,6 +118,7 @@ def test_only_process_0_writes_and_the_checkpoint_spans_both(runs):
     assert len(out[0]) == 1 and "final aggregated test accuracy" in out[0][0] and out[1] == []  # from process 0
 
 
+@slow
 def test_resumed_two_process_run_continued_from_its_checkpoint(runs):
     err = (runs["dfedavg"]["dir"] / "logs" / "resumed" / "p0.err").read_text()
     assert "resuming" in err and "at round 6 of 6" not in err  # it had rounds left to run
@@ -123,6 +131,7 @@ def _bad(args, data_dir, tmp_path, extra=None):
         return procs.wait(120)
 
 
+@slow
 def test_unreachable_coordinator_fails_in_bounded_time_with_one_line(tmp_path):
     with Processes(["--config=tiny", f"--workdir={tmp_path / 'run'}", "--distributed_timeout=3"], 1, 2,
                    tmp_path / "logs", extra=[["--num_processes=2", "--process_id=1"]]) as procs:
@@ -134,6 +143,7 @@ def test_unreachable_coordinator_fails_in_bounded_time_with_one_line(tmp_path):
     assert "Traceback" not in err and "Check failure" not in err
 
 
+@slow
 def test_processes_that_disagree_on_the_config_both_stop(real_data_dir, tmp_path):
     results = _bad([], real_data_dir, tmp_path, extra=[[], ["--config.rounds=3"]])
     for rc, err in results:
@@ -143,6 +153,7 @@ def test_processes_that_disagree_on_the_config_both_stop(real_data_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@slow
 def test_node_count_not_divisible_by_the_global_device_count(real_data_dir, tmp_path):
     results = _bad(["--config.partition.num_nodes=6"], real_data_dir, tmp_path)
     for rc, err in results:
