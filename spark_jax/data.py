@@ -210,16 +210,18 @@ def _checked_record(path: pathlib.Path, blob: bytes, raw: bytes, name: str, key:
     Identified by the file's bytes (`.gz` or uncompressed); an unknown `.gz` also by its contents
     (the same data recompressed).
     """
-    match = data_checksums.identify(len(blob), data_checksums.sha256(blob))
+    digest = data_checksums.sha256(blob)
+    match = data_checksums.identify(len(blob), digest)
+    what = f"is {match.describe()}" if match else ""
     if match is None and raw is not blob:
         match = data_checksums.identify(len(raw), data_checksums.sha256(raw))
+        what = f"holds {match.describe()} (recompressed)" if match else ""
     if match is not None and match.dataset != name:
-        raise DataError(f"{path} is {match.describe()}, but the config asks for "
-                        f"{data_checksums.NAMES[name]} (data.dataset={name})")
+        raise DataError(f"{path} {what}, but the config asks for {data_checksums.NAMES[name]} (data.dataset={name})")
     if match is not None and match.key != key:
-        raise DataError(f"{path} is {match.describe()}, not {data_checksums.NAMES[name]}'s {path.name}; "
-                        "put each IDX file under its own name")
-    return data_checksums.file_record(path, blob, match)
+        raise DataError(f"{path} {what}, not {data_checksums.NAMES[name]}'s {path.name}; put each IDX file under "
+                        "its own name")
+    return data_checksums.file_record(path, blob, match, digest)
 
 
 def load_from_tfds(name: str) -> Dataset:

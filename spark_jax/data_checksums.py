@@ -89,12 +89,13 @@ def identify(size: int, digest: str) -> Match | None:
     return _INDEX.get((int(size), digest))
 
 
-def file_record(path, blob: bytes, match: Match | None = None) -> dict:
+def file_record(path, blob: bytes, match: Match | None = None, digest: str | None = None) -> dict:
     """{'file', 'size', 'sha256', 'canonical'} of one file read as `blob` (the fingerprint's entry).
 
-    `canonical` is e.g. "MNIST's train-images-idx3-ubyte.gz", or None for a file of no published sum.
+    `canonical` is e.g. "MNIST's train-images-idx3-ubyte.gz", or None for a file of no published sum;
+    `digest`: sha256(blob) when the caller has it already (a file is hashed once).
     """
-    digest = sha256(blob)
+    digest = digest or sha256(blob)
     match = match or identify(len(blob), digest)
     return {"file": pathlib.Path(path).name, "size": len(blob), "sha256": digest,
             "canonical": match.describe() if match else None}
