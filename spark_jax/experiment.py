@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from spark_jax import (algorithms, checkpoint, comm, data, distributed, guard, metrics, parallel, partition,
-                       run_data, run_lock, topology)
+                       run_budget, run_data, run_lock, topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
@@ -259,6 +259,11 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
         return _round_loop(setup, run_dir, state, progress, manager, bar)
     except KeyboardInterrupt:
         raise Interrupted(progress.round + 1, run_dir.path) from None
+    except jax.errors.JaxRuntimeError as e:  # XLA out of memory: one line, checkpoints of good rounds kept
+        line = run_budget.out_of_memory_line(e, progress.round + 1, setup.config)
+        if line is None:
+            raise
+        raise run_budget.OutOfMemoryError(f"{line}; {_where_kept(run_dir, progress)}") from None
 
 
 class Interrupted(Exception):

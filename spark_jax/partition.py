@@ -26,6 +26,7 @@ import io
 import os
 import pathlib
 import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -287,7 +288,7 @@ def read_partition_file(path, num_nodes: int | None = None, num_train: int | Non
             if "offsets" not in f or "indices" not in f:
                 raise ValueError(f"{path}: expected arrays 'offsets' and 'indices', found {sorted(f.files)}")
             arrays = {name: _read_member(f, name, path) for name in ("offsets", "indices")}
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a readable .npz partition file ({type(e).__name__}: {e}; "
                          "truncated or corrupt)") from None
     part = validate_partition(Partition(**arrays), num_train, str(path))

@@ -18,13 +18,17 @@ Two estimates refuse a run that could never finish, each in one line with the nu
   node data [M, n_max] images (float32); the parameters of every node and
   their mixed copies [2, M, d] (float32); for the NTK algorithms one
   neighbourhood kernel [N, N] (float32, N = slots x n_max rows). More than the
-  memory available is refused before any of it is allocated.
+  memory available is refused before any of it is allocated. What the
+  estimate cannot see (an NTK neighbourhood's Jacobian-sized temporaries, XLA's
+  buffers) ends, if it runs out, in `OutOfMemoryError`: one line naming the
+  round, the bytes XLA asked for and the fields that size them.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 MAX_EVOLUTION_PRODUCTS = 10_000  # kernel products per neighbourhood and round (~4.5 s at N ~ 1,200)
 PRODUCT_SECONDS = 0.45e-3  # one [N, N] x [N, 16] product at N = 1,194 (BUILD.md "Measured round times")
@@ -67,9 +71,18 @@ def evolution_problem(config) -> str | None:
     total = seconds * config.partition.num_nodes * config.rounds
     return (f"ntk.taus={taus} needs about {work:,.0f} kernel products per neighbourhood and round with "
             f"ntk.integrator={nc.integrator!r} (tau_max {taus[-1]:,} grid intervals, {how}), more than "
-            f"{MAX_EVOLUTION_PRODUCTS:,}: ~{seconds:,.0f} s per node and round at ~1,200 rows, ~{total / 3600:,.0f} h "
-            f"for {config.partition.num_nodes} nodes x {config.rounds} rounds; with this integrator tau_max may be "
-            f"at most {largest:,} (the SPEC's candidates end at 800)")
+            f"{MAX_EVOLUTION_PRODUCTS:,}: ~{_duration(seconds)} per node and round at ~1,200 rows, "
+            f"~{_duration(total)} for {config.partition.num_nodes} nodes x {config.rounds} rounds; with this "
+            f"integrator tau_max may be at most {largest:,} (the SPEC's candidates end at 800)")
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '12 min', '1,234 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.0f} h"
 
 
 def memory_estimate(config, n_max: int, num_params: int, num_slots: int) -> dict[str, float]:
@@ -130,3 +143,19 @@ def memory_problem(config, n_max: int, num_params: int, num_slots: int, availabl
         return (f"partition.num_nodes={config.partition.num_nodes}: the run needs at least {need / GIB:,.1f} GiB"
                 f"{where} ({shown}) but {free / GIB:,.1f} GiB are available; use fewer nodes{kernel}")
     return None
+
+
+class OutOfMemoryError(ValueError):
+    """XLA could not allocate a buffer of a round; the message names the round, the size and what to shrink."""
+
+
+def out_of_memory_line(error: Exception, round_number: int, config) -> str | None:
+    """One line for an XLA out-of-memory error in round `round_number`, or None for any other error."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+        return None
+    asked = re.search(r"allocating (\d+) bytes", text)
+    size = f" allocating {int(asked.group(1)) / GIB:,.1f} GiB" if asked else ""
+    return (f"round {round_number}: out of memory{size} (partition.num_nodes={config.partition.num_nodes}, "
+            f"topology.kind={config.topology.kind!r}); use fewer nodes, a smaller neighbourhood or a smaller "
+            f"ntk.node_chunk / eval.node_chunk")
