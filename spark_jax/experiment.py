@@ -181,7 +181,9 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
         return {**done, "run_status": "already finished"}
     setup = prepare(config)
     if resuming:
-        run_data.check_same_data(run_dir, setup.data_fingerprint)  # before anything is rewritten
+        # Before anything is rewritten; on every process (all raise if one's files differ from the record).
+        distributed.run_everywhere("resumed data", lambda: run_data.check_same_data(run_dir, setup.data_fingerprint),
+                                   lambda _: b"")
         return {**_run_rounds(setup, run_dir, resume=True), "run_status": "resumed"}
     run_dir.create()
     try:

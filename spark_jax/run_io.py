@@ -233,9 +233,16 @@ class RunDir:
         (CorruptFileError naming the file when it is not a fingerprint)."""
         data = self._config_json()
         found = None if data is None else data.get("data")
-        if found is not None and not (isinstance(found, dict) and isinstance(found.get("files"), dict)):
-            raise CorruptFileError(f"{self.path / 'config.json'}: 'data' is not a data fingerprint (expected an "
-                                   "object with a 'files' object)")
+        if found is None:
+            return None
+        entries = list(found.get("files", {}).values()) if isinstance(found, dict) and isinstance(
+            found.get("files"), dict) else [None]
+        if isinstance(found, dict) and found.get("partition_file") is not None:
+            entries.append(found["partition_file"])
+        if not all(isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+                   and isinstance(e.get("file"), str) for e in entries):
+            raise CorruptFileError(f"{self.path / 'config.json'}: 'data' is not a data fingerprint (expected "
+                                   "'files' of {file, size, sha256} records)")
         return found
 
     def read_summary(self) -> dict | None:

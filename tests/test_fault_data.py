@@ -245,3 +245,18 @@ def test_resume_with_the_same_data_moved_and_a_run_from_before_fingerprints(star
     (old / "config.json").write_text(json.dumps(record))
     other = _root(real_data_dir, tmp_path / "other", {IDX["test_labels"]: _own_labels(real_data_dir)})
     assert experiment.run(_config(other), old, resume=True)["run_status"] == "resumed"
+
+
+@pytest.mark.parametrize("damaged", [3, {"files": 3}, {"files": {"test_labels": {"size": "5148"}}},
+                                     {"files": {}, "partition_file": []}])
+def test_a_damaged_data_record_is_one_line_naming_config_json(damaged, started, tmp_path):
+    workdir = _resumable(started, tmp_path)
+    record = json.loads((workdir / "config.json").read_text())
+    record["data"] = damaged
+    (workdir / "config.json").write_text(json.dumps(record))
+    before = snapshot(workdir)
+    with pytest.raises(ValueError) as err:
+        experiment.run(_config(started[0]), workdir, resume=True)
+    assert str(err.value) == (f"{workdir}/config.json: 'data' is not a data fingerprint (expected 'files' of "
+                              "{file, size, sha256} records)")
+    assert snapshot(workdir) == before and not (workdir / ".lock").exists()
