@@ -12,6 +12,13 @@ four canonical IDX files; `load_dataset` looks, in order, in
 
 Arrays stay uint8 here; `normalize_images` gives the float32 network inputs
 (x/255 - mean)/std with a trailing channel axis.
+
+Every file is read once: its bytes are hashed (`data_checksums`, ~0.1 s for the
+four files) into the Dataset's `fingerprint`, which a run records in its
+config.json. A file whose SHA-256 is that of another dataset's canonical file
+is refused (MNIST's files under a Fashion-MNIST config would train on MNIST
+with Fashion-MNIST normalisation); a file of no published sum is the user's
+own data and is used as given.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import zlib
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
+
+from spark_jax import data_checksums
 
 ENV_VAR = "SPARK_JAX_DATA_DIR"
 # Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
@@ -54,7 +64,9 @@ class Dataset(NamedTuple):
 
     Shapes: train_images [60000, 28, 28], train_labels [60000],
     test_images [10000, 28, 28], test_labels [10000]; labels in 0..9.
-    `source` is the directory read from, or "tfds:<name>".
+    `source` is the directory read from, or "tfds:<name>". `fingerprint`:
+    {'dataset', 'source', 'files': {IDX key: data_checksums.file_record},
+    'paths': {IDX key: path read}} (for TFDS, records of the arrays' bytes).
     """
 
     name: str
@@ -63,6 +75,7 @@ class Dataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str
+    fingerprint: dict | None = None
 
 
 def check_name(name: str) -> str:
@@ -77,13 +90,20 @@ def _idx_error(path: pathlib.Path, what: str) -> DataError:
     return DataError(f"IDX file {path} {what}; {_HOW_TO_GET}")
 
 
-def _read_bytes(path: pathlib.Path) -> bytes:
-    """The (gunzipped if `.gz`) contents of `path`; DataError on any read failure."""
+def _read_file(path: pathlib.Path) -> bytes:
+    """The bytes of `path` as stored; DataError on any read failure."""
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
         return path.read_bytes()
+    except OSError as e:
+        raise _idx_error(path, f"cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _contents(path: pathlib.Path, blob: bytes) -> bytes:
+    """The IDX contents of a file read as `blob`: gunzipped if the name ends in `.gz`."""
+    if not path.name.endswith(".gz"):
+        return blob
+    try:
+        return gzip.decompress(blob)
     except (OSError, EOFError, zlib.error) as e:
         raise _idx_error(path, f"cannot be read ({type(e).__name__}: {e})") from e
 
@@ -96,7 +116,11 @@ def parse_idx(path) -> np.ndarray:
     exactly. Raises DataError naming the file on any mismatch or corruption.
     """
     path = pathlib.Path(path)
-    raw = _read_bytes(path)
+    return parse_idx_bytes(path, _contents(path, _read_file(path)))
+
+
+def parse_idx_bytes(path: pathlib.Path, raw: bytes) -> np.ndarray:
+    """`parse_idx` of the (uncompressed) contents `raw` of `path` (named in errors)."""
     if len(raw) < 4:
         raise _idx_error(path, f"is too short for a header ({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
@@ -140,7 +164,7 @@ def find_idx_files(directory, name: str) -> dict[str, pathlib.Path] | None:
     return None
 
 
-def check_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+def check_arrays(name: str, arrays: dict[str, np.ndarray], source: str, fingerprint: dict | None = None) -> Dataset:
     """Checks counts (60000 train / 10000 test), shapes and labels 0..9; returns a Dataset."""
     for split, n in SPLIT_SIZES.items():
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -154,7 +178,8 @@ def check_arrays(name: str, arrays: dict[str, np.ndarray], source: str) -> Datas
         if labels.size and int(labels.max()) >= NUM_CLASSES:
             raise DataError(f"{name} {split} labels from {source} reach {int(labels.max())}; "
                             f"expected 0..{NUM_CLASSES - 1}")
-    return Dataset(name=name, source=source, **{k: arrays[k].astype(np.uint8) for k in IDX_FILES})
+    return Dataset(name=name, source=source, fingerprint=fingerprint,
+                   **{k: arrays[k].astype(np.uint8) for k in IDX_FILES})
 
 
 def load_from_dir(directory, name: str) -> Dataset:
@@ -163,8 +188,40 @@ def load_from_dir(directory, name: str) -> Dataset:
     if files is None:
         tried = ", ".join(str(d) for d in candidate_dirs(directory, name))
         raise DataError(f"no complete set of {name} IDX files in {tried}; {_HOW_TO_GET}")
-    arrays = {key: parse_idx(path) for key, path in files.items()}
-    return check_arrays(name, arrays, str(files["train_images"].parent))
+    arrays, records = {}, {}
+    for key, path in files.items():
+        blob = _read_file(path)
+        raw = _contents(path, blob)
+        records[key] = _checked_record(path, blob, raw, name, key)
+        arrays[key] = parse_idx_bytes(path, raw)
+    source = str(files["train_images"].parent)
+    own = [r["file"] for r in records.values() if r["canonical"] is None]
+    if own:
+        logging.warning("%s: %s match no published %s checksum; used as given (recorded in config.json)",
+                        source, ", ".join(own), data_checksums.NAMES[name])
+    fingerprint = {"dataset": name, "source": source, "files": records,
+                   "paths": {key: str(path) for key, path in files.items()}}
+    return check_arrays(name, arrays, source, fingerprint)
+
+
+def _checked_record(path: pathlib.Path, blob: bytes, raw: bytes, name: str, key: str) -> dict:
+    """The fingerprint entry of one IDX file; DataError when it is a canonical file other than `name`'s `key`.
+
+    Identified by the file's bytes (`.gz` or uncompressed); an unknown `.gz` also by its contents
+    (the same data recompressed).
+    """
+    digest = data_checksums.sha256(blob)
+    match = data_checksums.identify(len(blob), digest)
+    what = f"is {match.describe()}" if match else ""
+    if match is None and raw is not blob:
+        match = data_checksums.identify(len(raw), data_checksums.sha256(raw))
+        what = f"holds {match.describe()} (recompressed)" if match else ""
+    if match is not None and match.dataset != name:
+        raise DataError(f"{path} {what}, but the config asks for {data_checksums.NAMES[name]} (data.dataset={name})")
+    if match is not None and match.key != key:
+        raise DataError(f"{path} {what}, not {data_checksums.NAMES[name]}'s {path.name}; put each IDX file under "
+                        "its own name")
+    return data_checksums.file_record(path, blob, match, digest)
 
 
 def load_from_tfds(name: str) -> Dataset:
@@ -191,7 +248,11 @@ def load_from_tfds(name: str) -> Dataset:
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
             raise DataError(f"TFDS {name} {split} labels outside 0..{NUM_CLASSES - 1}")
         arrays[f"{split}_labels"] = labels.astype(np.uint8)
-    return check_arrays(name, arrays, f"tfds:{name}")
+    arrays_read = {key: np.ascontiguousarray(arrays[key], dtype=np.uint8).tobytes() for key in IDX_FILES}
+    entries = {key: data_checksums.file_record(f"tfds:{name}/{key}", blob) for key, blob in arrays_read.items()}
+    fingerprint = {"dataset": name, "source": f"tfds:{name}", "files": entries,
+                   "paths": {key: f"tfds:{name}/{key}" for key in IDX_FILES}}
+    return check_arrays(name, arrays, f"tfds:{name}", fingerprint)
 
 
 def load_dataset(name: str = "fashion_mnist", data_dir=None) -> Dataset:

@@ -26,11 +26,12 @@ import numpy as np
 from absl import logging
 
 from spark_jax import (algorithms, checkpoint, comm, data, distributed, guard, metrics, parallel, partition,
-                       run_lock, topology)
+                       run_budget, run_data, run_lock, topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.rng import numpy_rng, stream_key
 from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
+from spark_jax.run_data import build_partition
 from spark_jax.run_io import RunDir, naming, to_jsonable, write_atomic
 from spark_jax.validation import ConfigError, validate_config
 
@@ -53,39 +54,7 @@ class Setup(NamedTuple):
     label_hist: np.ndarray  # [M, C]
     data_source: str
     mesh: Any = None  # 'nodes' mesh (config.parallel.devices > 1), else None: one device
-
-
-def _file_split(config) -> str:
-    return "iid" if config.partition.iid else f"alpha{config.partition.alpha:g}"
-
-
-def build_partition(config, labels: np.ndarray) -> partition.Partition:
-    """The node partition named by `config.partition` (SPEC "Data")."""
-    pc = config.partition
-    rng = numpy_rng(stream_key(config.seed, "data"), 0)
-    if pc.kind == "ntk_dfl_file":
-        full = partition.load_ntk_dfl_partition(config.data.dataset, 300, _file_split(config), pc.file_seed,
-                                                data_dir=config.data.data_dir or None, num_train=len(labels))
-        if pc.num_nodes > full.num_nodes:
-            raise ConfigError(f"partition.num_nodes={pc.num_nodes} but the NTK-DFL partition files have "
-                              f"{full.num_nodes} nodes; use partition.kind='ntk_dfl' for more nodes")
-        end = int(full.offsets[pc.num_nodes])
-        return partition.Partition(full.offsets[: pc.num_nodes + 1], full.indices[:end])
-    if pc.kind == "ntk_dfl":
-        return partition.ntk_dfl_dirichlet(labels, pc.num_nodes, pc.samples_per_node, pc.alpha, rng)
-    if pc.kind == "dirichlet_hsu":
-        return partition.hsu_dirichlet(labels, pc.num_nodes, pc.alpha, rng, min_size=pc.min_size)
-    if pc.kind == "iid":
-        return partition.iid(labels, pc.num_nodes, rng, samples_per_node=pc.samples_per_node)
-    raise ConfigError(f"unknown partition.kind {pc.kind!r}")
-
-
-def make_topology(config) -> topology.TopologyStream:
-    tc = config.topology
-    topo_key = stream_key(config.seed, "topology")
-    return topology.TopologyStream(tc.kind, config.partition.num_nodes, degree=tc.degree, p=tc.p,
-                                   dynamic=tc.dynamic, mixing=tc.mixing,
-                                   seed_rng_fn=lambda r: numpy_rng(topo_key, r))
+    data_fingerprint: dict | None = None  # per file bytes + sha256 (`run_data`), recorded in config.json
 
 
 def make_mesh(config):
@@ -129,7 +98,8 @@ def prepare(config) -> Setup:
     """
     validate_config(config, algorithms.available())
     mesh = make_mesh(config)
-    ds, part, topo = distributed.run_everywhere("data", lambda: _load(config), _data_digest)
+    loaded = distributed.run_everywhere("data", lambda: run_data.load(config), run_data.digest)
+    ds, part, topo = loaded.dataset, loaded.partition, loaded.topology
     train_x = data.normalize_images(ds.train_images, ds.name)
     nd = partition.make_node_data(train_x, ds.train_labels.astype(np.int32), part)
     test_x = data.normalize_images(ds.test_images, ds.name)
@@ -150,23 +120,7 @@ def prepare(config) -> Setup:
                  test_y=place(test_y), node_test_x=place(node_x),
                  node_test_y=place(node_y), topology=topo, num_params=d,
                  label_hist=partition.label_histogram(part, ds.train_labels, data.NUM_CLASSES),
-                 data_source=ds.source, mesh=mesh)
-
-
-def _load(config):
-    """(dataset, partition, topology stream): the host-side inputs, checked (e.g. graph feasibility)."""
-    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
-    part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
-    topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
-    topo.graph(0)
-    return ds, part, topo
-
-
-def _data_digest(loaded) -> bytes:
-    """What every process of a multi-process run must have loaded alike: images, labels, partition."""
-    ds, part, topo = loaded
-    return distributed.digest_arrays(ds.train_images, ds.train_labels, ds.test_images, ds.test_labels,
-                                     part.offsets, part.indices, topo.graph(0).neighbors)
+                 data_source=ds.source, mesh=mesh, data_fingerprint=loaded.fingerprint)
 
 
 def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) -> RoundInputs:
@@ -227,11 +181,14 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
         return {**done, "run_status": "already finished"}
     setup = prepare(config)
     if resuming:
+        # Before anything is rewritten; on every process (all raise if one's files differ from the record).
+        distributed.run_everywhere("resumed data", lambda: run_data.check_same_data(run_dir, setup.data_fingerprint),
+                                   lambda _: b"")
         return {**_run_rounds(setup, run_dir, resume=True), "run_status": "resumed"}
     run_dir.create()
     try:
         if run_dir.writer:
-            run_dir.write_config(config.to_dict())
+            run_dir.write_config(config.to_dict(), setup.data_fingerprint)
             write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
             with naming(run_dir.path / "label_histogram.png"):
                 partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
@@ -304,6 +261,11 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
         return _round_loop(setup, run_dir, state, progress, manager, bar)
     except KeyboardInterrupt:
         raise Interrupted(progress.round + 1, run_dir.path) from None
+    except jax.errors.JaxRuntimeError as e:  # XLA out of memory: one line, checkpoints of good rounds kept
+        line = run_budget.out_of_memory_line(e, progress.round + 1, setup.config)
+        if line is None:
+            raise
+        raise run_budget.OutOfMemoryError(f"{line}; {_where_kept(run_dir, progress)}") from None
 
 
 class Interrupted(Exception):

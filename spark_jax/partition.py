@@ -12,19 +12,27 @@ A `Partition` is ragged, stored CSR-style: node u owns training-set indices
 - `iid`: a uniform random disjoint split;
 - `load_ntk_dfl_partition`: the exact NTK-DFL index files (`.npz`).
 
+`read_partition_file` reads one `.npz` once, checks it (every failure names the
+file) and returns its fingerprint entry (size, sha256) for the run's config.json.
+Text and heat-map reports of a partition are in `spark_jax.partition_report`.
+
 `make_node_data` turns a partition into padded arrays plus masks, so that one
 compiled program serves every node (STYLE.md "Ragged data as padding").
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
+import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from spark_jax import data
+from spark_jax import data, data_checksums
+from spark_jax.partition_report import histogram_summary, max_class_share, plot_label_heatmap
 
 BUNDLED_DIR = pathlib.Path(__file__).parent / "partition_files"
 _FILE_PREFIX = {"fashion_mnist": "fmnist", "mnist": "mnist"}
@@ -86,6 +94,31 @@ def validate_partition(partition: Partition, num_train: int | None = None, where
     if num_train is not None and indices.size and indices.max() >= num_train:
         raise ValueError(f"{where}: index {indices.max()} out of range for a training set of {num_train}")
     return Partition(offsets=offsets.astype(np.int64), indices=indices.astype(np.int64))
+
+
+def _check_no_repeats(part: Partition, where: str) -> None:
+    """ValueError naming the first node that holds a training index twice (a node never repeats a sample)."""
+    if part.indices.size < 2:
+        return
+    nodes = np.repeat(np.arange(part.num_nodes, dtype=np.int64), part.counts)
+    order = np.lexsort((part.indices, nodes))  # by node, then index
+    same = (nodes[order][1:] == nodes[order][:-1]) & (part.indices[order][1:] == part.indices[order][:-1])
+    if same.any():
+        first = int(np.argmax(same))
+        node, index = int(nodes[order][first]), int(part.indices[order][first])
+        count = int(same.sum())
+        raise ValueError(f"{where}: node {node} holds training index {index} twice ({count} repeated "
+                         f"{'entry' if count == 1 else 'entries'} in all); a node never holds a sample twice")
+
+
+def check_nonempty(part: Partition, where: str) -> None:
+    """ValueError naming the first node without samples (every node trains on >= 1 sample, SPEC "Data")."""
+    empty = np.flatnonzero(part.counts == 0)
+    if empty.size == part.num_nodes:
+        raise ValueError(f"{where}: all {part.num_nodes} nodes used hold no samples")
+    if empty.size:
+        raise ValueError(f"{where}: node {int(empty[0])} holds no samples ({empty.size} of the "
+                         f"{part.num_nodes} nodes used are empty); every node needs at least one")
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -233,17 +266,54 @@ def ntk_dfl_partition_path(dataset: str, num_nodes: int, split: str, seed: int, 
                                      f"available for {set_name}: {_available(roots, set_name)}")
 
 
+def read_partition_file(path, num_nodes: int | None = None, num_train: int | None = None
+                        ) -> tuple[Partition, dict]:
+    """(partition, fingerprint entry) of one `.npz` partition file, read once and checked.
+
+    The file must hold int arrays `offsets` [M+1] and `indices` (no pickles);
+    M must be `num_nodes` if given. Every failure (a truncated or non-zip file,
+    an object array, a missing array, broken CSR invariants, a repeated index)
+    is a ValueError naming the file.
+    """
+    path = pathlib.Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if blob[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (.npz) starts with one of these
+        raise ValueError(f"{path}: not a readable .npz partition file (no zip header in its {len(blob)} bytes; "
+                         "truncated or corrupt)")
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as f:
+            if "offsets" not in f or "indices" not in f:
+                raise ValueError(f"{path}: expected arrays 'offsets' and 'indices', found {sorted(f.files)}")
+            arrays = {name: _read_member(f, name, path) for name in ("offsets", "indices")}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npz partition file ({type(e).__name__}: {e}; "
+                         "truncated or corrupt)") from None
+    part = validate_partition(Partition(**arrays), num_train, str(path))
+    _check_no_repeats(part, str(path))
+    if num_nodes is not None and part.num_nodes != num_nodes:
+        raise ValueError(f"{path}: holds {part.num_nodes} nodes, expected {num_nodes}")
+    return part, data_checksums.file_record(path, blob)
+
+
+def _read_member(f, name: str, path: pathlib.Path) -> np.ndarray:
+    """Array `name` of an open .npz; ValueError naming the file for an object (pickled) or unreadable array."""
+    try:
+        return f[name]
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path}: array {name!r} is an object (pickled) array; expected int64 arrays "
+                             "'offsets' and 'indices'") from None
+        raise ValueError(f"{path}: array {name!r} cannot be read ({e}; truncated or corrupt)") from None
+
+
 def load_ntk_dfl_partition(dataset: str = "fashion_mnist", num_nodes: int = 300, split: str = "alpha0.1",
                            seed: int = 0, data_dir=None, num_train: int | None = None) -> Partition:
     """Loads and validates one exact NTK-DFL partition (int64 `offsets`, `indices` in a .npz)."""
     path = ntk_dfl_partition_path(dataset, num_nodes, split, seed, data_dir)
-    with np.load(path, allow_pickle=False) as f:
-        if "offsets" not in f or "indices" not in f:
-            raise ValueError(f"{path}: expected arrays 'offsets' and 'indices', found {sorted(f.files)}")
-        part = validate_partition(Partition(offsets=f["offsets"], indices=f["indices"]), num_train, str(path))
-    if part.num_nodes != num_nodes:
-        raise ValueError(f"{path}: holds {part.num_nodes} nodes, expected {num_nodes}")
-    return part
+    return read_partition_file(path, num_nodes, num_train)[0]
 
 
 def label_histogram(partition: Partition, labels, num_classes: int = data.NUM_CLASSES) -> np.ndarray:
@@ -256,54 +326,6 @@ def label_histogram(partition: Partition, labels, num_classes: int = data.NUM_CL
     node_ids = np.repeat(np.arange(part.num_nodes, dtype=np.int64), part.counts)
     flat = np.bincount(node_ids * num_classes + node_labels, minlength=part.num_nodes * num_classes)
     return flat.reshape(part.num_nodes, num_classes).astype(np.int64)
-
-
-def max_class_share(hist: np.ndarray) -> np.ndarray:
-    """float64 [M]: each node's largest class count over its total (0 for empty nodes)."""
-    hist = np.asarray(hist)
-    totals = hist.sum(axis=1)
-    return np.where(totals > 0, hist.max(axis=1) / np.maximum(totals, 1), 0.0)
-
-
-def histogram_summary(hist: np.ndarray, rows: int = 5) -> str:
-    """A text report of a [M, C] label histogram: sizes, skew, classes per node, first rows."""
-    hist = np.asarray(hist)
-    if hist.ndim != 2:
-        raise ValueError(f"hist must be [M, C], got shape {hist.shape}")
-    totals = hist.sum(axis=1)
-    classes = (hist > 0).sum(axis=1)
-    lines = [
-        f"nodes: {hist.shape[0]}, classes: {hist.shape[1]}, samples: {int(totals.sum())}",
-        f"samples per node: min {totals.min()} / mean {totals.mean():.1f} / max {totals.max()}",
-        f"mean max-class share: {max_class_share(hist).mean():.3f}",
-        f"classes per node: min {classes.min()} / mean {classes.mean():.2f} / max {classes.max()}",
-        f"first {min(rows, hist.shape[0])} rows (node: counts per class):",
-    ]
-    lines += [f"  {u:4d}: {' '.join(f'{int(v):4d}' for v in hist[u])}" for u in range(min(rows, hist.shape[0]))]
-    return "\n".join(lines)
-
-
-def plot_label_heatmap(hist: np.ndarray, path) -> None:
-    """Writes a PNG heat map of a [M, C] label histogram (nodes x classes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-    hist = np.asarray(hist)
-    if hist.ndim != 2:
-        raise ValueError(f"hist must be [M, C], got shape {hist.shape}")
-    fig = Figure(figsize=(4 + 0.3 * hist.shape[1], 4 + min(hist.shape[0], 300) / 60))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    im = ax.imshow(hist, aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_xlabel("class")
-    ax.set_ylabel("node")
-    ax.set_xticks(range(hist.shape[1]))
-    ax.set_title(f"label counts ({hist.shape[0]} nodes)")
-    fig.colorbar(im, ax=ax, label="samples")
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
 
 
 class NodeData(NamedTuple):

@@ -31,6 +31,7 @@ def check_resumable(config, run_dir: RunDir) -> None:
         raise ConfigError(f"cannot resume {run_dir.path}: the config differs from its config.json in "
                           f"{len(diff)} field(s) ({shown}{'; ...' if len(diff) > 3 else ''}); resume with the "
                           "same config or pass another --workdir")
+    run_dir.read_data_fingerprint()  # a damaged data record is named now, before any data are loaded
     env = run_dir.read_environment()
     now = environment_info()
     changed = [k for k in ("jax", "jaxlib", "device_kind", "devices", "XLA_FLAGS", "jax_flags")

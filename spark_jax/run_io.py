@@ -169,6 +169,10 @@ def flatten_config(config_dict: dict) -> dict:
 ADDED_FIELDS = {"ntk.matmul_precision": "float32"}
 
 
+# The data a run read are not config fields: they are recorded beside the config, as config.json's 'data'
+# (`run_data`: per file bytes and sha256), and a run from before that record resumes without the comparison.
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted fields whose values differ between two config dicts (ignored fields left out; a field of
     `ADDED_FIELDS` missing from `old` compares as its listed value)."""
@@ -224,13 +228,34 @@ class RunDir:
         data = self._config_json()
         return {} if data is None else data.get("environment", {})
 
+    def read_data_fingerprint(self) -> dict | None:
+        """The data fingerprint recorded in config.json (`run_data`), or None for a run from before them
+        (CorruptFileError naming the file when it is not a fingerprint)."""
+        data = self._config_json()
+        found = None if data is None else data.get("data")
+        if found is None:
+            return None
+        entries = list(found.get("files", {}).values()) if isinstance(found, dict) and isinstance(
+            found.get("files"), dict) else [None]
+        if isinstance(found, dict) and found.get("partition_file") is not None:
+            entries.append(found["partition_file"])
+        if not all(isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+                   and isinstance(e.get("file"), str) for e in entries):
+            raise CorruptFileError(f"{self.path / 'config.json'}: 'data' is not a data fingerprint (expected "
+                                   "'files' of {file, size, sha256} records)")
+        return found
+
     def read_summary(self) -> dict | None:
         path = self.path / "summary.json"
         return read_json(path, "a run summary") if path.exists() else None
 
-    def write_config(self, config_dict: dict) -> None:
+    def write_config(self, config_dict: dict, data_fingerprint: dict | None = None) -> None:
+        """config.json: the resolved config, the environment and (if given) the data fingerprint."""
         if self.writer:
-            write_json_atomic(self.path / "config.json", {"config": config_dict, "environment": environment_info()})
+            record = {"config": config_dict, "environment": environment_info()}
+            if data_fingerprint is not None:
+                record["data"] = data_fingerprint
+            write_json_atomic(self.path / "config.json", record)
 
     def append_metrics(self, record: dict) -> None:
         """Appends one line, all or nothing: on any failure (disk full, ...) the file is cut back."""

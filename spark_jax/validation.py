@@ -4,13 +4,17 @@ Every field of `experiments/configs/base.py` is checked, in every section
 (also sections the chosen algorithm does not read, so a typo in a sweep or a
 config file fails at once): its type, its range, its options. Cross-field
 checks (graph feasibility, sizes against the dataset, sketch k against the
-layer sizes, stage boundaries) apply to the parts the run uses. Data files are
-checked where they are read (`spark_jax.data`, `spark_jax.partition`).
+layer sizes, stage boundaries) apply to the parts the run uses; `ntk.taus` is
+bounded by the evolution work it asks of the integrator (`run_budget`). Data
+files are checked where they are read (`spark_jax.data`, `spark_jax.partition`),
+the memory a run needs once its partition is known (`spark_jax.run_data`).
 """
 
 from __future__ import annotations
 
 import math
+
+from spark_jax import run_budget
 
 DATASETS = ("fashion_mnist", "mnist")
 NUM_TRAIN = 60_000  # training images of both datasets
@@ -200,6 +204,8 @@ def _validate_ntk(config) -> None:
     _positive_int(nc.node_chunk, "ntk.node_chunk")
     _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
     _one_of(nc.matmul_precision, "ntk.matmul_precision", MATMUL_PRECISIONS)
+    problem = run_budget.evolution_problem(config)  # ntk.taus against the integrator's work (all configs)
+    _require(problem is None, problem or "")
     if config.algorithm in ("ntk_dfl", "spark"):
         _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
                  f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")
