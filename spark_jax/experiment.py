@@ -155,7 +155,8 @@ def prepare(config) -> Setup:
 
 def _load(config):
     """(dataset, partition, topology stream): the host-side inputs, checked (e.g. graph feasibility)."""
-    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
+    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None, download=config.data.download,
+                           base_url=config.data.base_url or None)
     part = build_partition(config, ds.train_labels)  # e.g. more nodes than samples
     topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)
     topo.graph(0)
