@@ -179,6 +179,10 @@ def load_from_tfds(name: str) -> Dataset:
     (random-access ArrayRecord reader: no TensorFlow needed). Any failure,
     including a missing TFDS install, becomes DataError.
     """
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about absent folders: the DataError says it
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -191,6 +195,8 @@ def load_from_tfds(name: str) -> Dataset:
     except Exception as e:  # TFDS raises many types (KeyError, AssertionError, ...) for "not prepared".
         detail = " ".join(str(e).split())  # TFDS messages span lines; keep the error one line.
         raise DataError(f"no prepared local TFDS dataset {name!r}: {type(e).__name__}: {detail}") from e
+    finally:
+        absl_logging.set_verbosity(verbosity)
     for split in SPLIT_SIZES:
         labels = arrays[f"{split}_labels"]
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):

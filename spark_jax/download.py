@@ -29,6 +29,7 @@ import urllib.request
 from typing import Callable
 
 from spark_jax.data import DataError, IDX_FILES
+from spark_jax.run_summary import human_bytes
 
 NO_DOWNLOAD_ENV = "SPARK_JAX_NO_DOWNLOAD"  # =1: never download
 URL_ENV = "SPARK_JAX_DATA_URL"  # one base URL instead of the mirror list (tests, private mirrors)
@@ -245,7 +246,7 @@ def fetch(name: str, dest=None, base_url: str | None = None, log: Callable[[str]
             if base in dead:
                 errors.append(f"{base}: skipped (unreachable)")
                 continue
-            log(f"downloading {base}{fname} ({size / 1e6:.1f} MB) -> {target}")
+            log(f"downloading {base}{fname} ({human_bytes(size)}) -> {target}")
             try:
                 _fetch_one(base + fname, target, size, sha256, timeout)
                 break

@@ -40,7 +40,8 @@ def cost_note(config) -> str:
     """The first line of a paper-scale run on CPU."""
     small = _small_variant(config.name)
     hint = f"; `--config={small}` is the CPU-sized variant (minutes)" if small else ""
-    return (f"note: {config.name} is paper scale ({config.partition.num_nodes} nodes, {config.rounds} rounds) on "
+    rounds = f"{config.rounds} round{'s' if config.rounds != 1 else ''}"
+    return (f"note: {config.name} is paper scale ({config.partition.num_nodes} nodes, {rounds}) on "
             f"CPU: a round can take minutes; the total is estimated after round 1{hint}")
 
 
@@ -62,14 +63,14 @@ class RoundReporter:
         self.start_round = start_round
         if not writer:
             return
+        if is_paper_scale_on_cpu(config):
+            self.estimate = True
+            self.note(cost_note(config))
         if config.progress:
             from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
             self.bar = tqdm(total=config.rounds, initial=start_round, desc=config.name, unit="round",
                             bar_format=BAR_FORMAT, dynamic_ncols=True)
-        if is_paper_scale_on_cpu(config):
-            self.estimate = True
-            self.note(cost_note(config))
         if config.log.tensorboard:
             self.tb = tensorboard_log.open_run_log(run_dir, history)
 

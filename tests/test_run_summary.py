@@ -9,7 +9,6 @@ import math
 import struct
 import zlib
 
-import ml_collections
 import pytest
 
 from experiments.configs import fmnist_ring, tiny
@@ -177,7 +176,13 @@ def test_event_files_read_back(tmp_path):
     assert [s.step for s in acc.Scalars("test_accuracy")] == [1]
 
 
-def test_new_config_fields_default_off_or_on():
+def test_new_config_fields_and_old_run_directories():
+    from spark_jax.run_io import config_differences  # pylint: disable=g-import-not-at-top
+
     c = tiny.get_config()
     assert c.data.download is True and c.data.base_url == "" and c.log.tensorboard is False
-    assert isinstance(c, ml_collections.ConfigDict)
+    # A config.json written before these fields existed still resumes, whatever they are set to now.
+    old = {"data": {"dataset": "mnist", "data_dir": ""}}
+    new = {"data": {"dataset": "mnist", "data_dir": "", "download": False, "base_url": "http://127.0.0.1:1/"},
+           "log": {"tensorboard": True}}
+    assert config_differences(old, new) == []
