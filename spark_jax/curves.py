@@ -38,6 +38,7 @@ def plot_curves(history: Sequence[dict], path, title: str = "", stages: Sequence
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
     path = pathlib.Path(path)
     rounds = [h["round"] for h in history]
@@ -55,9 +56,12 @@ def plot_curves(history: Sequence[dict], path, title: str = "", stages: Sequence
     by_round = dict(zip(rounds, sent))
     for i, start in enumerate(stages):
         ax_r.axvline(start - 0.5, color="grey", linestyle="--", linewidth=0.8)
-        ax_r.text(start - 0.5, 0.02, f" stage {i + 2}", color="grey", fontsize=8, transform=ax_r.get_xaxis_transform())
+        ax_r.text(start - 0.5, 0.98, f" stage {i + 2}", color="grey", fontsize=8, va="top",
+                  transform=ax_r.get_xaxis_transform())
         if start - 1 in by_round and by_round[start - 1] > 0:
             ax_b.axvline(by_round[start - 1], color="grey", linestyle="--", linewidth=0.8)
+    ax_r.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_r.set_xlim(0.5, max(rounds, default=1) + 0.5)
     ax_r.set_xlabel("round")
     ax_r.set_ylabel("test accuracy")
     ax_b.set_xlabel("cumulative bytes sent (all nodes)")
