@@ -17,6 +17,11 @@ directory (on a filesystem all of them share, for the checkpoints):
   python -m experiments.run --config=tiny --workdir=results/t \
       --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0   # and =1 on the other host
 
+The data is downloaded (checksummed) on first use when no source has it
+(`spark_jax/download.py`; `--config.data.download=False` or
+SPARK_JAX_NO_DOWNLOAD=1 turns that off). A finished run prints a short summary
+(`spark_jax/run_summary.py`) and leaves `curves.png` in its directory.
+
 Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
 input, a config that differs from the resumed run's, or a NaN/Inf (the round,
 nodes and phase named; checkpoints and metrics of the good rounds are kept).
@@ -114,9 +119,10 @@ def _run():
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
               f"accuracy {summary['final_test_accuracy']:.4f}")
         return
+    from spark_jax.run_summary import summary_lines
+
     resumed = " (resumed)" if summary.get("run_status") == "resumed" else ""
-    print(f"{summary['config_name']}: final aggregated test accuracy {summary['final_test_accuracy']:.4f} "
-          f"after {summary['rounds']} rounds{resumed}; run directory {workdir}")
+    print("\n".join(summary_lines(summary, workdir, resumed)), flush=True)  # accuracies, target, curves, report
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ and apply to every run. Axis syntax (tuples: `config.ntk.taus=100:200;100:400`)
 and the directory layout are described in `spark_jax/sweep_grid.py`. Re-running
 the same command resumes: finished runs are skipped, interrupted ones continue
 from their last checkpoint (or re-run when they have none).
-Exits non-zero if any run failed. Cost: the sum of the runs' costs.
+When it ends it writes the report (`experiments.report WORKDIR`; `--noreport`
+skips it). Exits non-zero if any run failed. Cost: the sum of the runs' costs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _PRESET = flags.DEFINE_enum("preset", None, sorted(sweep_presets.PRESETS), "Name
                             "the --sweep axes and seeds.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the grid and exit.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files (overrides config.data.data_dir).")
+_REPORT = flags.DEFINE_bool("report", True, "Write the report (WORKDIR/report: report.md, CSV, plots) when the "
+                            "sweep ends; --noreport to skip it.")
 
 
 def main(argv):
@@ -79,7 +82,11 @@ def main(argv):
     for r in failed:
         print(f"\n--- {r.spec.name} failed ---\n{r.traceback or r.error}", file=sys.stderr)
     print(f"{len(results) - len(failed)}/{len(results)} runs finished; report: "
-          f"python -m experiments.report {_WORKDIR.value}")
+          f"python -m experiments.report {_WORKDIR.value}", flush=True)
+    if _REPORT.value:  # spark_jax/run_summary.py; a report failure is a line, never a failed sweep
+        from spark_jax.run_summary import write_sweep_report  # pylint: disable=g-import-not-at-top
+
+        print(write_sweep_report(_WORKDIR.value), flush=True)
     if failed:
         sys.exit(f"error: {len(failed)} of {len(results)} runs failed: {', '.join(r.spec.name for r in failed)}")
 

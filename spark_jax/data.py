@@ -7,8 +7,13 @@ four canonical IDX files; `load_dataset` looks, in order, in
    `D/<name>`, `D/<name with - for _>` and `D` itself, `.gz` or uncompressed;
 2. the Debian package location (`apt-get install dataset-fashion-mnist`,
    Fashion-MNIST only);
-3. an already prepared local TensorFlow Datasets copy, read with
+3. the download cache `~/.cache/spark_jax/<name>` (`spark_jax.download`; when
+   `$SPARK_JAX_DATA_DIR` is set, downloads go to `$SPARK_JAX_DATA_DIR/<name>`);
+4. an already prepared local TensorFlow Datasets copy, read with
    `tfds.data_source(..., download=False)`: the network is never touched.
+
+Only when none has the files and `download=True` (`config.data.download`) are
+they downloaded, checksummed, by `spark_jax.download`.
 
 Arrays stay uint8 here; `normalize_images` gives the float32 network inputs
 (x/255 - mean)/std with a trailing channel axis.
@@ -231,6 +236,10 @@ def load_from_tfds(name: str) -> Dataset:
     (random-access ArrayRecord reader: no TensorFlow needed). Any failure,
     including a missing TFDS install, becomes DataError.
     """
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about absent folders: the DataError says it
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -243,6 +252,8 @@ def load_from_tfds(name: str) -> Dataset:
     except Exception as e:  # TFDS raises many types (KeyError, AssertionError, ...) for "not prepared".
         detail = " ".join(str(e).split())  # TFDS messages span lines; keep the error one line.
         raise DataError(f"no prepared local TFDS dataset {name!r}: {type(e).__name__}: {detail}") from e
+    finally:
+        absl_logging.set_verbosity(verbosity)
     for split in SPLIT_SIZES:
         labels = arrays[f"{split}_labels"]
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
@@ -255,15 +266,21 @@ def load_from_tfds(name: str) -> Dataset:
     return check_arrays(name, arrays, f"tfds:{name}", fingerprint)
 
 
-def load_dataset(name: str = "fashion_mnist", data_dir=None) -> Dataset:
+def load_dataset(name: str = "fashion_mnist", data_dir=None, download: bool = False,
+                 base_url: str | None = None) -> Dataset:
     """Loads `name` ('fashion_mnist' or 'mnist') as uint8 arrays (SPEC.md "Data").
 
     With `data_dir` only that directory is used. Otherwise tries
-    `$SPARK_JAX_DATA_DIR`, the Debian location, then a prepared local TFDS
-    copy. Raises DataError listing every attempt and how to get the data.
+    `$SPARK_JAX_DATA_DIR`, the Debian location, the download cache, then a
+    prepared local TFDS copy. Raises DataError listing every attempt and how
+    to get the data. With `download` (and `spark_jax.download.enabled()`), a
+    dataset no source has is first downloaded (`spark_jax.download.fetch`,
+    from `base_url` or the mirrors) into `data_dir/<name>`, else the cache.
     """
     check_name(name)
     if data_dir is not None:
+        if download and _download_enabled() and find_idx_files(data_dir, name) is None:
+            return _download_and_load(name, pathlib.Path(data_dir) / name, base_url)
         return load_from_dir(data_dir, name)
     attempts = []
     dirs = []
@@ -273,6 +290,8 @@ def load_dataset(name: str = "fashion_mnist", data_dir=None) -> Dataset:
         dirs.append(("Debian package", DEBIAN_DIRS[name]))
     else:
         attempts.append(f"Debian package: none exists for {name}")
+    if not os.environ.get(ENV_VAR) and _cache_dir(name).is_dir():  # an earlier download (else in $ENV_VAR)
+        dirs.append(("download cache", _cache_dir(name)))
     for label, d in dirs:
         try:
             return load_from_dir(d, name)
@@ -284,7 +303,28 @@ def load_dataset(name: str = "fashion_mnist", data_dir=None) -> Dataset:
         return load_from_tfds(name)
     except DataError as e:
         attempts.append(str(e))
+    if download and _download_enabled():
+        return _download_and_load(name, None, base_url)
     raise DataError(f"could not find dataset {name!r} (tried: {' | '.join(attempts)}); to get it: {_HOW_TO_GET}")
+
+
+def _cache_dir(name: str) -> pathlib.Path:
+    from spark_jax import download  # pylint: disable=g-import-not-at-top
+
+    return download.cache_dir(name)
+
+
+def _download_enabled() -> bool:
+    from spark_jax import download  # pylint: disable=g-import-not-at-top
+
+    return download.enabled()
+
+
+def _download_and_load(name: str, dest, base_url) -> Dataset:
+    """Downloads the files of `name` into `dest` (None: the cache) and reads them (spark_jax.download)."""
+    from spark_jax import download  # pylint: disable=g-import-not-at-top
+
+    return load_from_dir(download.fetch(name, dest, base_url), name)
 
 
 def normalize_images(images_uint8: np.ndarray, name: str) -> np.ndarray:

@@ -5,9 +5,8 @@ its uncompressed contents. Computed from the canonical files (shared/data,
 whose README gives their provenance) and cross-checked against published
 lists: the `.gz` SHA-256 sums are those TensorFlow Datasets and other loaders
 pin for fashion-mnist.s3-website.eu-central-1.amazonaws.com and
-storage.googleapis.com/cvdf-datasets/mnist; the `.gz` MD5 sums below are the
-published ones (Zalando's README, torchvision, yann.lecun.com); the raw MD5s
-are the well-known ones of the uncompressed files.
+storage.googleapis.com/cvdf-datasets/mnist; their MD5 sums are the published
+ones (`PUBLISHED_MD5`: Zalando's README, torchvision, yann.lecun.com).
 
 A run records a fingerprint of the files it read (`file_record`, one per
 file: name, bytes, sha256, and which canonical file it is, if any) in its
@@ -30,13 +29,6 @@ class Canonical(NamedTuple):
     raw: tuple[int, str]
 
 
-# Published MD5s (gz / raw), for reference: Fashion-MNIST train-images 8d4fb7e6c68d591d4c3dfef9ec88bf0d /
-# f4a8712d7a061bf5bd6d2ca38dc4d50a, train-labels 25c81989df183df01b3e8a0aad5dffbe / 9018921c3c673c538a1fc5bad174d6f9,
-# t10k-images bef4ecab320f06d8554ea6380940ec79 / 8181f5470baa50b63fa0f6fddb340f0a, t10k-labels
-# bb300cfdad3c16e7a12a480ee83cd310 / 15d484375f8d13e6eb1aabb0c3f46965; MNIST train-images
-# f68b3c2dcbeaaa9fbdd348bbdeb94873 / 6bbc9ace898e44ae57da46a324031adb, train-labels d53e105ee54ea40749a09fcbcd1e9432 /
-# a25bea736e30d166cdddb491f175f624, t10k-images 9fb629c4189551a2d022fa330f9573f3 / 2646ac647ad5339dbf082846283269ea,
-# t10k-labels ec29112dd5afa0611ce80d1b7f02629c / 27ae3e4e09519cfbb04c329615203637.
 CANONICAL: dict[str, dict[str, Canonical]] = {
     "fashion_mnist": {
         "train_images": Canonical((26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
@@ -58,6 +50,18 @@ CANONICAL: dict[str, dict[str, Canonical]] = {
         "test_labels": Canonical((4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
                                  (10008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2")),
     },
+}
+# The published md5s of the `.gz` files (Zalando's README, torchvision), checked against the files by
+# tests/test_download.py.
+PUBLISHED_MD5 = {
+    "fashion_mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
 }
 # File names of the IDX keys (as spark_jax.data.IDX_FILES; repeated so that this module imports nothing).
 FILE_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spark_jax import (algorithms, checkpoint, comm, data, distributed, guard, metrics, parallel, partition,
-                       run_budget, run_data, run_lock, topology)
+from spark_jax import (algorithms, checkpoint, comm, curves, data, distributed, guard, metrics, parallel,
+                       partition, run_budget, run_data, run_lock, topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
+from spark_jax.progress import RoundReporter
 from spark_jax.rng import numpy_rng, stream_key
 from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
 from spark_jax.run_data import build_partition
@@ -127,14 +128,6 @@ def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) 
     return RoundInputs(neighbors=jnp.asarray(graph.neighbors), weights=jnp.asarray(graph.weights),
                        mask=jnp.asarray(graph.mask), round_index=jnp.int32(round_index),
                        key=jax.random.fold_in(train_key, round_index))
-
-
-def _progress(config, total, initial=0):
-    if not config.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=config.name, unit="round")
 
 
 def final_models(setup: Setup, node_params) -> dict:
@@ -246,6 +239,9 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
         state = _rounds(setup, run_dir, state, progress, manager)
         summary = _summary(setup, state, progress)
         run_dir.write_summary(summary)
+        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/curves.py)
+            curves.plot_curves(progress.history, run_dir.path / "curves.png", setup.config.name,
+                               curves.stage_starts(setup.config))
         if manager is not None:
             checkpoint.keep_only_latest(manager)  # a finished run keeps its final state only
         return summary
@@ -256,7 +252,8 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
 
 def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager):
     """Runs rounds progress.round .. config.rounds - 1, updating `progress`; returns the final state."""
-    bar = _progress(setup.config, setup.config.rounds, progress.round)  # with a mesh: inputs replicated
+    # Bar, cost note on CPU, TensorBoard events (spark_jax/progress.py).
+    bar = RoundReporter(setup.config, run_dir.path, progress.round, progress.history, run_dir.writer)
     try:
         return _round_loop(setup, run_dir, state, progress, manager, bar)
     except KeyboardInterrupt:
@@ -315,11 +312,8 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
         progress.wall_time = time.perf_counter() - start
         if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):
             checkpoint.save(manager, state, progress)
-        if bar is not None:
-            bar.set_postfix(acc=f"{record['test_accuracy']:.4f}", loss=f"{record.get('train_loss', float('nan')):.3f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.round_done(record)
+    bar.close()
     progress.wall_time = time.perf_counter() - start
     return state
 
@@ -331,7 +325,7 @@ def _summary(setup: Setup, state, progress: checkpoint.Progress) -> dict:
     return {
         "config_name": cfg.name, "algorithm": setup.algorithm.name, "rounds": cfg.rounds,
         "num_nodes": cfg.partition.num_nodes, "num_params": setup.num_params, "data_source": setup.data_source,
-        "final_test_accuracy": accs[-1], "best_test_accuracy": max(accs),
+        "final_test_accuracy": accs[-1], "best_test_accuracy": max(accs), "best_round": int(np.argmax(accs)) + 1,
         "final_node_accuracy_mean": history[-1]["node_accuracy_mean"],
         "target_accuracy": cfg.eval.target_accuracy, "rounds_to_target": hit,
         "bytes_to_target": history[hit - 1]["bytes_cumulative"] if hit else None,

@@ -89,7 +89,8 @@ def make_topology(config) -> topology.TopologyStream:
 def load(config) -> Loaded:
     """Dataset, partition, memory check, topology (round 0 drawn); every failure one line, nothing allocated
     at the node count's scale before the memory check."""
-    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None)
+    ds = data.load_dataset(config.data.dataset, config.data.data_dir or None, download=config.data.download,
+                           base_url=config.data.base_url or None)
     part, record, path = build_partition_recorded(config, ds.train_labels)  # e.g. more nodes than samples
     check_memory(config, int(part.counts.max()))
     topo = make_topology(config)  # graph feasibility (e.g. odd M with odd degree)

@@ -107,7 +107,8 @@ JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_par
 
 # Config fields that do not change what a run computes: a run may resume, and a
 # sweep may reuse a run directory, when only these differ.
-IGNORED_IN_RESUME_CHECK = ("data.data_dir", "progress", "parallel.devices", "checkpoint_every")
+IGNORED_IN_RESUME_CHECK = ("data.data_dir", "data.download", "data.base_url", "log.tensorboard", "progress",
+                           "parallel.devices", "checkpoint_every")
 
 
 def environment_info() -> dict:
@@ -166,7 +167,9 @@ def flatten_config(config_dict: dict) -> dict:
 # Fields added to the config schema after runs may have started, each with the value under which such a
 # run computed what it did: a saved config without the field compares as holding that value. (All runs
 # before `ntk.matmul_precision` ran on CPUs, where 'float32' is what every product computed.)
-ADDED_FIELDS = {"ntk.matmul_precision": "float32"}
+# (data.download, data.base_url and log.tensorboard, added later, are also ignored in the resume check.)
+ADDED_FIELDS = {"ntk.matmul_precision": "float32", "data.download": True, "data.base_url": "",
+                "log.tensorboard": False}
 
 
 # The data a run read are not config fields: they are recorded beside the config, as config.json's 'data'

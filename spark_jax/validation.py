@@ -103,6 +103,11 @@ def _validate(config, algorithm_names) -> None:
     _int(config.checkpoint_every, "checkpoint_every", 0, why=" (0 = no checkpoints)")
     _one_of(config.data.dataset, "data.dataset", DATASETS)
     _str(config.data.data_dir, "data.data_dir")
+    _bool(config.data.download, "data.download")
+    _str(config.data.base_url, "data.base_url")
+    _require(config.data.base_url == "" or config.data.base_url.startswith(("http://", "https://")),
+             f"data.base_url={config.data.base_url!r} must be '' (the public mirrors) or an http(s):// URL")
+    _bool(config.log.tensorboard, "log.tensorboard")
     _validate_devices(config.parallel.devices)
     _validate_partition(config)
     _validate_topology(config)

@@ -14,6 +14,10 @@ jax.config.update("jax_default_matmul_precision", "float32")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+# The suite never touches the network: downloads of missing data are off (in this process and the CLI
+# subprocesses it starts) unless a test turns them on against its own 127.0.0.1 server (tests/test_download.py).
+os.environ.setdefault("SPARK_JAX_NO_DOWNLOAD", "1")
+
 
 def _real_data_dir():
     """The directory holding fashion_mnist/ (and mnist/), or None.

@@ -76,8 +76,9 @@ def offline_tfds(monkeypatch):
 
 @pytest.fixture
 def no_sources(monkeypatch, tmp_path):
-    """No env var, an empty Debian location: only TFDS is left."""
+    """No env var, an empty Debian location, no download cache: only TFDS is left."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
     monkeypatch.setitem(data.DEBIAN_DIRS, "fashion_mnist", str(tmp_path / "no-debian"))
 
 

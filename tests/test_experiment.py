@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.test_run_summary import read_events
 
 
 def run_cli(args, data_dir, tmp_path):
@@ -18,10 +19,16 @@ def run_cli(args, data_dir, tmp_path):
 
 def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    proc = run_cli(["--config=tiny", f"--workdir={workdir}", "--config.rounds=3"], real_data_dir, tmp_path)
+    proc = run_cli(["--config=tiny", f"--workdir={workdir}", "--config.rounds=3", "--config.log.tensorboard=True"],
+                   real_data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt", "label_histogram.png"} <= {
-        p.name for p in workdir.iterdir()}
+    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt", "label_histogram.png", "curves.png",
+            "tensorboard"} <= {p.name for p in workdir.iterdir()}
+    out = proc.stdout.splitlines()  # the closing summary (spark_jax/run_summary.py)
+    assert out[-6].startswith("tiny: final aggregated test accuracy ") and out[-6].endswith(f"run directory {workdir}")
+    assert out[-2:] == [f"  curves: {workdir / 'curves.png'}", f"  report: python -m experiments.report {workdir}"]
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    assert [e["step"] for e in read_events(events)] == [0, 1, 2, 3]
     config = json.loads((workdir / "config.json").read_text())
     assert config["config"]["rounds"] == 3 and config["environment"]["jax"]
     lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

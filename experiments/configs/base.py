@@ -16,7 +16,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "fashion_mnist"  # 'fashion_mnist' | 'mnist'
-    c.data.data_dir = ""  # '' = $SPARK_JAX_DATA_DIR, then the Debian path, then TFDS
+    c.data.data_dir = ""  # '' = $SPARK_JAX_DATA_DIR, then the Debian path, the download cache, TFDS
+    # Download the IDX files (checksummed) when no source has them (spark_jax/download.py); also off with
+    # $SPARK_JAX_NO_DOWNLOAD=1 or $SPARK_JAX_REQUIRE_DATA (CI). Never touches the network when they are present.
+    c.data.download = True
+    c.data.base_url = ""  # '' = $SPARK_JAX_DATA_URL, else the public mirrors (spark_jax.download.MIRRORS)
 
     c.partition = ml_collections.ConfigDict()
     # 'ntk_dfl_file': the exact NTK-DFL partition files (first num_nodes nodes);
@@ -145,6 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.devices = 0  # node-axis devices: 0 = the most that divide the node count, 1 = none (BUILD.md)
+
+    c.log = ml_collections.ConfigDict()
+    c.log.tensorboard = False  # also write TensorBoard event files to <workdir>/tensorboard (metrics.jsonl stays the record)
 
     c.progress = True
     # Save the full state every this many rounds, and after the last (0 = never);
