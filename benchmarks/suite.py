@@ -55,7 +55,7 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
     if dry_run:
         ntk, spark, slice_ = ([*TINY, "--config.algorithm=ntk_dfl"], [*TINY, "--config.algorithm=spark"],
                               [*TINY, "--config.algorithm=spark", "--config.rounds=1"])
-        tests = ["pytest", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider",
+        tests = ["pytest", "-o", "addopts=", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider",
                  "-k", "test_vmap_over_nodes_equals_loop or test_sequential_node_batching_equals_vectorized",
                  "tests/test_ntk_vmap.py", "tests/test_ntk_evolution.py"]
         repeats, gemm, caps = "--repeats=0", "--n=256", dict(tests=60, bench=60, study=90, report=30, extra=40)
@@ -63,7 +63,7 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
     else:
         ntk, spark = ["--config=fmnist_ntk_dfl"], ["--config=fmnist_regular"]
         slice_ = ["--config=fmnist_regular", "--config.rounds=40"]
-        tests = ["pytest", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider"]
+        tests = ["pytest", "-o", "addopts=", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider"]
         repeats, gemm, caps = "--repeats=2", "--n=8192", dict(tests=150, bench=120, study=300, report=60, extra=90)
         nr, sr = "benchmarks.round", "benchmarks.spark_round"
         extras = [("ntk_dfl matmul_precision=default", nr, [*ntk, "--config.ntk.matmul_precision=default"]),

@@ -25,7 +25,10 @@ def _suite(args, env=None, timeout=300):
 def dry_run(real_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("suite") / "out"
     start = time.monotonic()
-    proc = _suite([str(out), "--dry-run"], env={"SPARK_JAX_DATA_DIR": real_data_dir})
+    # A budget no step hits: under a loaded machine (the suite's other worker) the default 170 s could skip
+    # the last steps; that the budget skips steps is test_budget_skips_steps_that_would_not_fit's job.
+    proc = _suite([str(out), "--dry-run", "--budget_s=900"], env={"SPARK_JAX_DATA_DIR": real_data_dir},
+                  timeout=1000)
     return proc, out, time.monotonic() - start
 
 
