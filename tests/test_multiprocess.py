@@ -1,10 +1,9 @@
 """Runs over 2 processes (jax.distributed, gloo, 127.0.0.1) equal one process; bad multi-process input.
 
 Each algorithm (NTK-DFL, SPARK, DFedAvg) runs the tiny config (8 nodes) as
-2 processes x 2 simulated CPU devices and as 1 process x 4 devices (the same
-4-device program: equal up to the order of the cross-process sums, <= 1e-6).
-SPARK also runs on 1 device (float32 reduction order, <= 1e-4); that sharded
-runs of every algorithm equal one device is tests/test_sharding.py's job. DFedAvg is interrupted
+2 processes x 2 simulated CPU devices, as 1 process x 4 devices (the same
+4-device program: equal up to the order of the cross-process sums, <= 1e-6)
+and on 1 device (float32 reduction order, <= 1e-4). DFedAvg is interrupted
 after its first checkpoint (both processes killed) and resumed over 2
 processes with --resume. Every process is bounded in time and killed with
 its process group (tests/multiprocess.py).
@@ -26,7 +25,6 @@ slow = pytest.mark.slow  # the subprocess tests (minutes): in the full suite (CI
 
 TIMEOUT = 240  # s per multi-process run (2 cores shared with everything else)
 ALGORITHMS = {"ntk_dfl": [], "spark": [], "dfedavg": ["--config.rounds=6", "--config.checkpoint_every=1"]}
-ONE_DEVICE = ["spark"]  # the most involved round; the others' sharded == unsharded is in test_sharding.py
 TIMING = ("round_time", "wall_time")
 
 
@@ -70,10 +68,8 @@ def runs(real_data_dir, tmp_path_factory):
         two = (interrupted_then_resumed if name == "dfedavg" else run_two_processes)(
             args, real_data_dir, tmp / "two", tmp / "logs")
         out[name] = {"two_processes": two, "four_devices": run_single(args, 4, real_data_dir, tmp / "four"),
+                     "one_device": run_single([*args, "--config.parallel.devices=1"], 1, real_data_dir, tmp / "one"),
                      "dir": tmp}
-        if name in ONE_DEVICE:
-            out[name]["one_device"] = run_single([*args, "--config.parallel.devices=1"], 1, real_data_dir,
-                                                 tmp / "one")
     return out
 
 
@@ -96,7 +92,7 @@ def test_two_processes_equal_one_process_on_four_devices(runs, algorithm):
 
 
 @slow
-@pytest.mark.parametrize("algorithm", ONE_DEVICE)
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_two_processes_equal_one_device_up_to_reduction_order(runs, algorithm):
     diff = largest_difference(runs[algorithm]["two_processes"], runs[algorithm]["one_device"])
     print(f"{algorithm}: 2 processes vs 1 device: largest metric difference {diff:.3g}")
