@@ -28,12 +28,11 @@ import datetime
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import config_files
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NAME[:ARG] or path.py[:ARG].",
-                                          lock_config=True)
+_CONFIG = config_files.define_config_flag("Experiment config: NAME[:ARG] or path.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default results/<name>_<timestamp>).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last checkpoint "
                             "(a new run if --workdir is empty; nothing to do if it finished).")

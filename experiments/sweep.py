@@ -19,13 +19,12 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import config_files
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
 from spark_jax import sweep_grid, sweep_presets
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config: NAME[:ARG] or path.py[:ARG].",
-                                          lock_config=True)
+_CONFIG = config_files.define_config_flag("Base config: NAME[:ARG] or path.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/<setting>/seed<N>.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis config.PATH=V1,V2,... (tuple fields: A:B;C:D); "
                                    "repeat for a Cartesian product.")
