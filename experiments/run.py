@@ -19,12 +19,16 @@ directory (on a filesystem all of them share, for the checkpoints):
 
 Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
 input, a config that differs from the resumed run's, or a NaN/Inf (the round,
-nodes and phase named; checkpoints and metrics of the good rounds are kept).
+nodes and phase named; checkpoints and metrics of the good rounds are kept);
+130 (SIGINT) or 143 (SIGTERM) with `error: interrupted|terminated at round r;
+resume with ... --resume` (a run with no completed round leaves nothing).
 """
 
 from __future__ import annotations
 
 import datetime
+import pathlib
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -61,8 +65,11 @@ def main(argv):
     except distributed.DistributedError as e:
         sys.exit(f"error: {e}")
     distributed.initialize(options)  # before anything touches a device
+    from spark_jax import run_signals
+
     try:
-        _run()
+        with run_signals.stop_signals_raise():  # SIGTERM ends the run like Ctrl-C: cleaned up, one line
+            _run()
     finally:
         distributed.shutdown()
 
@@ -88,21 +95,19 @@ def _run():
 
     from spark_jax import distributed
     from spark_jax.data import DataError
-    from spark_jax.experiment import Interrupted, run
+    from spark_jax.experiment import run
     from spark_jax.guard import NonFiniteError
     from spark_jax.run_io import os_error_line
     from spark_jax.run_lock import LockedError
+    from spark_jax.run_signals import Interrupted, exit_status, run_stop_line
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
-    except Interrupted as e:  # SIGINT during the rounds: the directory is resumable
-        args = " ".join(a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir"))
-        print(f"error: interrupted at round {e.round}; resume with python -m experiments.run {args} "
-              f"--workdir={workdir} --resume", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("error: interrupted before the first round; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT / SIGTERM: resumable, or nothing kept
+        args = [a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir")]
+        command = shlex.join(["python", "-m", "experiments.run", *args, f"--workdir={workdir}", "--resume"])
+        print(run_stop_line(e, command, resumable=(pathlib.Path(workdir) / "config.json").exists()), file=sys.stderr)
+        sys.exit(exit_status(e))
     except (ValueError, DataError, FileExistsError, NonFiniteError, LockedError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # the path and the cause: workdir under a file, read-only, disk full, ...

@@ -103,9 +103,22 @@ def open_manager(run_dir, keep: int = KEEP):
     """A synchronous orbax CheckpointManager on RUN_DIR/checkpoints keeping the last `keep` steps."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+    # Temp directories of an interrupted save are removed here, synchronously: orbax's own cleanup
+    # (cleanup_tmp_directories) runs in a thread that close() does not wait for, which then races a
+    # caller removing the run directory (a run stopped before its first round).
+    if jax.process_index() == 0:
+        for tmp in checkpoint_dir(run_dir).glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    manager = None
+    try:  # SIGINT/SIGTERM mid-construction would leave its threads running: deferred, then closed
+        with _signals_deferred():
+            manager = ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+    except BaseException:
+        if manager is not None:
+            manager.close()
+        raise
+    return manager
 
 
 def save(manager, state, progress: Progress) -> None:
