@@ -57,7 +57,14 @@ def _kill_when(proc: subprocess.Popen, ready, delay: float, timeout: float = 120
 
 
 def _lines_written(sweep_dir: pathlib.Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in sweep_dir.rglob("metrics.jsonl") if p.is_file())
+    """metrics.jsonl lines of the sweep's runs so far (not rglob: orbax removes directories meanwhile)."""
+    lines = 0
+    for name in RUNS:
+        try:
+            lines += len((sweep_dir / name / "metrics.jsonl").read_bytes().splitlines())
+        except FileNotFoundError:
+            pass
+    return lines
 
 
 def _assert_json_whole(directory: pathlib.Path, note: str) -> None:
