@@ -103,17 +103,16 @@ def open_manager(run_dir, keep: int = KEEP):
     """A synchronous orbax CheckpointManager on RUN_DIR/checkpoints keeping the last `keep` steps."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    # Temp directories of an interrupted save are removed here, synchronously: orbax's own cleanup
-    # (cleanup_tmp_directories) runs in a thread that close() does not wait for, which then races a
-    # caller removing the run directory (a run stopped before its first round).
-    if jax.process_index() == 0:
-        for tmp in checkpoint_dir(run_dir).glob("*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     manager = None
     try:  # SIGINT/SIGTERM mid-construction would leave its threads running: deferred, then closed
         with _signals_deferred():
             manager = ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+            # orbax removes the temp directories of interrupted saves in a thread that close() does not
+            # wait for (only the first save does); a run stopped before its first save would remove its
+            # directory under that thread. Wait for it here (orbax 0.12; absent elsewhere: no wait).
+            getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
     except BaseException:
         if manager is not None:
             manager.close()
