@@ -25,16 +25,16 @@ import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed_compiled
-from experiments.config_names import rewrite_argv
+from experiments import config_files
+from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax import metrics
 from spark_jax.algorithms import ntk_dfl
 from spark_jax.experiment import prepare, round_inputs
 from spark_jax.rng import stream_key
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
+_CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after one warm-up; 0 = one run "
                                 "(for paper-scale CPU runs). Compilation is timed apart either way.")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round.")
@@ -148,4 +148,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.argv = rewrite_argv(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

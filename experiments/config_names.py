@@ -7,6 +7,8 @@ import sys
 
 from absl import flags
 
+from experiments.config_files import ConfigFileError
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
@@ -19,6 +21,8 @@ def resolve_config_arg(value: str) -> str:
     name, sep, arg = value.partition(":")
     if pathlib.Path(name).is_file():
         return value
+    if name.endswith(".py") or "/" in name:
+        sys.exit(f"error: config file {name}: no such file")
     path = CONFIG_DIR / f"{name}.py"
     if name in ("base", "__init__") or not path.is_file():
         sys.exit(f"error: unknown config {name!r}; named configs: {', '.join(named_configs())} "
@@ -46,6 +50,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with bad flags and config overrides turned into one error line."""
     try:
         return flags.FLAGS(argv)
+    except ConfigFileError as e:  # one line naming the file and line (experiments/config_files.py)
+        sys.exit(f"error: config file {e}")
     except flags.Error as e:
         sys.exit(f"error: {e}")
     except (KeyError, AttributeError, TypeError, ValueError) as e:

@@ -24,21 +24,24 @@ SPARK_JAX_NO_DOWNLOAD=1 turns that off). A finished run prints a short summary
 
 Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
 input, a config that differs from the resumed run's, or a NaN/Inf (the round,
-nodes and phase named; checkpoints and metrics of the good rounds are kept).
+nodes and phase named; checkpoints and metrics of the good rounds are kept);
+130 (SIGINT) or 143 (SIGTERM) with `error: interrupted|terminated at round r;
+resume with ... --resume` (a run with no completed round leaves nothing).
 """
 
 from __future__ import annotations
 
 import datetime
+import pathlib
+import shlex
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import config_files
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: NAME[:ARG] or path.py[:ARG].",
-                                          lock_config=True)
+_CONFIG = config_files.define_config_flag("Experiment config: NAME[:ARG] or path.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default results/<name>_<timestamp>).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its last checkpoint "
                             "(a new run if --workdir is empty; nothing to do if it finished).")
@@ -67,8 +70,11 @@ def main(argv):
     except distributed.DistributedError as e:
         sys.exit(f"error: {e}")
     distributed.initialize(options)  # before anything touches a device
+    from spark_jax import run_signals
+
     try:
-        _run()
+        with run_signals.stop_signals_raise():  # SIGTERM ends the run like Ctrl-C: cleaned up, one line
+            _run()
     finally:
         distributed.shutdown()
 
@@ -94,21 +100,19 @@ def _run():
 
     from spark_jax import distributed
     from spark_jax.data import DataError
-    from spark_jax.experiment import Interrupted, run
+    from spark_jax.experiment import run
     from spark_jax.guard import NonFiniteError
     from spark_jax.run_io import os_error_line
     from spark_jax.run_lock import LockedError
+    from spark_jax.run_signals import Interrupted, exit_status, run_stop_line
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
-    except Interrupted as e:  # SIGINT during the rounds: the directory is resumable
-        args = " ".join(a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir"))
-        print(f"error: interrupted at round {e.round}; resume with python -m experiments.run {args} "
-              f"--workdir={workdir} --resume", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("error: interrupted before the first round; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT / SIGTERM: resumable, or nothing kept
+        args = [a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir")]
+        command = shlex.join(["python", "-m", "experiments.run", *args, f"--workdir={workdir}", "--resume"])
+        print(run_stop_line(e, command, resumable=(pathlib.Path(workdir) / "config.json").exists()), file=sys.stderr)
+        sys.exit(exit_status(e))
     except (ValueError, DataError, FileExistsError, NonFiniteError, LockedError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # the path and the cause: workdir under a file, read-only, disk full, ...

@@ -12,21 +12,23 @@ and the directory layout are described in `spark_jax/sweep_grid.py`. Re-running
 the same command resumes: finished runs are skipped, interrupted ones continue
 from their last checkpoint (or re-run when they have none).
 When it ends it writes the report (`experiments.report WORKDIR`; `--noreport`
-skips it). Exits non-zero if any run failed. Cost: the sum of the runs' costs.
+skips it). Exits non-zero if any run failed; 130 (SIGINT) or 143 (SIGTERM) with
+one line `error: sweep interrupted|terminated in run R at round r; resume with
+<the same command>`. Cost: the sum of the runs' costs.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from experiments import config_files
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
 from spark_jax import sweep_grid, sweep_presets
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config: NAME[:ARG] or path.py[:ARG].",
-                                          lock_config=True)
+_CONFIG = config_files.define_config_flag("Base config: NAME[:ARG] or path.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/<setting>/seed<N>.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis config.PATH=V1,V2,... (tuple fields: A:B;C:D); "
                                    "repeat for a Cartesian product.")
@@ -72,8 +74,15 @@ def main(argv):
     from spark_jax.run_io import os_error_line  # pylint: disable=g-import-not-at-top
     from spark_jax.run_lock import LockedError  # pylint: disable=g-import-not-at-top
 
+    from spark_jax import run_signals  # pylint: disable=g-import-not-at-top
+
     try:
-        results = sweep_grid.run_sweep(grid, _WORKDIR.value, meta=meta, log=lambda s: print(s, flush=True))
+        with run_signals.stop_signals_raise():  # SIGTERM stops the sweep like Ctrl-C: resumable, one line
+            results = sweep_grid.run_sweep(grid, _WORKDIR.value, meta=meta, log=lambda s: print(s, flush=True))
+    except (run_signals.SweepInterrupted, KeyboardInterrupt) as e:
+        print(run_signals.sweep_stop_line(e, shlex.join(["python", "-m", "experiments.sweep", *_ARGV])),
+              file=sys.stderr)
+        sys.exit(run_signals.exit_status(e))
     except (sweep_grid.SweepError, LockedError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # the sweep directory itself: under a file, read-only, disk full

@@ -105,7 +105,19 @@ def open_manager(run_dir, keep: int = KEEP):
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+    manager = None
+    try:  # SIGINT/SIGTERM mid-construction would leave its threads running: deferred, then closed
+        with _signals_deferred():
+            manager = ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
+            # orbax removes the temp directories of interrupted saves in a thread that close() does not
+            # wait for (only the first save does); a run stopped before its first save would remove its
+            # directory under that thread. Wait for it here (orbax 0.12; absent elsewhere: no wait).
+            getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+    except BaseException:
+        if manager is not None:
+            manager.close()
+        raise
+    return manager
 
 
 def save(manager, state, progress: Progress) -> None:

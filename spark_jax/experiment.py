@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from spark_jax import (algorithms, checkpoint, comm, curves, data, distributed, guard, metrics, parallel,
-                       partition, run_budget, run_data, run_lock, topology)
+                       partition, run_budget, run_data, run_lock, run_signals, topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.progress import RoundReporter
@@ -34,9 +34,10 @@ from spark_jax.rng import numpy_rng, stream_key
 from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
 from spark_jax.run_data import build_partition
 from spark_jax.run_io import RunDir, naming, to_jsonable, write_atomic
+from spark_jax.run_signals import Interrupted
 from spark_jax.validation import ConfigError, validate_config
 
-__all__ = ["ConfigError", "Setup", "prepare", "run", "build_partition", "check_resumable"]
+__all__ = ["ConfigError", "Interrupted", "Setup", "prepare", "run", "build_partition", "check_resumable"]
 
 
 class Setup(NamedTuple):
@@ -187,10 +188,13 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
                 partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
         distributed.barrier("spark_jax.run_dir")  # the other processes open its checkpoints/ next
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
-    except BaseException:
-        # Nothing half-written: a run that failed before its first round leaves no directory.
+    except BaseException as e:
+        # Nothing half-written: a run that failed (or was stopped by SIGINT/SIGTERM) before its first round
+        # completed leaves no directory, so that a plain rerun starts it again.
         if run_dir.writer and not (run_dir.path / "metrics.jsonl").exists():
             shutil.rmtree(run_dir.path, ignore_errors=True)
+            if isinstance(e, Interrupted):
+                e.kept = False
         raise
 
 
@@ -256,21 +260,13 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
     bar = RoundReporter(setup.config, run_dir.path, progress.round, progress.history, run_dir.writer)
     try:
         return _round_loop(setup, run_dir, state, progress, manager, bar)
-    except KeyboardInterrupt:
-        raise Interrupted(progress.round + 1, run_dir.path) from None
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under run_signals.stop_signals_raise
+        raise run_signals.interrupted(e, progress.round + 1, run_dir.path) from None
     except jax.errors.JaxRuntimeError as e:  # XLA out of memory: one line, checkpoints of good rounds kept
         line = run_budget.out_of_memory_line(e, progress.round + 1, setup.config)
         if line is None:
             raise
         raise run_budget.OutOfMemoryError(f"{line}; {_where_kept(run_dir, progress)}") from None
-
-
-class Interrupted(Exception):
-    """SIGINT during the rounds; the run directory is resumable (`--resume`)."""
-
-    def __init__(self, round_number: int, path):
-        super().__init__(f"interrupted at round {round_number}; {path} is resumable from its last checkpoint")
-        self.round = round_number
 
 
 def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager, bar):
@@ -282,6 +278,7 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
     start = time.perf_counter() - progress.wall_time
     counts = distributed.fetch(setup.node_data.counts)
     for r in range(progress.round, cfg.rounds):
+        run_signals.raise_pending()  # a SIGINT/SIGTERM whose exception was swallowed (e.g. in a gc callback)
         t0 = time.perf_counter()
         graph = setup.topology.graph(r)
         state, alg_metrics = round_fn(state, setup.node_data, place_inputs(round_inputs(graph, r, train_key)))
@@ -314,6 +311,7 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
             checkpoint.save(manager, state, progress)
         bar.round_done(record)
     bar.close()
+    run_signals.raise_pending()
     progress.wall_time = time.perf_counter() - start
     return state
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from spark_jax import report_tables, sweep_presets
 from spark_jax.report_tables import Run, Setting
+from spark_jax.run_io import atomic_path
 
 METHOD_KEY = "algorithm"
 HEATMAP = "label_histogram.png"  # written into every run directory by spark_jax.experiment
@@ -198,7 +199,8 @@ def plot_comparison(comp: Comparison, path, x_key: str, target: float | None = N
     fig.supylabel("aggregated test accuracy" + (f" (dashed: target {target:g})" if target is not None else ""))
     fig.legend([handles[m] for m in comp.methods if m in handles], [m for m in comp.methods if m in handles],
                loc="outside upper center", ncol=min(len(handles), 6), frameon=False)
-    fig.savefig(path, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def copy_partition_heatmaps(comp: Comparison, out) -> list[tuple[str, pathlib.Path, Run]]:
@@ -225,7 +227,8 @@ def copy_partition_heatmaps(comp: Comparison, out) -> list[tuple[str, pathlib.Pa
     result = []
     for _, label, source in copied:
         dest = pathlib.Path(out) / f"partition_{re.sub(r'[^A-Za-z0-9._=,-]', '_', label)}.png"
-        shutil.copyfile(source.path / HEATMAP, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(source.path / HEATMAP, tmp)
         result.append((label, dest, source))
     return result
 

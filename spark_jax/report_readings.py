@@ -25,6 +25,7 @@ from spark_jax import readings_stats as rs
 from spark_jax import readings_verdicts as rv
 from spark_jax import report_tables
 from spark_jax.report_tables import Setting, format_bytes
+from spark_jax.run_io import write_atomic
 
 RECORDS = ("config.json", "metrics.jsonl", "summary.json")
 SECOND_TARGET = 0.85
@@ -265,5 +266,5 @@ def write_results(src, out_md) -> dict:
         for kind, key in (("round", "round"), ("bytes", "bytes_cumulative")):
             figures.append(out_md.parent / figure_path(data.name, a, kind))
             plot(sub, figures[-1], key, rs.common_target(sub))
-    out_md.write_text(markdown(data))
+    write_atomic(out_md, markdown(data))
     return {"markdown": out_md, "data": data, "figures": figures}

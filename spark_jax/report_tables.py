@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import pathlib
 from typing import Any
 
 import numpy as np
 
-from spark_jax.run_io import IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, flatten, read_metrics_checked
+from spark_jax.run_io import (IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path, flatten,
+                              read_metrics_checked, write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
 _MISSING = "<missing>"
@@ -191,11 +193,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+    """`rows` as CSV, written atomically (run_io.write_atomic)."""
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if v is None else v for k, v in r.items()})
+    write_atomic(path, f.getvalue())
 
 
 def curves(setting: Setting, x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -229,7 +233,8 @@ def plot_accuracy(settings: list[Setting], path, x_key: str, target: float | Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def default_target(runs: list[Run], fallback: float = 0.85) -> float:
@@ -268,8 +273,8 @@ def write_report(root, out=None, target: float | None = None, sections=()) -> di
     extra = [x for x in (section(root, settings, out, target) for section in sections) if x is not None]
     for x in extra:
         files.update(x["files"])
-    files["md"].write_text(markdown_report(root, settings, rows, target, skipped, files,
-                                           [x["markdown"] for x in extra], corrupt))
+    write_atomic(files["md"], markdown_report(root, settings, rows, target, skipped, files,
+                                              [x["markdown"] for x in extra], corrupt))
     return {"rows": rows, "settings": settings, "skipped": skipped, "corrupt": corrupt, "target": target,
             "files": files, "sections": extra}
 

@@ -1,7 +1,8 @@
 """A run directory: config.json, metrics.jsonl, summary.json (STYLE "Configs").
 
 Files are written atomically (temp file + fsync + rename; the temp file is
-removed on failure), so a killed run or a full disk never leaves a truncated
+removed on failure, and one left by a process killed with SIGKILL is removed by
+the next write of the same file), so a killed run or a full disk never leaves a truncated
 JSON file; metrics.jsonl is appended one fsynced line per round, cut back to
 its previous end when the append fails, and rewritten atomically (`rewrite_metrics`) when a run resumes from a
 checkpoint, so that it ends at the checkpoint's round.
@@ -10,16 +11,18 @@ checkpoint, so that it ends at the checkpoint's round.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
 import platform
+import re
 import tempfile
 
 import jax
 import numpy as np
 
-from spark_jax.run_lock import LOCK_NAME
+from spark_jax.run_lock import LOCK_NAME, pid_alive
 
 
 def to_jsonable(x):
@@ -52,17 +55,52 @@ def naming(path):
         raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
 
 
+def _temp_file(path: pathlib.Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file `.NAME.tmpPID.*` beside `path`, after removing those of dead PIDs (a
+    process killed by SIGKILL while writing `path` cannot remove its own)."""
+    stale = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)\.")
+    for p in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
+        m = stale.match(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp{os.getpid()}.")
+
+
 def write_atomic(path, text: str) -> None:
     """Writes `path` all or nothing: a temp file beside it (mode as open() would give, not mkstemp's
     0600), fsynced, renamed over it; on any failure the temp file is removed and `path` is untouched."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _temp_file(path)
     try:
         with naming(path), os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), file_mode())
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temp path beside `path` for any writer (savefig, copyfile); fsynced and renamed over `path` when
+    the block succeeds, removed when it fails: `path` is always absent, the old file or the whole new one."""
+    path = pathlib.Path(path)
+    fd, tmp = _temp_file(path)
+    os.close(fd)
+    try:
+        os.chmod(tmp, file_mode())
+        with naming(path):
+            yield pathlib.Path(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -32,7 +32,7 @@ def _read_pid(path: pathlib.Path) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +64,7 @@ def acquire(directory) -> int:
         os.close(fd)
     old = os.pread(fd, 64, 0).decode(errors="replace").strip()
     if old.isdigit() and int(old) != os.getpid():
-        state = "still running but not holding it" if _pid_alive(int(old)) else "no longer running"
+        state = "still running but not holding it" if pid_alive(int(old)) else "no longer running"
         logging.warning("taking over the stale lock %s of pid %s (%s)", path, old, state)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

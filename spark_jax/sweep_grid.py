@@ -23,6 +23,7 @@ none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import pathlib
@@ -34,8 +35,9 @@ from typing import Any, Callable
 
 import ml_collections
 
-from spark_jax import checkpoint, run_lock
+from spark_jax import checkpoint, run_lock, run_signals
 from spark_jax.run_io import CorruptFileError, RunDir, config_differences, write_json_atomic
+from spark_jax.run_signals import Interrupted, SweepInterrupted
 from spark_jax.sweep_presets import PRESETS, Preset
 
 
@@ -306,7 +308,9 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
     checkpoint is resumed (`runner(..., resume=True)`); without one, its
     directory is removed and the run redone. sweep.json is rewritten after
     every run. The sweep holds the lock of `sweep_dir` (`spark_jax.run_lock`)
-    throughout; each run also locks its own directory.
+    throughout; each run also locks its own directory. SIGINT (or SIGTERM,
+    `run_signals.stop_signals_raise`) stops the sweep with `run_signals.SweepInterrupted`
+    naming the run it was in; re-running the sweep resumes it.
     """
     if runner is None:
         from spark_jax.experiment import run as runner  # pylint: disable=g-import-not-at-top
@@ -318,33 +322,47 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
 def _run_sweep_locked(grid, sweep_dir: pathlib.Path, runner, meta, log) -> list[RunResult]:
     check_resumable(grid, sweep_dir)
     results: dict[str, RunResult] = {}
-    write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
-    width = len(str(len(grid)))
-    for i, spec in enumerate(grid):
-        run_dir = sweep_dir / spec.name
-        state = run_state(run_dir)
-        start = time.perf_counter()
-        if state == "done":
-            try:
-                res = RunResult(spec, "done", _final_accuracy(RunDir(run_dir).read_summary()))
-            except CorruptFileError as e:  # reported, counted as failed; the sweep goes on
-                res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}")
-        else:
-            resume = state == "interrupted" and checkpoint.latest_step(run_dir) is not None
-            if state == "interrupted" and not resume:
-                shutil.rmtree(run_dir)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            status = "resumed" if resume else "redone" if state == "interrupted" else "ran"
-            try:
-                summary = runner(spec.config, run_dir, resume=True) if resume else runner(spec.config, run_dir)
-                res = RunResult(spec, status, _final_accuracy(summary))
-            except Exception as e:  # pylint: disable=broad-except
-                res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        res.seconds = time.perf_counter() - start
-        results[spec.name] = res
+    current, width = None, len(str(len(grid)))
+    try:
         write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
-        log(progress_line(i, len(grid), res, width))
+        for i, spec in enumerate(grid):
+            current = spec.name
+            run_signals.raise_pending()  # a SIGINT/SIGTERM whose exception was swallowed
+            results[spec.name] = res = _run_one(spec, sweep_dir / spec.name, runner)
+            write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
+            log(progress_line(i, len(grid), res, width))
+            current = None
+    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT/SIGTERM: the sweep stops, resumable as it is
+        with contextlib.suppress(Exception):
+            write_json_atomic(sweep_dir / "sweep.json", sweep_record(grid, sweep_dir, results, meta))
+        raise SweepInterrupted(e, current) from None
     return [results[s.name] for s in grid]
+
+
+def _run_one(spec: RunSpec, run_dir: pathlib.Path, runner) -> RunResult:
+    """Runs, resumes, redoes or skips (done) the run of `spec` in `run_dir`; its result."""
+    state = run_state(run_dir)
+    start = time.perf_counter()
+    if state == "done":
+        try:
+            res = RunResult(spec, "done", _final_accuracy(RunDir(run_dir).read_summary()))
+        except CorruptFileError as e:  # reported, counted as failed; the sweep goes on
+            res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}")
+    else:
+        resume = state == "interrupted" and checkpoint.latest_step(run_dir) is not None
+        if state == "interrupted" and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        status = "resumed" if resume else "redone" if state == "interrupted" else "ran"
+        try:
+            summary = runner(spec.config, run_dir, resume=True) if resume else runner(spec.config, run_dir)
+            res = RunResult(spec, status, _final_accuracy(summary))
+        except Interrupted:  # SIGINT/SIGTERM: stops the sweep (`_run_sweep_locked`), not a failed run
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            res = RunResult(spec, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    res.seconds = time.perf_counter() - start
+    return res
 
 
 def progress_line(index: int, total: int, res: RunResult, width: int = 0) -> str:
