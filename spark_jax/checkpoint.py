@@ -22,7 +22,7 @@ Atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
 looks complete; temp directories are removed when a manager opens the
 directory. Saves are synchronous (the next round donates the state's buffers)
 and the last `keep` steps are kept. SIGINT/SIGTERM arriving during a save are
-delivered when it has finished (`_signals_deferred`), so Ctrl-C never leaves a
+delivered when it has finished (`run_signals.deferred`), so Ctrl-C never leaves a
 temp directory behind.
 
 Verified on restore (`restore_intact`): a step whose files do not read back
@@ -41,13 +41,13 @@ import os
 import pathlib
 import re
 import shutil
-import signal
-import threading
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+from spark_jax import run_signals
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -107,7 +107,7 @@ def open_manager(run_dir, keep: int = KEEP):
                                            cleanup_tmp_directories=True)
     manager = None
     try:  # SIGINT/SIGTERM mid-construction would leave its threads running: deferred, then closed
-        with _signals_deferred():
+        with run_signals.deferred():
             manager = ocp.CheckpointManager(checkpoint_dir(run_dir).absolute(), options=options)
             # orbax removes the temp directories of interrupted saves in a thread that close() does not
             # wait for (only the first save does); a run stopped before its first save would remove its
@@ -126,7 +126,7 @@ def save(manager, state, progress: Progress) -> None:
 
     step_dir = pathlib.Path(manager.directory) / str(progress.round)
     try:
-        with _signals_deferred(), _quiet_orbax():
+        with run_signals.deferred(), _quiet_orbax():
             manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                  meta=ocp.args.JsonSave(progress.to_json())),
                          force=True)
@@ -165,28 +165,6 @@ def keep_only_latest(manager) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
-    """SIGINT/SIGTERM received inside the block are re-raised once it exits (to the previous handlers).
-
-    Orbax writes a step from worker threads; a KeyboardInterrupt in the middle
-    would leave `<step>.orbax-checkpoint-tmp` behind while they still write.
-    Only the main thread can install handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signums}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if received:
-            signal.raise_signal(received[0])
-
-
-@contextlib.contextmanager
 def _quiet_orbax():
     """Orbax logs the traceback of every failing reader/writer thread; we raise (or report) one error."""
     _quiet_closed_loop_callbacks()
@@ -212,6 +190,11 @@ def _quiet_closed_loop_callbacks() -> None:
     import logging as std_logging  # pylint: disable=g-import-not-at-top
     std_logging.getLogger("asyncio").addFilter(
         lambda record: "exception was never retrieved" not in record.getMessage())
+    # Orbax's writer threads log their exception with its traceback (`logging.exception`) when they fail,
+    # which may be after `_quiet_orbax` has ended (the thread outlives the save that raised): the same error
+    # that `save` raises as one OSError, or `restore_intact` names. Dropped; orbax's other records stay.
+    logging.get_absl_logger().addFilter(
+        lambda record: not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname))
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
 
     def echo(value) -> bool:

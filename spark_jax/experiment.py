@@ -191,7 +191,8 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
     except BaseException as e:
         # Nothing half-written: a run that failed (or was stopped by SIGINT/SIGTERM) before its first round
         # completed leaves no directory, so that a plain rerun starts it again.
-        if run_dir.writer and not (run_dir.path / "metrics.jsonl").exists():
+        metrics_file = run_dir.path / "metrics.jsonl"
+        if run_dir.writer and not (metrics_file.exists() and metrics_file.stat().st_size):
             shutil.rmtree(run_dir.path, ignore_errors=True)
             if isinstance(e, Interrupted):
                 e.kept = False

@@ -22,6 +22,7 @@ import tempfile
 import jax
 import numpy as np
 
+from spark_jax import run_signals
 from spark_jax.run_lock import LOCK_NAME, pid_alive
 
 
@@ -304,7 +305,7 @@ class RunDir:
             return
         line = (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode()
         path = self.path / "metrics.jsonl"
-        with naming(path):
+        with naming(path), run_signals.deferred():  # Ctrl-C/SIGTERM: after the line is complete
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: nothing to flush
             try:
                 size = os.fstat(fd).st_size

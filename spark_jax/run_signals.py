@@ -7,7 +7,7 @@ without a completed round that a plain rerun refuses. Inside
 `Terminated`, a KeyboardInterrupt, so the same cleanup runs for both: a run
 with no completed round removes its directory, a run in its rounds raises
 `Interrupted` (its directory is resumable, from its last checkpoint), and a
-checkpoint being written is finished first (`checkpoint._signals_deferred`).
+checkpoint or metrics line being written is finished first (`deferred`).
 
 `stop_line` is the one line the CLIs print, and `exit_status` their exit
 status: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
@@ -134,3 +134,28 @@ def sweep_stop_line(exc: BaseException, command: str) -> str:
         at = f" at round {cause.round}" if isinstance(cause, Interrupted) and cause.kept else ""
         where = f" in run {exc.run_name}{at}"
     return f"error: sweep {verb(exc)}{where}; resume with {command}"
+
+
+@contextlib.contextmanager
+def deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """SIGINT/SIGTERM received inside the block are re-raised once it exits (to the previous handlers).
+
+    For writes that must complete or not start: orbax writes a checkpoint step
+    from worker threads (a KeyboardInterrupt in the middle would leave
+    `<step>.orbax-checkpoint-tmp` behind while they still write); a metrics line
+    is appended and fsynced (cut back on failure, so an interrupt there would
+    drop a round that was run). Only the main thread can install handlers;
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(received[0])

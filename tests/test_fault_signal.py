@@ -194,3 +194,24 @@ def test_sweep_stops_on_an_interrupted_run_and_records_it(tmp_path):
     record = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["status"] for r in record["runs"]] == ["interrupted", "new"]
     assert not (tmp_path / ".lock").exists()
+
+
+def test_sigint_during_a_metrics_append_keeps_the_whole_line(tmp_path, monkeypatch):
+    """Ctrl-C while a round's line is fsynced: the line stays (the round ran), then KeyboardInterrupt."""
+    from spark_jax.run_io import RunDir  # pylint: disable=g-import-not-at-top
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.append_metrics({"round": 1})
+    fsync = os.fsync
+
+    def interrupted_fsync(fd):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        run.append_metrics({"round": 2})
+    assert [json.loads(l)["round"] for l in (run.path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
