@@ -111,6 +111,19 @@ def first_rounds(config, rounds: int):
     return cut
 
 
+def prepare_or_exit(config):
+    """`experiment.prepare(config)`; bad input (data, partition, graph, config) is one `error:` line, exit 1."""
+    import sys  # pylint: disable=g-import-not-at-top
+
+    from spark_jax.data import DataError  # pylint: disable=g-import-not-at-top
+    from spark_jax.experiment import prepare  # pylint: disable=g-import-not-at-top
+
+    try:
+        return prepare(config)
+    except (ValueError, DataError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
 def benchmark_config(config, data_dir: str | None):
     """The --config value with --data_dir applied, absl logging at WARNING (every benchmark's start)."""
     from absl import logging  # pylint: disable=g-import-not-at-top

@@ -94,14 +94,15 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
     (H, F0, Y (real rows), eta_r, label). Later rounds have trained weights and a decayed eta_r."""
     from experiments.configs import fmnist_ntk_dfl  # pylint: disable=g-import-not-at-top
     from spark_jax.algorithms import ntk_dfl  # pylint: disable=g-import-not-at-top
-    from spark_jax.experiment import prepare, round_inputs  # pylint: disable=g-import-not-at-top
+    from benchmarks.common import prepare_or_exit  # pylint: disable=g-import-not-at-top
+    from spark_jax.experiment import round_inputs  # pylint: disable=g-import-not-at-top
     from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
 
     config = fmnist_ntk_dfl.get_config()
     config.partition.num_nodes, config.topology.degree = num_nodes, degree
     if data_dir:
         config.data.data_dir = data_dir
-    setup = prepare(config)
+    setup = prepare_or_exit(config)
     nc = config.ntk
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
     ph = ntk_dfl.make_node_phases(setup.model.apply, setup.model.num_classes, nc, "structured")

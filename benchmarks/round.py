@@ -26,12 +26,13 @@ import sys
 import jax
 from absl import app, flags
 
-from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed_compiled
+from benchmarks.common import (benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops,
+                               prepare_or_exit, timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax import metrics
 from spark_jax.algorithms import ntk_dfl
-from spark_jax.experiment import prepare, round_inputs
+from spark_jax.experiment import round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
@@ -87,7 +88,7 @@ def main(argv):
     config = benchmark_config(_CONFIG.value, _DATA_DIR.value)
     if config.algorithm != "ntk_dfl":
         sys.exit(f"error: benchmarks.round times NTK algorithms; config.algorithm is {config.algorithm!r}")
-    setup = prepare(config)
+    setup = prepare_or_exit(config)
     repeats = _REPEATS.value
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
     inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))

@@ -27,12 +27,13 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops, timed
+from benchmarks.common import (benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops,
+                               prepare_or_exit, timed)
 from experiments.config_names import rewrite_argv
 from spark_jax import schedules, sketch, sketch_share
 from spark_jax.algorithms import spark
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
-from spark_jax.experiment import prepare, round_inputs
+from spark_jax.experiment import round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
@@ -61,7 +62,7 @@ def main(argv):
     if config.algorithm != "spark" or not config.sketch.enabled:
         sys.exit("error: benchmarks.spark_round times SPARK with sketches (config.algorithm='spark', "
                  "sketch.enabled=True); use benchmarks.round for exact NTK-DFL")
-    setup = prepare(config)
+    setup = prepare_or_exit(config)
     sc, nc = config.sketch, config.ntk
     repeats = _REPEATS.value
     template = setup.model.init(jax.random.key(0))

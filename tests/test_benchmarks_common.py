@@ -25,3 +25,23 @@ def test_first_rounds_keeps_the_full_runs_stages():
     assert cut.rounds == 5 and config.rounds == 40
     assert stage_boundaries(cut.stages.boundaries, cut.stages.unit, cut.rounds) == stage_boundaries(
         config.stages.boundaries, config.stages.unit, config.rounds) == (13, 27)
+
+
+def test_benchmark_with_missing_data_is_one_line(tmp_path):
+    """A benchmark's bad input (here: no data anywhere) is one `error:` line, exit 1, no traceback."""
+    import os  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+
+    from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_JAX_DATA_DIR"}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), SPARK_JAX_NO_DOWNLOAD="1",
+               JAX_PLATFORMS="cpu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.round", "--config=tiny", "--config.algorithm=ntk_dfl",
+                           f"--data_dir={empty}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert str(empty) in lines[0] and "Traceback" not in proc.stderr
