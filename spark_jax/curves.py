@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 from typing import Sequence
 
-from spark_jax.run_io import naming
+from spark_jax.run_io import atomic_path
 
 SERIES = (("test_accuracy", "aggregated model", "-"), ("node_accuracy_mean", "per-node mean", "--"),
           ("node_accuracy_min", "per-node min", ":"))
@@ -73,6 +73,6 @@ def plot_curves(history: Sequence[dict], path, title: str = "", stages: Sequence
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with naming(path):
-        fig.savefig(path, format="png", dpi=100)
+    with atomic_path(path) as tmp:  # a killed or failed save never leaves a truncated png
+        fig.savefig(tmp, format="png", dpi=100)
     return path

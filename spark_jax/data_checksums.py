@@ -106,7 +106,10 @@ def file_record(path, blob: bytes, match: Match | None = None, digest: str | Non
 
 
 def fingerprint_difference(recorded: dict, current: dict) -> str | None:
-    """The first file whose bytes differ between two data fingerprints, as one clause; None if they agree.
+    """The first file whose data differ between two data fingerprints, as one clause; None if they agree.
+
+    Data agree when the bytes do, or when both are the same canonical file (`.gz` or uncompressed: the
+    same arrays); files of no published checksum must agree byte for byte.
 
     A fingerprint is {'source': str, 'files': {key: file_record}, 'partition_file': file_record | None}
     (paths aside: moved data are the same data). Keys are compared in sorted order, the partition last.
@@ -128,6 +131,10 @@ def fingerprint_difference(recorded: dict, current: dict) -> str | None:
 
 
 def _same(a: dict | None, b: dict | None) -> bool:
+    """The same bytes, or the same canonical file in another form (.gz, uncompressed, recompressed)."""
     if a is None or b is None:
         return a is b
-    return a.get("size") == b.get("size") and a.get("sha256") == b.get("sha256")
+    if a.get("size") == b.get("size") and a.get("sha256") == b.get("sha256"):
+        return True
+    content = [r.get("canonical") for r in (a, b)]
+    return all(isinstance(c, str) for c in content) and len({c.removesuffix(".gz") for c in content}) == 1

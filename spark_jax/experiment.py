@@ -243,10 +243,11 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
     try:
         state = _rounds(setup, run_dir, state, progress, manager)
         summary = _summary(setup, state, progress)
-        run_dir.write_summary(summary)
-        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/curves.py)
+        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/curves.py); before
+            # summary.json, which marks the run finished (a resume would never draw it again)
             curves.plot_curves(progress.history, run_dir.path / "curves.png", setup.config.name,
                                curves.stage_starts(setup.config))
+        run_dir.write_summary(summary)
         if manager is not None:
             checkpoint.keep_only_latest(manager)  # a finished run keeps its final state only
         return summary
@@ -268,6 +269,8 @@ def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress,
         if line is None:
             raise
         raise run_budget.OutOfMemoryError(f"{line}; {_where_kept(run_dir, progress)}") from None
+    finally:  # also on errors and signals: the bar's line ends before the error line, events are closed
+        bar.close()
 
 
 def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager, bar):
@@ -311,7 +314,6 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
         if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):
             checkpoint.save(manager, state, progress)
         bar.round_done(record)
-    bar.close()
     run_signals.raise_pending()
     progress.wall_time = time.perf_counter() - start
     return state

@@ -22,10 +22,18 @@ os.environ.setdefault("SPARK_JAX_NO_DOWNLOAD", "1")
 # compile the same programs again and again: they share JAX's persistent compilation cache (keyed by the
 # program, the jax version, the backend and its flags, so it never serves another program; executables are
 # the same, so results are bit-identical), which halves a tiny run (9 s -> 4.4 s). This process and the
-# xdist workers compile in memory as before (the no-recompilation tests count jit's own cache).
+# xdist workers (which inherit the variables) compile in memory only. A subprocess a test may SIGKILL runs
+# without the cache (`without_compile_cache`): JAX writes an entry in place, so a kill mid-write would leave
+# a truncated entry that every later reader reports on stderr.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir", None)
+
+
+def without_compile_cache(env: dict) -> dict:
+    """`env` without the shared compilation cache: for subprocesses a test may SIGKILL."""
+    return {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
 
 
 def _real_data_dir():

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, without_compile_cache
 
 
 def free_port() -> int:
@@ -51,7 +51,7 @@ class Processes:
     """
 
     def __init__(self, args: list[str], num: int, devices: int, log_dir: pathlib.Path, data_dir=None,
-                 extra: list[list[str]] | None = None, port: int | None = None):
+                 extra: list[list[str]] | None = None, port: int | None = None, compile_cache: bool = True):
         self.port = port or free_port()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.errs = [log_dir / f"p{i}.err" for i in range(num)]
@@ -60,8 +60,9 @@ class Processes:
             argv = [sys.executable, "-m", "experiments.run", *args, f"--coordinator_address=127.0.0.1:{self.port}",
                     f"--num_processes={num}", f"--process_id={i}", *(extra[i] if extra else [])]
             with open(log_dir / f"p{i}.out", "w") as out, open(self.errs[i], "w") as err:
-                self.procs.append(subprocess.Popen(argv, cwd=REPO, env=env_for(devices, data_dir), stdout=out,
-                                                   stderr=err, start_new_session=True))
+                env = env_for(devices, data_dir)
+                self.procs.append(subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err, start_new_session=True,
+                                                   env=env if compile_cache else without_compile_cache(env)))
 
     def wait(self, timeout: float) -> list[tuple[int, str]]:
         deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ import pytest
 from spark_jax import algorithms, checkpoint, experiment
 from spark_jax.guard import NonFiniteError
 from spark_jax.run_io import read_metrics
-from tests.conftest import REPO
+from tests.conftest import REPO, without_compile_cache
 
 ROUNDS = 20
 SPARK = ["--config=tiny", "--config.algorithm=spark", "--config.model.hidden=(8,)", "--config.ntk.taus=(10,20)",
@@ -83,7 +83,7 @@ def uninterrupted(real_data_dir, tmp_path_factory):
 
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, real_data_dir, tmp_path):
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(SPARK, workdir), cwd=REPO, env=_env(real_data_dir),
+    proc = subprocess.Popen(_cmd(SPARK, workdir), cwd=REPO, env=without_compile_cache(_env(real_data_dir)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240

@@ -20,7 +20,7 @@ import pytest
 
 from experiments.configs import tiny
 from spark_jax import run_io
-from tests.conftest import REPO
+from tests.conftest import REPO, without_compile_cache
 from tests.faults import assert_nothing_half_written, cli_env
 from tests.test_sweep_report import write_synthetic_runs
 
@@ -31,8 +31,10 @@ RUNS = ["dfedavg.local_epochs=1/seed0", "dfedavg.local_epochs=2/seed0"]
 
 
 def _popen(module: str, args: list[str], data_dir: str) -> subprocess.Popen:
+    """A process this test SIGKILLs: without the shared compilation cache (tests/conftest.py)."""
     return subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
-                            env=cli_env(data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=without_compile_cache(cli_env(data_dir)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _finish(module: str, args: list[str], data_dir: str) -> None:

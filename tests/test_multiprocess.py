@@ -50,7 +50,8 @@ def run_two_processes(args, data_dir, workdir, log_dir):
 def interrupted_then_resumed(args, data_dir, workdir, log_dir):
     """Kills both processes once checkpoint 1 is complete, then resumes over 2 processes."""
     ckpt = workdir / "checkpoints" / "1"
-    with Processes([*args, f"--workdir={workdir}"], 2, 2, log_dir / "first", data_dir) as procs:
+    with Processes([*args, f"--workdir={workdir}"], 2, 2, log_dir / "first", data_dir,
+                   compile_cache=False) as procs:  # killed: no shared compilation cache (tests/conftest.py)
         deadline = time.monotonic() + TIMEOUT
         while not ckpt.is_dir() and time.monotonic() < deadline and all(p.poll() is None for p in procs.procs):
             time.sleep(0.02)
