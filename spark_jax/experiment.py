@@ -307,9 +307,10 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
             guard.check_record(record, r + 1)  # every value the round writes, before it is committed
         except guard.NonFiniteError as e:
             raise guard.NonFiniteError(f"{e}; {_where_kept(run_dir, progress)}") from None
-        run_dir.append_metrics(record)
-        progress.history.append(record)
-        progress.round = r + 1
+        with run_signals.deferred():  # committed whole: a signal comes after the line and the progress counting it
+            run_dir.append_metrics(record)
+            progress.history.append(record)
+            progress.round = r + 1
         progress.wall_time = time.perf_counter() - start
         if manager is not None and (progress.round % cfg.checkpoint_every == 0 or progress.round == cfg.rounds):
             checkpoint.save(manager, state, progress)

@@ -23,14 +23,15 @@ import numpy as np
 import pytest
 
 from spark_jax import checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, without_compile_cache
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env, run_cli
 
 
 def test_sigint_during_the_rounds_says_how_to_resume(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
     args = ["--config=tiny", "--config.rounds=40", "--config.checkpoint_every=2", f"--workdir={workdir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=cli_env(real_data_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO,
+                            env=without_compile_cache(cli_env(real_data_dir)),  # signalled (tests/conftest.py)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").stat().st_size:
@@ -78,8 +79,10 @@ def test_sigint_during_a_checkpoint_save_is_delivered_after_it(tmp_path):
 
 
 def _start(module: str, args: list[str], data_dir: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO, env=cli_env(data_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A process this test signals: without the shared compilation cache (tests/conftest.py)."""
+    return subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
+                            env=without_compile_cache(cli_env(data_dir)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _signal_when(proc: subprocess.Popen, ready, signum: int, timeout: float = 120):
@@ -214,4 +217,22 @@ def test_sigint_during_a_metrics_append_keeps_the_whole_line(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run.append_metrics({"round": 2})
     assert [json.loads(l)["round"] for l in (run.path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nested_deferred_blocks_deliver_the_signal_once_after_the_outer_one():
+    """A round's commit (outer block) around the metrics append (inner block): Ctrl-C inside the inner block
+    arrives once, after the outer block, so the round is counted where its line is written."""
+    from spark_jax import run_signals  # pylint: disable=g-import-not-at-top
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with run_signals.deferred():
+            with run_signals.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+                done.append("line")
+            time.sleep(0.01)
+            done.append("progress")
+    assert done == ["line", "progress"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
