@@ -1,6 +1,5 @@
 """Shared test setup: strict rank promotion, and where the real data is."""
 
-import importlib.util
 import os
 import pathlib
 
@@ -19,24 +18,18 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # subprocesses it starts) unless a test turns them on against its own 127.0.0.1 server (tests/test_download.py).
 os.environ.setdefault("SPARK_JAX_NO_DOWNLOAD", "1")
 
-# The suite compiles the same programs again and again, in its xdist workers and in the CLI subprocesses it
-# starts (tiny runs, sweeps, the 2-process runs, the GPU suite's dry run): they all share JAX's persistent
-# compilation cache (keyed by the program, the jax version, the backend and its flags, so it never serves
-# another program; executables are the same, so results are bit-identical): a tiny run 9 s -> 4.4 s, the
-# suite ~1 min shorter. A size limit turns on JAX's file lock around every read and write of an entry, so
-# concurrent processes never read a half-written one; a subprocess a test kills or signals runs without the
-# cache (`without_compile_cache`), since a kill mid-write would leave a truncated entry. The no-recompilation
-# tests count jit's own in-memory cache, which this does not change.
-# Without filelock (the offline GPU image) there is no shared cache: everything compiles as before.
-if importlib.util.find_spec("filelock") is not None:
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The CLI subprocesses the suite starts (tiny runs, sweeps, the 2-process runs, the GPU suite's dry run)
+# compile the same programs again and again: they share JAX's persistent compilation cache (keyed by the
+# program, the jax version, the backend and its flags, so it never serves another program; executables are
+# the same, so results are bit-identical), which halves a tiny run (9 s -> 4.4 s). This process and the
+# xdist workers (which inherit the variables) compile in memory only: JAX writes an entry in place, without
+# a lock unless filelock is installed and a size limit set (measured: no faster). For the same reason a
+# subprocess a test kills or signals runs without the cache (`without_compile_cache`): a kill mid-write
+# would leave a truncated entry that every later reader reports on stderr.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir", None)
 
 
 def without_compile_cache(env: dict) -> dict:
