@@ -88,6 +88,15 @@ def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file read in `chunk`-byte blocks (a download checked in place, never held whole)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def identify(size: int, digest: str) -> Match | None:
     """The canonical file of this size and SHA-256, or None (a file of the user's own)."""
     return _INDEX.get((int(size), digest))

@@ -29,6 +29,7 @@ import urllib.request
 from typing import Callable
 
 from spark_jax.data import DataError, IDX_FILES
+from spark_jax import data_checksums
 from spark_jax.data_checksums import CANONICAL
 from spark_jax.run_summary import human_bytes
 
@@ -89,11 +90,7 @@ def _fixes(name: str, urls) -> str:
 def _digest_ok(path: pathlib.Path, size: int, sha256: str) -> bool:
     if path.stat().st_size != size:
         return False
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest() == sha256
+    return data_checksums.sha256_file(path, CHUNK) == sha256
 
 
 class _WriteError(Exception):
