@@ -26,7 +26,8 @@ import numpy as np
 from absl import logging
 
 from spark_jax import (algorithms, checkpoint, comm, curves, data, distributed, guard, metrics, parallel,
-                       partition, run_budget, run_data, run_lock, run_signals, topology)
+                       partition, partition_report, run_budget, run_data, run_lock, run_signals,
+                       topology)
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.models import make_model, num_params
 from spark_jax.progress import RoundReporter
@@ -183,9 +184,9 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
     try:
         if run_dir.writer:
             run_dir.write_config(config.to_dict(), setup.data_fingerprint)
-            write_atomic(run_dir.path / "partition.txt", partition.histogram_summary(setup.label_hist) + "\n")
+            write_atomic(run_dir.path / "partition.txt", partition_report.histogram_summary(setup.label_hist) + "\n")
             with naming(run_dir.path / "label_histogram.png"):
-                partition.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+                partition_report.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
         distributed.barrier("spark_jax.run_dir")  # the other processes open its checkpoints/ next
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException as e:

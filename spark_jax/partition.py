@@ -32,7 +32,6 @@ from typing import NamedTuple
 import numpy as np
 
 from spark_jax import data, data_checksums
-from spark_jax.partition_report import histogram_summary, max_class_share, plot_label_heatmap
 
 BUNDLED_DIR = pathlib.Path(__file__).parent / "partition_files"
 _FILE_PREFIX = {"fashion_mnist": "fmnist", "mnist": "mnist"}

@@ -6,6 +6,7 @@ import pytest
 
 from spark_jax import data
 from spark_jax import partition as P
+from spark_jax import partition_report as R
 
 C = 10
 
@@ -225,8 +226,8 @@ def test_label_histogram_matches_loop(labels):
 
 def test_histogram_summary_and_share():
     hist = np.array([[3, 1, 0], [0, 0, 2], [1, 1, 1]])
-    np.testing.assert_allclose(P.max_class_share(hist), [0.75, 1.0, 1 / 3])
-    text = P.histogram_summary(hist)
+    np.testing.assert_allclose(R.max_class_share(hist), [0.75, 1.0, 1 / 3])
+    text = R.histogram_summary(hist)
     for needle in ["nodes: 3", "samples per node: min 2 / mean 3.0 / max 4",
                    f"mean max-class share: {(0.75 + 1 + 1 / 3) / 3:.3f}",
                    "classes per node: min 1 / mean 2.00 / max 3", "   1:    0    0    2"]:
@@ -236,7 +237,7 @@ def test_histogram_summary_and_share():
 def test_plot_label_heatmap_writes_png(tmp_path, labels):
     hist = P.label_histogram(P.iid(labels, 30, np.random.default_rng(0)), labels)
     path = tmp_path / "plots" / "heat.png"
-    P.plot_label_heatmap(hist, path)
+    R.plot_label_heatmap(hist, path)
     blob = path.read_bytes()
     assert len(blob) > 1000 and blob[:8] == b"\x89PNG\r\n\x1a\n"
 
