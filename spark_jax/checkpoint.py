@@ -41,6 +41,7 @@ import os
 import pathlib
 import re
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -132,13 +133,34 @@ def save(manager, state, progress: Progress) -> None:
                          force=True)
             manager.wait_until_finished()
     except Exception as e:  # e.g. disk full: one OSError naming the step; no temp directory left behind
-        for tmp in step_dir.parent.glob(f"{step_dir.name}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_temp_dirs(step_dir)
         if isinstance(e, OSError) and e.filename is not None:
             raise
         code = getattr(e, "errno", None) or _os_error_code(e)
         cause = os.strerror(code) if code else f"checkpoint not written ({_reason(e)})"
         raise OSError(code or errno.EIO, cause, str(step_dir)) from e
+
+
+def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
+    """Removes the temp directories of a failed save of `step_dir`.
+
+    Orbax raises on the first failed write while tensorstore's writer threads may still be writing the
+    others, and a writer re-creates the directories of its file: so the directories are removed until
+    none has appeared for `quiet_s` seconds (at most `limit_s`)."""
+    pattern = f"{step_dir.name}.orbax-checkpoint-tmp*"
+    deadline, quiet_since = time.monotonic() + limit_s, None
+    while time.monotonic() < deadline:
+        found = list(step_dir.parent.glob(pattern))
+        for tmp in found:
+            shutil.rmtree(tmp, ignore_errors=True)
+        now = time.monotonic()
+        if found:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return
+        time.sleep(0.05)
 
 
 def restore(run_dir, step: int, like: Any = None) -> tuple[Any, Progress]:

@@ -94,6 +94,9 @@ PRESETS["spark_readings_more"] = Preset(
                 "fewer seeds; docs/RESULTS.md)",
     settings={**_readings([r for r in READINGS if r not in READINGS_CORE], (0.1,)),
               **_readings(READINGS_ALPHA_05, (0.5,))})
+PRESETS["spark_readings_alpha05"] = Preset(
+    description="the study's alpha-0.5 rows alone (to add seeds to them; docs/RESULTS.md)",
+    settings=_readings(READINGS_ALPHA_05, (0.5,)))
 # The readings that clearly beat the SPEC default in the CPU study (docs/RESULTS.md): the sketch with the exact
 # update by a round trip (v1 traffic + 19% bytes per round), and exact Jacobians with distillation + momentum (v2).
 PRESETS["spark_readings_winners"] = Preset(

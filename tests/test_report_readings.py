@@ -33,6 +33,8 @@ def test_every_reading_preset_row_builds_and_validates(arg):
     more = sweep_presets.PRESETS["spark_readings_more"].settings
     assert not set(core) & set(more)
     assert set(core) | set(more) <= set(sweep_presets.PRESETS["spark_readings"].settings)
+    alpha05 = sweep_presets.PRESETS["spark_readings_alpha05"].settings
+    assert set(alpha05) == {s for s in more if s.endswith("alpha=0.5")}
     if arg == "study":
         assert config.partition.num_nodes == 30 and config.rounds == 20 and config.topology.kind == "regular"
 
