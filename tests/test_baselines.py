@@ -81,6 +81,7 @@ def test_registered():
 
 
 @pytest.mark.parametrize("name,r", [("dfedavgm", 0), ("dpsgd", 0), ("dfedsam", 2)])
+@pytest.mark.slow
 def test_vmapped_round_equals_loop_reference(name, r):
     nd = _node_data(np.random.default_rng(0))
     model = make_model("mlp", hidden=(8,))

@@ -81,6 +81,7 @@ def uninterrupted(real_data_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, real_data_dir, tmp_path):
     workdir = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(SPARK, workdir), cwd=REPO, env=without_compile_cache(_env(real_data_dir)),
@@ -124,6 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, real_data_dir, tmp_
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_same_seed_identical_other_seed_different(uninterrupted, real_data_dir, tmp_path):
     proc = run_cli(SPARK, tmp_path / "again", real_data_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -137,6 +139,7 @@ def test_same_seed_identical_other_seed_different(uninterrupted, real_data_dir, 
     assert [r["consensus_distance"] for r in other] != [r["consensus_distance"] for r in base]
 
 
+@pytest.mark.slow
 def test_config_records_versions_and_flags(uninterrupted):
     env = json.loads((uninterrupted / "config.json").read_text())["environment"]
     assert env["jax"] == jax.__version__ and env["jaxlib"] and env["device_kind"]
@@ -144,6 +147,7 @@ def test_config_records_versions_and_flags(uninterrupted):
     assert {"jax_default_matmul_precision", "jax_threefry_partitionable"} <= env["jax_flags"].keys()
 
 
+@pytest.mark.slow
 def test_nan_guard_cli_stops_at_the_first_bad_round(real_data_dir, tmp_path):
     # eta0 = 1e30: round 1's parameters stay finite but its train loss and consensus distance do not
     # (issue 16: every value a round writes is checked), so nothing is committed.
@@ -169,6 +173,7 @@ def _nan_at(round_fn, round_index: int, node: int):
     return wrapped
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_node_and_the_previous_checkpoint_loads(real_data_dir, tmp_path, monkeypatch):
     from experiments.configs import tiny
 

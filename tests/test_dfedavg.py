@@ -1,6 +1,7 @@
 """DFedAvg: the vmapped, jitted round equals a per-node Python-loop reference."""
 
 import chex
+import pytest
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -98,6 +99,7 @@ def test_vmapped_round_equals_loop_reference():
     assert np.isfinite(out["train_loss"])
 
 
+@pytest.mark.slow
 def test_padding_rows_get_zero_gradient():
     """A batch slot on a padding row contributes exactly nothing to the gradient."""
     from spark_jax.losses import masked_mean_cross_entropy

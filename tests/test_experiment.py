@@ -17,6 +17,7 @@ def run_cli(args, data_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
     proc = run_cli(["--config=tiny", f"--workdir={workdir}", "--config.rounds=3", "--config.log.tensorboard=True"],

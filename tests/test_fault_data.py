@@ -175,6 +175,7 @@ def _resumable(started, tmp_path) -> pathlib.Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_resume_with_mnist_is_one_line_and_keeps_every_file(started, real_data_dir, tmp_path):
     """The headline case through the real CLI: `--resume --data_dir=<MNIST>` in the middle of a run."""
     workdir = _resumable(started, tmp_path)

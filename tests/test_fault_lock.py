@@ -64,6 +64,7 @@ def test_second_process_on_a_held_directory_gets_one_line(module, args, prepare,
         _kill(holder)
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_process_is_taken_over(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
     holder = _holder(workdir)
@@ -76,6 +77,7 @@ def test_stale_lock_of_a_killed_process_is_taken_over(real_data_dir, tmp_path):
     assert_nothing_half_written(workdir)
 
 
+@pytest.mark.slow
 def test_two_real_runs_never_interleave(real_data_dir, tmp_path):
     """A running run holds its directory: a second run (or resume) is refused, metrics stay one line a round."""
     workdir = tmp_path / "run"

@@ -59,6 +59,7 @@ CASES = [
 
 @pytest.mark.parametrize("bad_round,key,value,message", CASES,
                          ids=[f"round{r}-{k}={v}" for r, k, v, _ in CASES])
+@pytest.mark.slow
 def test_a_non_finite_metric_stops_the_run_before_it_is_written(bad_round, key, value, message, real_data_dir,
                                                                  tmp_path, monkeypatch):
     config = tiny.get_config()

@@ -75,6 +75,7 @@ def test_read_only_filesystem(real_data_dir, tmp_path):
         assert_one_line_error(proc, f"error: {mnt}/run: Read-only file system")
 
 
+@pytest.mark.slow
 def test_disk_full_before_the_first_round_leaves_nothing(real_data_dir, tmp_path):
     with tmpfs(tmp_path / "small", "16k") as mnt:  # config.json fits, label_histogram.png (19 kB) does not
         proc = run_cli("run", ["--config=tiny", f"--workdir={mnt}/run"], real_data_dir)
@@ -83,6 +84,7 @@ def test_disk_full_before_the_first_round_leaves_nothing(real_data_dir, tmp_path
 
 
 @pytest.mark.parametrize("checkpoint_every,named", [(0, "metrics.jsonl"), (1, None)])
+@pytest.mark.slow
 def test_disk_full_during_the_rounds(checkpoint_every, named, real_data_dir, tmp_path):
     """The disk fills once round 1 is written; the run stops at the next write that needs space."""
     with tmpfs(tmp_path / "disk", "4m") as mnt:

@@ -27,6 +27,7 @@ from tests.conftest import REPO, without_compile_cache
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env, run_cli
 
 
+@pytest.mark.slow
 def test_sigint_during_the_rounds_says_how_to_resume(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
     args = ["--config=tiny", "--config.rounds=40", "--config.checkpoint_every=2", f"--workdir={workdir}"]
@@ -100,6 +101,7 @@ def _rounds(workdir) -> list[int]:
     return [json.loads(l)["round"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sigterm_before_the_first_round_leaves_nothing_then_during_the_rounds_says_how_to_resume(real_data_dir,
                                                                                                  tmp_path):
     workdir = tmp_path / "run"

@@ -78,6 +78,7 @@ FALLBACK = [
 
 
 @pytest.mark.parametrize("damage,reason", [c[1:] for c in FALLBACK], ids=[c[0] for c in FALLBACK])
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_is_skipped_and_named(damage, reason, interrupted, real_data_dir, tmp_path):
     workdir, before, proc = resume_damaged(damage, interrupted, real_data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -122,6 +123,7 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("damage,message", [c[1:] for c in ERRORS], ids=[c[0] for c in ERRORS])
+@pytest.mark.slow
 def test_corrupt_state_without_a_fallback_is_one_line(damage, message, interrupted, real_data_dir, tmp_path):
     workdir, before, proc = resume_damaged(damage, interrupted, real_data_dir, tmp_path)
     assert_one_line_error(proc, message.format(w=workdir))

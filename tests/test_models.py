@@ -33,6 +33,7 @@ def test_mlp_apply_matches_numpy():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.slow
 def test_apply_vmaps_over_nodes(name):
     model = make_model(name)
     node_params = init_node_params(model, jax.random.key(2), 3, per_node=True)

@@ -114,6 +114,7 @@ def _reference_node(apply, w_bar, x, y, eta, integrator="euler"):
 @pytest.mark.parametrize("kernel,integrator", [("structured", "euler"), ("contraction", "euler"),
                                                ("structured", "dopri5"), ("structured", "imex")])
 @pytest.mark.device
+@pytest.mark.slow
 def test_round_equals_per_node_loop_reference(kernel, integrator):
     nd = _node_data()
     adj = _adjacency()
@@ -142,6 +143,7 @@ def test_round_equals_per_node_loop_reference(kernel, integrator):
     assert np.isclose(metrics["eta"], eta)
 
 
+@pytest.mark.slow
 def test_padding_is_inert():
     """Extra padded rows (holding garbage) and extra padded neighbour slots change nothing."""
     adj = _adjacency()
@@ -154,6 +156,7 @@ def test_padding_is_inert():
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_node_batching_changes_no_value():
     """Kernel and evolution per node in a loop ('sequential', CPU's 'auto') or as one batched program."""
     graph = padded_graph(_adjacency(), "uniform")
@@ -168,6 +171,7 @@ def test_node_batching_changes_no_value():
 
 @pytest.mark.parametrize("integrator", ["euler", "dopri5", "imex"])
 @pytest.mark.device
+@pytest.mark.slow
 def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())
     config = _config(integrator=integrator)

@@ -85,6 +85,7 @@ def test_rk4_hermite_matches_dop853_when_stiff(stiffness, stride, warmup):
 @pytest.mark.parametrize("method", ADAPTIVE)
 @pytest.mark.parametrize("stiffness", [0.5, 2.0, 8.0])
 @pytest.mark.device
+@pytest.mark.slow
 def test_adaptive_matches_dop853(stiffness, method):
     """Adaptive Dormand-Prince and the stiff-split IMEX vs float64 DOP853 over an 800-step horizon,
     candidates off any step pattern; at stiffness 8 a fixed RK4 step of one grid interval would be
@@ -144,6 +145,7 @@ def test_adaptive_vmapped_nodes_step_independently(method):
 
 @pytest.mark.parametrize("method", ["dopri5", "imex", "rk4"])
 @pytest.mark.device
+@pytest.mark.slow
 def test_sequential_node_batching_equals_vectorized(method):
     """`with_node_batching`: the chunk's nodes one by one (each its own adaptive steps) or as one
     batched program give the same values."""
@@ -170,6 +172,7 @@ def test_adaptive_failure_is_nan_not_a_hang(method):
 
 
 @pytest.mark.parametrize("method", ntk.INTEGRATORS)
+@pytest.mark.slow
 def test_padded_product_columns_change_nothing(method):
     """`columns` pads the right-hand side of H @ r with zero columns: a speed option only."""
     H, F0, Y = _problem(6)
@@ -198,6 +201,7 @@ def test_euler_matches_numpy_loop():
 
 @pytest.mark.parametrize("method", ntk.INTEGRATORS)
 @pytest.mark.device
+@pytest.mark.slow
 def test_padding_is_inert_and_eta_is_traced(method):
     H, F0, Y = _problem(2)
     taus = (0, 2, 5)
@@ -232,6 +236,7 @@ def test_rejects_bad_taus():
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     """The reference demo setting (30 nodes, 2-regular, NTK-DFL partition) at eta_0: the stiffest of
     the first 8 neighbourhoods (eta * lambda_max / N > 3 per grid interval). The default integrator

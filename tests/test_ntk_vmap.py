@@ -29,6 +29,7 @@ def _node_round(apply, params, x, mask, targets, eta):
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_vmap_over_nodes_equals_loop():
     model = models.make_model("mlp", hidden=(16,))
     nodes = [numpy_params(model, m) for m in range(M)]

@@ -32,6 +32,7 @@ def checks():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_graph_has_cross_shard_neighbours_and_unequal_degrees(checks):
     assert checks["devices"] == DEVICES and checks["mesh_shape"] == {"nodes": DEVICES}
     assert len(checks["degrees"]) > 1  # unequal degrees (2 nodes per device: most neighbours are remote)
@@ -39,6 +40,7 @@ def test_the_graph_has_cross_shard_neighbours_and_unequal_degrees(checks):
 
 
 @pytest.mark.parametrize("algorithm", ["ntk_dfl", "spark"])
+@pytest.mark.slow
 def test_sharded_rounds_equal_one_device(checks, algorithm):
     got = checks[algorithm]
     assert max(got["state_diff"]) < 1e-5, got["state_diff"]
@@ -46,6 +48,7 @@ def test_sharded_rounds_equal_one_device(checks, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["ntk_dfl", "spark"])
+@pytest.mark.slow
 def test_state_node_axis_is_sharded_over_all_devices(checks, algorithm):
     got = checks[algorithm]
     assert got["specs"] == [["nodes"]]  # axis 0 split over "nodes", the others whole
@@ -54,10 +57,12 @@ def test_state_node_axis_is_sharded_over_all_devices(checks, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["ntk_dfl", "spark"])
+@pytest.mark.slow
 def test_no_recompilation_over_rounds_with_redrawn_graphs(checks, algorithm):
     assert checks[algorithm]["cache_size"] == 1
 
 
+@pytest.mark.slow
 def test_node_count_not_divisible_by_device_count(checks):
     message = checks["error"]
     assert message is not None
@@ -95,6 +100,7 @@ def _run(real_data_dir, workdir, devices):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_runner_on_8_devices_equals_one_device(real_data_dir, tmp_path):
     """tiny: 8 nodes (one per device), DFedAvg, 2 rounds."""
     one = _run(real_data_dir, tmp_path / "one", 1)

@@ -63,6 +63,7 @@ def test_groups_sizes_and_row_order():
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_projections_deterministic_identical_per_node_and_redrawn():
     _, params, *_ = _case("mlp", (16,))
     key = jax.random.key(7)
@@ -125,6 +126,7 @@ def test_projection_moments():
     ("cnn", (2, 4), "materialize", "layer", {"sample_chunk": 4}),
 ])
 @pytest.mark.device
+@pytest.mark.slow
 def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, grouping, kw):
     """J~_g = J_g P_g (J float64) to 1e-5 relative; padding rows zero (one holds NaN)."""
     model, params, x, xp, J = _case(name, arch)
@@ -149,6 +151,7 @@ def test_sketch_matches_float64_and_padding_is_inert(name, arch, method, groupin
 @pytest.mark.parametrize("arch,grouping,kw", [((16,), "layer", {}), ((16,), "tensor", {"sample_chunk": 3}),
                                                ((8, 6), "global", {"sample_chunk": 5})])
 @pytest.mark.device
+@pytest.mark.slow
 def test_shared_first_layer_products_match_float64(arch, grouping, kw):
     """first_layer_products computed on the unpadded rows, gathered into a padded neighbourhood,
     then passed to the structured sketch == J P (float64) to 1e-5; padding rows still zero."""
@@ -218,6 +221,7 @@ def test_plan_shared_first_layer():
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_back_project_update_matches_float64_and_the_sketched_update():
     """P_g P_g^T Delta_g (float64) per group; with Delta = -(eta/N) J^T R it equals the update from J P."""
     model, params, x, xp, J = _case("mlp", (16,))
@@ -241,6 +245,7 @@ def test_back_project_update_matches_float64_and_the_sketched_update():
     assert _rel_err(via_sketch, want) < 1e-5
 
 
+@pytest.mark.slow
 def test_sketch_vmap_over_nodes_with_shared_projection():
     """The caller's pattern: P drawn once, closed over, per-node function vmapped over nodes."""
     model = models.make_model("mlp", hidden=(16,))
@@ -258,6 +263,7 @@ def test_sketch_vmap_over_nodes_with_shared_projection():
             chex.assert_trees_all_close(tuple(a[m] for a in batched), one, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sketched_kernel_error_shrinks_like_inverse_sqrt_k():
     """Mean (over 10 seeds) relative Frobenius error of H~ vs the exact H: log-log slope ~ -1/2.
 

@@ -28,6 +28,7 @@ def _spark_config(**overrides):
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_all_parts_off_equals_ntk_dfl_round_for_round():
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
@@ -84,6 +85,7 @@ def test_nesterov_momentum_equals_numpy_recursion_on_a_linear_model():
 
 
 @pytest.mark.device
+@pytest.mark.slow
 def test_stage_schedule_values_and_no_recompilation_across_boundaries():
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
@@ -155,6 +157,7 @@ def test_default_mlp_reduction_is_98_7_percent():
 @pytest.mark.parametrize("update_mode,teacher,method", [
     ("own_exact", "neighbors", "structured"), ("roundtrip", "averaged", "forward"),
     ("backproject", "neighbors", "materialize")])
+@pytest.mark.slow
 def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
@@ -173,6 +176,7 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
 
 @pytest.mark.parametrize("share,blocks,update_mode", [("on", 3, "backproject"), ("auto", 1, "own_exact")])
 @pytest.mark.device
+@pytest.mark.slow
 def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, update_mode):
     """sketch.share_first_layer (one [1; x] P_0 per sample, in column blocks, kernels summed over the
     blocks, the update P P^T of the exact one) gives the same rounds as each neighbourhood's own
@@ -207,6 +211,7 @@ def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, updat
     assert min(moved) > 1e-3  # the rounds did move every leaf
 
 
+@pytest.mark.slow
 def test_own_exact_with_no_neighbours_is_the_exact_update():
     """Isolated nodes, one candidate tau = 1 (so R = softmax(F0) - Y does not depend on the
     kernel): own_exact must use only exact VJPs and equal the exact round; plain

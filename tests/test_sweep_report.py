@@ -321,6 +321,7 @@ def test_report_uses_the_sweeps_setting_names(config, tmp_path):
 # ---------------------------------------------------------------- end to end (real data, real training)
 
 
+@pytest.mark.slow
 def test_sweep_and_report_end_to_end(real_data_dir, tmp_path):
     env = dict(os.environ, SPARK_JAX_DATA_DIR=real_data_dir, JAX_PLATFORMS="cpu")
     work = tmp_path / "sweep"
