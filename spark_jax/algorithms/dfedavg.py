@@ -93,8 +93,9 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
 
     Each round every node runs `local_sgd` with `make_optimizer(round_index, dtype)` (an
     optax optimizer built inside the traced round, so a decaying lr compiles
-    once; dtype: the params' compute dtype, for a traced lr), then the weights are mixed. With a 'nodes' `mesh`, each device trains
-    its own nodes (`parallel.node_map`).
+    once; dtype: the params' compute dtype, for a traced lr), then the weights
+    are mixed. With a 'nodes' `mesh`, each device trains its own nodes
+    (`parallel.node_map`).
     """
     cfg = config[name]
     num_nodes = config.partition.num_nodes

@@ -53,7 +53,8 @@ def dfedsam_optimizer(lr, momentum: float, weight_decay: float) -> optax.Gradien
 def make_dfedavgm(config, model: Model, mesh=None) -> Algorithm:
     """DFedAvgM from `config.dfedavgm` (lr, momentum, batch_size, local_epochs)."""
     cfg = config.dfedavgm
-    return make_local_training("dfedavgm", config, model, mesh, lambda r, dtype: optax.sgd(cfg.lr, momentum=cfg.momentum))
+    return make_local_training("dfedavgm", config, model, mesh,
+                               lambda r, dtype: optax.sgd(cfg.lr, momentum=cfg.momentum))
 
 
 def make_dpsgd(config, model: Model, mesh=None) -> Algorithm:
