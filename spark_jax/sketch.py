@@ -48,6 +48,10 @@ sample, then every node's partial kernel; only one block's Q0 and the nodes'
 kernels are held. The back-projected update P P^T J^T R needs no sketch:
 `sketched_ntk.back_project_update` projects the exact update instead.
 The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.sketched_ntk`.
+
+Dtypes follow the parameters (`spark_jax.dtypes.compute_dtype`): P_g and the sketches are float32, or
+float64 for float64 parameters (P_g's float64 entries are the float32 draw cast, then scaled in float64:
+a float64 run sketches with the same projection as its float32 twin).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import Apply, mask_rows, per_sample_jacobian, zero_padding
 from spark_jax.ntk.kernel import mlp_activations_and_backprops
 
@@ -154,11 +159,12 @@ def projection_key(sketch_key: jax.Array, group_index: int, round_index, redraw:
 
 def projections(sketch_key: jax.Array, params, grouping: str, k: int, round_index,
                 redraw: bool) -> tuple[jax.Array, ...]:
-    """SPEC step 3: P_g `[d_g, k]` float32, i.i.d. N(0, 1/k), one per group (rows: module docstring).
+    """SPEC step 3: P_g `[d_g, k]`, i.i.d. N(0, 1/k), one per group (rows: module docstring), in the
+    params' compute dtype (float32, or float64: the same float32 draw, cast, then scaled).
 
     Args:
       sketch_key: the run's "sketch" stream key (`rng.stream_key(seed, 'sketch')`).
-      params: one model's pytree (only shapes are read; abstract values work).
+      params: one model's pytree (only shapes and dtypes are read; abstract values work).
       grouping: one of `GROUPINGS`.
       k: static columns per group.
       round_index: round r (int or traced int32 scalar); used only if `redraw`.
@@ -166,12 +172,13 @@ def projections(sketch_key: jax.Array, params, grouping: str, k: int, round_inde
     """
     k = _check_k(k)
     scale = 1.0 / math.sqrt(k)
+    dtype = compute_dtype(params)
 
     def draw(g, d):
         z = jax.random.normal(projection_key(sketch_key, g, round_index, redraw), (d, k), jnp.float32)
         # The barrier stops XLA folding `scale` into the sampler's own constant
         # multiply, so P is bitwise the same in every program (jit, vmap, eager).
-        return jax.lax.optimization_barrier(z) * scale
+        return jax.lax.optimization_barrier(z).astype(dtype) * scale
 
     return tuple(draw(g, d) for g, d in enumerate(group_sizes(params, grouping)))
 
@@ -209,9 +216,10 @@ def _map_sample_chunks(fn, xs, chunk: int | None):
 def _materialized(apply: Apply, params, x, P, layout):
     jac = jax.tree.leaves(per_sample_jacobian(apply, params, x))  # leaves [B, C, *shape]
     n, c = jac[0].shape[:2]
+    dtype = compute_dtype(jac, P)
     out = []
     for p, group in zip(P, layout):
-        s = jnp.zeros((n, c, p.shape[1]), jnp.float32)
+        s = jnp.zeros((n, c, p.shape[1]), dtype)
         for leaf in group:
             block = p[leaf.offset:leaf.offset + leaf.size]  # rows of this leaf
             s = s + jnp.matmul(jac[leaf.index].reshape(n, c, -1), block, precision=_HIGHEST)
@@ -238,7 +246,7 @@ def _forward(apply: Apply, params, x, P, layout, direction_chunk: int):
 
         k = p.shape[1]
         cols = jax.lax.map(column, p.T, batch_size=min(direction_chunk, k))  # [k, B, C]
-        out.append(jnp.transpose(cols, (1, 2, 0)).astype(jnp.float32))
+        out.append(jnp.transpose(cols, (1, 2, 0)).astype(compute_dtype(cols, p)))
     return tuple(out)
 
 
@@ -276,9 +284,10 @@ def _input_products(a, blk, k):
     """
     fan_in = a.shape[1]
     fan_out = blk["kernel"].shape[0] // fan_in
-    a = a.astype(jnp.float32)
+    dtype = compute_dtype(a, blk)
+    a = a.astype(dtype)
     if "augmented" in blk:
-        ones = jnp.ones((a.shape[0], 1), jnp.float32)
+        ones = jnp.ones((a.shape[0], 1), dtype)
         q = jnp.matmul(jnp.concatenate([ones, a], axis=1), blk["augmented"].reshape(fan_in + 1, fan_out * k),
                        precision=_HIGHEST)
         return q.reshape(a.shape[0], fan_out, k)
@@ -311,12 +320,13 @@ def _structured(params, x, P, layout, first_layer=None):
     layer_of = _dense_layer_index(params)
     inputs, backprops = mlp_activations_and_backprops(params, x)  # [B, fan_in], [B, C, fan_out]
     n, c = backprops[-1].shape[:2]
+    dtype = compute_dtype(backprops, P, first_layer)
     out = []
     for p, group in zip(P, layout):
         k = p.shape[1]
-        s = jnp.zeros((n, c, k), jnp.float32)
+        s = jnp.zeros((n, c, k), dtype)
         for l, blk in _layer_blocks(p, group, layer_of).items():
-            d = backprops[l].astype(jnp.float32)
+            d = backprops[l].astype(dtype)
             if "kernel" in blk:  # contract [1; a] with P first
                 q = first_layer if (l == 0 and first_layer is not None) else _input_products(inputs[l], blk, k)
                 s = s + jnp.einsum("nco,nok->nck", d, q, precision=_HIGHEST)
@@ -348,7 +358,8 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
         all neighbourhoods); None = computed here.
 
     Returns:
-      tuple over groups of J~_g `[N, C, k]` float32; padding rows are zero.
+      tuple over groups of J~_g `[N, C, k]` (float32, or float64 for float64 params / samples / P);
+      padding rows are zero.
     """
     layout = _layout(params, grouping)
     _check_projections(P, layout)

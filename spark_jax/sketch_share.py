@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.sketch import _check_k, _dense_layer_index, _layout  # the sketch layout, shared
 
 # sketch.share_first_layer: "auto" = when `plan_shared_first_layer` finds it fits the byte bound.
@@ -48,8 +49,8 @@ def plan_shared_first_layer(share, params, grouping: str, k: int, *, samples: in
                             max_bytes: float, min_block: int = 32) -> SharePlan:
     """Column blocks for sharing [1; x] P_0 among neighbourhoods, within `max_bytes` (static).
 
-    One block of `block` columns holds samples * fan_out * block float32s of
-    first-layer products besides `fixed_bytes` (e.g. every node's kernel,
+    One block of `block` columns holds samples * fan_out * block floats (of the params' dtype:
+    4 bytes for float32, 8 for float64) of first-layer products besides `fixed_bytes` (e.g. every node's kernel,
     accumulated over the blocks). The block is the widest that keeps the total
     <= max_bytes, then evened out over the blocks it takes to cover k.
 
@@ -57,7 +58,7 @@ def plan_shared_first_layer(share, params, grouping: str, k: int, *, samples: in
       share: "auto" (share if a block of >= `min_block` columns, or all of k,
         fits), "on" (always, in blocks as wide as the bound allows, at least
         one column), "off", or a bool (on / off).
-      params: one model's pytree (`models.MLP`; shapes only).
+      params: one model's pytree (`models.MLP`; shapes and dtypes only).
       grouping: the grouping P is drawn for; k: its columns per group.
       samples: rows the products are computed for (all nodes' padded rows).
       fixed_bytes: the rest of what the schedule holds at once.
@@ -75,7 +76,7 @@ def plan_shared_first_layer(share, params, grouping: str, k: int, *, samples: in
         for leaf in group:
             if layer_of[leaf.path[0]] == 0 and leaf.path[1] == "kernel":
                 fan_out = leaf.shape[1]
-    per_column = 4 * samples * fan_out
+    per_column = compute_dtype(params).itemsize * samples * fan_out
     fits = int((max_bytes - fixed_bytes) // per_column)
     if mode == "auto" and fits < min(min_block, k):
         return SharePlan(0, 0, 0)

@@ -1,7 +1,8 @@
 """SPARK's NTK steps in sketch mode, from the sketches J~_g = J_g P_g: the kernel H~ (SPEC step 5) and
 the back-projected weight updates -(eta/N) P_g J~_g^T R_tau (step 8), or P_g P_g^T of an exact update
 (`back_project_update`, used when a round never holds the sketches whole: `spark_jax.sketch_share`).
-The sketches themselves come from `spark_jax.sketch`.
+The sketches themselves come from `spark_jax.sketch`. Dtypes follow the sketches, P and the updates
+(`spark_jax.dtypes.compute_dtype`: float32, or float64).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import mask_rows
 from spark_jax.ntk.update import weight_updates_from_jacobian
 from spark_jax.sketch import _check_projections, _layout  # the sketch layout, shared
@@ -40,7 +42,8 @@ def sketched_kernel(sketches: Sequence[jax.Array], mask: jax.Array | None, row_b
     """
     leaves = mask_rows(tuple(sketches), mask)
     n, c = leaves[0].shape[:2]
-    a = jnp.concatenate([s.reshape(n, -1).astype(jnp.float32) for s in leaves], axis=1)
+    dtype = compute_dtype(leaves)
+    a = jnp.concatenate([s.reshape(n, -1).astype(dtype) for s in leaves], axis=1)
     h = _symmetric_gram(a, row_blocks) / c
     if mask is None:
         return h
@@ -70,7 +73,7 @@ def back_project(P: Sequence[jax.Array], sketched_grads: Sequence[jax.Array], pa
     for p, g, group in zip(P, sketched_grads, layout):
         if g.shape[-1] != p.shape[1]:
             raise ValueError(f"sketched gradient has {g.shape[-1]} columns, P_g has k = {p.shape[1]}")
-        full = jnp.einsum("...k,dk->...d", g.astype(jnp.float32), p, precision=_HIGHEST)  # [..., d_g]
+        full = jnp.einsum("...k,dk->...d", g.astype(compute_dtype(g, p)), p, precision=_HIGHEST)  # [..., d_g]
         for leaf in group:
             block = full[..., leaf.offset:leaf.offset + leaf.size]
             out[leaf.index] = block.reshape(g.shape[:-1] + leaf.shape).astype(leaves[leaf.index].dtype)
@@ -112,8 +115,9 @@ def back_project_update(P: Sequence[jax.Array], deltas, params, grouping: str):
     _check_projections(P, layout)
     leaves = jax.tree.leaves(deltas)
     t = leaves[0].shape[0]
+    dtype = compute_dtype(leaves, P)
     grads = []
     for p, group in zip(P, layout):
-        rows = jnp.concatenate([leaves[leaf.index].reshape(t, -1).astype(jnp.float32) for leaf in group], axis=1)
+        rows = jnp.concatenate([leaves[leaf.index].reshape(t, -1).astype(dtype) for leaf in group], axis=1)
         grads.append(jnp.matmul(rows, p, precision=_HIGHEST))  # [T, k]
     return back_project(P, grads, params, grouping)

@@ -25,7 +25,7 @@ class Graph(NamedTuple):
 
     neighbors: int32 [M, S] closed neighbourhood N̄_i; slot 0 = i itself, then
       its neighbours in increasing index order; padding slots hold i.
-    weights: float32 [M, S] W[i, neighbors[i, s]]; 0 on padding.
+    weights: float32 [M, S] W[i, neighbors[i, s]]; 0 on padding (float64 on request, `padded_graph`).
     mask: bool [M, S] True on real (non-padding) slots.
     """
 
@@ -209,8 +209,10 @@ def mixing_matrix(adj: np.ndarray, kind: str = "uniform") -> np.ndarray:
 
 
 def padded_graph(adj: np.ndarray, mixing: str = "uniform",
-                 num_slots: Optional[int] = None) -> Graph:
-    """Fixed-shape `Graph` [M, S] of adj (SPEC steps 1-2); S defaults to max degree + 1."""
+                 num_slots: Optional[int] = None, dtype=np.float32) -> Graph:
+    """Fixed-shape `Graph` [M, S] of adj (SPEC steps 1-2); S defaults to max degree + 1.
+
+    The weights are float32 (`dtype`; np.float64 for a float64 run: W_r rounded once, from float64)."""
     w = mixing_matrix(adj, mixing)
     adj = np.asarray(adj, dtype=bool)
     m = adj.shape[0]
@@ -229,7 +231,7 @@ def padded_graph(adj: np.ndarray, mixing: str = "uniform",
     nbrs = np.concatenate([self_index, np.where(real, order, self_index)], axis=1)
     mask = np.concatenate([np.ones((m, 1), dtype=bool), real], axis=1)
     weights = np.where(mask, np.take_along_axis(w, nbrs, axis=1), 0.0)
-    return Graph(nbrs.astype(np.int32), weights.astype(np.float32), mask)
+    return Graph(nbrs.astype(np.int32), weights.astype(dtype), mask)
 
 
 def dense_mixing(graph: Graph) -> np.ndarray:

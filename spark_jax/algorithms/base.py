@@ -24,7 +24,8 @@ class RoundInputs(NamedTuple):
 
     neighbors: int32 [M, S] closed neighbourhood, slot 0 = the node itself;
       padding slots hold the node's own index.
-    weights: float32 [M, S] mixing weights W_r[i, neighbors[i, s]] (0 on padding).
+    weights: float32 [M, S] mixing weights W_r[i, neighbors[i, s]] (0 on padding); float64 for a
+      float64 run (`topology.padded_graph(..., dtype=np.float64)`), cast to each leaf's dtype in `mix`.
     mask: bool [M, S] real (non-padding) slots.
     round_index: int32 [] the round r (0-based).
     key: PRNG key for this round (the `train` stream folded with r).
@@ -80,7 +81,8 @@ def with_matmul_precision(fn: Callable, precision: str) -> Callable:
 def mix(tree, neighbors: jax.Array, weights: jax.Array):
     """SPEC step 2: w̄_i = sum_s weights[i, s] * w[neighbors[i, s]].
 
-    tree leaves [M, ...]; neighbors, weights [M, S]. Loops over the S slots
+    tree leaves [M, ...]; neighbors, weights [M, S] (weights cast to each leaf's dtype: float32 or
+    float64, exact for float64 weights and leaves). Loops over the S slots
     (static, small), gathering one [M, ...] array per slot, so the [M, S, ...]
     stack of neighbour weights is never built.
     """

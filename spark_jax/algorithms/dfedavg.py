@@ -4,7 +4,9 @@ Defaults: lr 0.1, batch 25, 20 local epochs. Nodes are a vmapped axis; one
 jitted round. Unequal n_i are handled exactly: each epoch a node shuffles its
 real rows to the front (padding last), so its mini-batches are those of a
 shuffled loader over its n_i samples; padding rows are masked out of the loss,
-and a batch of padding only is a zero-gradient no-op step.
+and a batch of padding only is a zero-gradient no-op step. Dtypes follow the parameters (float32, or
+float64 under x64); the shuffles are drawn in float32 either way, so a float64 run sees the batches of
+its float32 twin.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import optax
 
 from spark_jax import guard, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+from spark_jax.dtypes import compute_dtype
 from spark_jax.losses import masked_mean_cross_entropy
 from spark_jax.models import Model, init_node_params
 
@@ -37,7 +40,7 @@ def epoch_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> jax.Array
     """
     n_max = mask.shape[0]
     num_batches = math.ceil(n_max / batch_size)
-    sort_key = jnp.where(mask, jax.random.uniform(key, (n_max,)), 2.0)
+    sort_key = jnp.where(mask, jax.random.uniform(key, (n_max,), jnp.float32), 2.0)
     order = jnp.argsort(sort_key)
     pad = num_batches * batch_size - n_max
     order = jnp.concatenate([order, jnp.full((pad,), order[-1])]) if pad else order
@@ -88,10 +91,11 @@ def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batc
 def make_local_training(name: str, config, model: Model, mesh, make_optimizer, value_and_grad=None) -> Algorithm:
     """A local-training baseline `name` from `config[name]` (batch_size, local_epochs).
 
-    Each round every node runs `local_sgd` with `make_optimizer(round_index)` (an
+    Each round every node runs `local_sgd` with `make_optimizer(round_index, dtype)` (an
     optax optimizer built inside the traced round, so a decaying lr compiles
-    once), then the weights are mixed. With a 'nodes' `mesh`, each device trains
-    its own nodes (`parallel.node_map`).
+    once; dtype: the params' compute dtype, for a traced lr), then the weights
+    are mixed. With a 'nodes' `mesh`, each device trains its own nodes
+    (`parallel.node_map`).
     """
     cfg = config[name]
     num_nodes = config.partition.num_nodes
@@ -104,7 +108,7 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
         node_keys = jax.vmap(lambda i: jax.random.fold_in(inputs.key, i))(jnp.arange(num_nodes))
 
         def train(args, round_index):
-            optimizer = make_optimizer(round_index)
+            optimizer = make_optimizer(round_index, compute_dtype(args[0]))
             return local_sgd(model.apply, optimizer, *args, cfg.local_epochs, cfg.batch_size,
                              value_and_grad=value_and_grad)
 
@@ -122,4 +126,4 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
 
 def make(config, model: Model, mesh=None) -> Algorithm:
     """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs)."""
-    return make_local_training("dfedavg", config, model, mesh, lambda r: optax.sgd(config.dfedavg.lr))
+    return make_local_training("dfedavg", config, model, mesh, lambda r, dtype: optax.sgd(config.dfedavg.lr))

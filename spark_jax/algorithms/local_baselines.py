@@ -53,21 +53,22 @@ def dfedsam_optimizer(lr, momentum: float, weight_decay: float) -> optax.Gradien
 def make_dfedavgm(config, model: Model, mesh=None) -> Algorithm:
     """DFedAvgM from `config.dfedavgm` (lr, momentum, batch_size, local_epochs)."""
     cfg = config.dfedavgm
-    return make_local_training("dfedavgm", config, model, mesh, lambda r: optax.sgd(cfg.lr, momentum=cfg.momentum))
+    return make_local_training("dfedavgm", config, model, mesh,
+                               lambda r, dtype: optax.sgd(cfg.lr, momentum=cfg.momentum))
 
 
 def make_dpsgd(config, model: Model, mesh=None) -> Algorithm:
     """D-PSGD from `config.dpsgd` (lr, batch_size, local_epochs)."""
     cfg = config.dpsgd
-    return make_local_training("dpsgd", config, model, mesh, lambda r: optax.sgd(cfg.lr))
+    return make_local_training("dpsgd", config, model, mesh, lambda r, dtype: optax.sgd(cfg.lr))
 
 
 def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
     """DFedSAM from `config.dfedsam` (lr, lr_decay, momentum, weight_decay, rho, batch_size, local_epochs)."""
     cfg = config.dfedsam
 
-    def make_optimizer(r):
-        lr = cfg.lr * jnp.power(jnp.float32(cfg.lr_decay), r.astype(jnp.float32))
+    def make_optimizer(r, dtype):  # lr_r in the params' dtype (float32, or float64)
+        lr = cfg.lr * jnp.power(jnp.asarray(cfg.lr_decay, dtype), r.astype(dtype))
         return dfedsam_optimizer(lr, cfg.momentum, cfg.weight_decay)
 
     return make_local_training("dfedsam", config, model, mesh, make_optimizer, value_and_grad=sam_value_and_grad(cfg.rho))

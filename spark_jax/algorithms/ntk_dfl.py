@@ -13,6 +13,9 @@ Per round r, with eta_r = eta_0 exp(-decay r):
 Nodes run through `lax.map` in chunks of `config.ntk.node_chunk` (vmapped
 inside a chunk), so at most that many neighbourhoods (and, with the
 contraction kernel, that many [N, C, d] Jacobians) are live at once.
+
+Dtypes follow the parameters and node data (`spark_jax.dtypes.compute_dtype`): float32 by default;
+with x64 enabled and float64 params (and data, and mixing weights) every float of the round is float64.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from spark_jax import comm, guard, ntk, parallel
+from spark_jax.dtypes import compute_dtype
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.schedules import learning_rate
@@ -77,7 +81,8 @@ def make_node_phases(apply, num_classes: int, cfg, kernel_method: str) -> NodePh
 
     @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def messages(w_bar, x, labels, mask):
-        return apply(w_bar, x), jax.nn.one_hot(labels, num_classes) * mask[:, None]
+        f0 = apply(w_bar, x)
+        return f0, jax.nn.one_hot(labels, num_classes, dtype=compute_dtype(f0)) * mask[:, None]
 
     @functools.partial(parallel.with_node_batching, batching=cfg.node_batching)
     def kernel(w_bar, x, mask):
@@ -127,7 +132,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         return State(params=init_node_params(model, key, num_nodes, config.model.per_node_init))
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
-        eta = learning_rate(cfg.eta0, cfg.decay, inputs.round_index)
+        eta = learning_rate(cfg.eta0, cfg.decay, inputs.round_index, compute_dtype(state.params, node_data.x))
         w_bar = mix(state.params, inputs.neighbors, inputs.weights)
 
         def one_node(args, node_data, eta):

@@ -11,7 +11,8 @@ Per round r (eta_r, lambda_r, beta_r traced; see `spark_jax.schedules`):
   9. tau* by CE(f(X; w̄_i + Delta_tau), Y^)
   10. v_i <- beta_r v_i + Delta; w_i <- w̄_i + Delta + beta_r v_i
 With sketch off, lambda_max = 0 and beta = 0 this is NTK-DFL (tested against
-`algorithms.ntk_dfl`).
+`algorithms.ntk_dfl`). Dtypes follow the parameters and node data (`spark_jax.dtypes.compute_dtype`):
+float32 by default, float64 end to end (P, sketches, schedules, targets, updates) for float64 ones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from spark_jax import comm, guard, ntk, parallel, schedules, sketch, sketch_share, sketched_ntk
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
+from spark_jax.dtypes import compute_dtype
 from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.rng import stream_key
 
@@ -42,7 +44,7 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan
 
     The schedule holds one block of products for all M * n_max rows and every node's kernel [N, N],
     N = slots * n_max (counted twice: the node map's input and output with a mesh; one device updates
-    them in place, so the bound is then conservative).
+    them in place, so the bound is then conservative), in floats of the params' dtype (4 or 8 bytes).
     """
     sc = config.sketch
     mode = sketch_share.check_share_mode(sc.share_first_layer)
@@ -50,7 +52,7 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan
         mode = "off"
     m, rows = config.partition.num_nodes, slots * n_max
     return sketch_share.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
-                                                fixed_bytes=2 * m * rows * rows * 4,
+                                                fixed_bytes=2 * m * rows * rows * compute_dtype(params).itemsize,
                                                 max_bytes=float(sc.share_bytes))
 
 
@@ -94,8 +96,8 @@ def make_node_phases(config, model: Model) -> NodePhases:
     apply, num_classes = model.apply, model.num_classes
 
     def targets(w_bar, x, labels, mask, teacher, lam):
-        y = jax.nn.one_hot(labels, num_classes) * mask[:, None]
         f0 = apply(w_bar, x)
+        y = jax.nn.one_hot(labels, num_classes, dtype=compute_dtype(f0)) * mask[:, None]
         teacher_logits = f0 if dc.teacher == "averaged" else teacher
         return f0, jnp.where(mask[:, None], distillation_targets(y, teacher_logits, lam, dc.temperature), 0.0)
 
@@ -239,22 +241,25 @@ def make(config, model: Model, mesh=None) -> Algorithm:
             return parallel.node_map(add_block, (w_bar, neighbors, slot_mask, h), batch_size=batch, mesh=mesh,
                                      shared=(node_data, first_all, P_b))
 
-        h0 = parallel.constrain_nodes(jnp.zeros((num_nodes, rows, rows), jnp.float32), mesh)
+        h0 = parallel.constrain_nodes(jnp.zeros((num_nodes, rows, rows), compute_dtype(P)), mesh)
         return jax.lax.fori_loop(0, plan.num_blocks, block, h0)
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         r = inputs.round_index
-        eta = schedules.learning_rate(nc.eta0, nc.decay, r)
-        lam = schedules.distill_weight(r, b2, b3, dc.lambda_max, config.stages.ramp)
-        beta = schedules.momentum_beta(r, b3, mc.beta)
+        dtype = compute_dtype(state.params, node_data.x)  # float32, or float64 for float64 params / data
+        # One model's shapes in the round's dtype: P and the share plan follow it.
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], dtype), state.params)
+        eta = schedules.learning_rate(nc.eta0, nc.decay, r, dtype)
+        lam = schedules.distill_weight(r, b2, b3, dc.lambda_max, config.stages.ramp, dtype)
+        beta = schedules.momentum_beta(r, b3, mc.beta, dtype)
         w_bar = mix(state.params, inputs.neighbors, inputs.weights)
         velocity = mix(state.velocity, inputs.neighbors, inputs.weights) if mc.velocity == "mixed" else state.velocity
-        P = (sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw) if sc.enabled else None)
+        P = (sketch.projections(sketch_key, shapes, sc.grouping, sc.k, r, sc.redraw) if sc.enabled else None)
         # Teacher 'neighbors': every node's own pre-mixing model on its own data, [M, n_max, C].
         own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
 
         batch = min(nc.node_chunk, num_nodes)
-        plan = share_plan(config, template, node_data.x.shape[1], inputs.neighbors.shape[1])
+        plan = share_plan(config, shapes, node_data.x.shape[1], inputs.neighbors.shape[1])
         kernels = None
         if plan.block:
             kernels = shared_kernels(w_bar, node_data, inputs.neighbors, inputs.mask, P, plan, batch)

@@ -19,6 +19,8 @@ intervals) from F; the driver
     round, nodes and phase) on a non-finite error estimate, a step shrinking
     below `MIN_STEP` grid intervals, or more than `50 * tau_max + 1000`
     attempts — it never hangs.
+
+Time t, step h and the outputs are in F0's dtype (float32, or float64 for a float64 evolution).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
     Args:
       attempt: (F [N, C], aux, h scalar) -> `Attempt`; pure, traceable.
       aux0: the method's carry at t = 0 (a pytree of arrays).
-      F0: `[N, C]` initial logits (zero on padding rows).
+      F0: `[N, C]` initial logits (zero on padding rows); its dtype is that of t, h and the outputs.
       residual: F -> softmax(F) - Y^ `[N, C]`, zero on padding rows.
       taus: static strictly ascending candidate step counts.
       max_stride: static largest step, in grid intervals.
@@ -79,10 +81,10 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
       (R_taus `[T, N, C]`, F_taus `[T, N, C]`, products int32 scalar); NaN in
       both outputs if the integration failed.
     """
-    f32 = jnp.float32
+    dtype = F0.dtype  # float32, or float64 for a float64 evolution
     tau_max = taus[-1]
-    end = jnp.asarray(tau_max, f32)
-    stops = jnp.asarray(taus, f32)
+    end = jnp.asarray(tau_max, dtype)
+    stops = jnp.asarray(taus, dtype)
     exponent = -1.0 / (error_order + 1)
 
     def body(state):
@@ -106,15 +108,15 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
         inv_h = 1.0 / jnp.where(h > 0, h, 1.0)
 
         def more(carry):  # grid points m, m + 1, ... < t_new, only on acceptance
-            return accept & (carry[1].astype(f32) < t_new)
+            return accept & (carry[1].astype(dtype) < t_new)
 
         def visit(carry):
             R, g = carry
-            return R + residual(step.dense((g.astype(f32) - t) * inv_h)), g + 1
+            return R + residual(step.dense((g.astype(dtype) - t) * inv_h)), g + 1
 
         R, m = jax.lax.while_loop(more, visit, (R, m))
         # A step ending on a grid point (always so on a tau): store if a tau, then add its residual.
-        on_grid = accept & (m.astype(f32) == t_new)
+        on_grid = accept & (m.astype(dtype) == t_new)
         is_tau = on_grid & clipped
         slot = jnp.argmax(stops == t_new)
         R_taus = jnp.where(is_tau, R_taus.at[slot].set(R), R_taus)
@@ -136,15 +138,15 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
         return (t < end) & (it < max_iterations)
 
     # Grid point 0: tau = 0 is stored here; then R_1 = residual(F(s_0)).
-    outputs = jnp.zeros((len(taus),) + F0.shape, f32)
+    outputs = jnp.zeros((len(taus),) + F0.shape, dtype)
     R_taus, F_taus = outputs, outputs
     if taus[0] == 0:
         F_taus = F_taus.at[0].set(F0)
-    state = (jnp.zeros((), f32), jnp.asarray(h0, f32), F0, aux0, residual(F0), jnp.ones((), jnp.int32),
+    state = (jnp.zeros((), dtype), jnp.asarray(h0, dtype), F0, aux0, residual(F0), jnp.ones((), jnp.int32),
              R_taus, F_taus, jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((), jnp.int32),
              jnp.zeros((), jnp.int32))
     state = jax.lax.while_loop(running, body, state)
     t, failed, R_taus, F_taus, products = state[0], state[9], state[6], state[7], state[11]
     failed = failed | (t < end)
-    nan = jnp.asarray(jnp.nan, f32)
+    nan = jnp.asarray(jnp.nan, dtype)
     return jnp.where(failed, nan, R_taus), jnp.where(failed, nan, F_taus), products

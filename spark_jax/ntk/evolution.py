@@ -47,6 +47,10 @@ Kernel products `H @ r` (`[N, N] x [N, C]`) are memory-bound for C = 10; with
 XLA:CPU runs the fixed-step integrators 1.2-1.6x faster with C = 10 -> 16
 (`benchmarks/evolution.py`, "+pad" rows; no measurable gain for "dopri5").
 The padding changes no value.
+
+Dtype: everything (H, Y^, eta, the states, residual sums, and the adaptive drivers' time t and step h)
+is computed in `compute_dtype(H, F0)`: float32 unless H or F0 is float64 (x64 enabled), then float64
+end to end, so tight tolerances (1e-10) are reachable.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk import adaptive, stiff_split
 from spark_jax.ntk.jacobian import num_true
 
@@ -65,7 +70,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Evolution(NamedTuple):
-    """Per candidate tau (T = len(taus)); padding rows are zero in both.
+    """Per candidate tau (T = len(taus)); padding rows are zero in both; both in the compute dtype.
 
     residual_sums: R_tau `[T, N, C]` (SPEC step 8).
     logits: F(s_tau) `[T, N, C]` (for the `linearized` tau criterion, step 9).
@@ -106,8 +111,9 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
 
     Args:
       H: `[N, N]` kernel (step 5); padding rows/columns are ignored.
-      F0: `[N, C]` logits of the averaged model f(X; w̄_i).
-      Y_hat: `[N, C]` one-hot or soft targets (step 6).
+      F0: `[N, C]` logits of the averaged model f(X; w̄_i). With H, sets the compute dtype
+        (`spark_jax.dtypes.compute_dtype(H, F0)`: float32, or float64 if either is).
+      Y_hat: `[N, C]` one-hot or soft targets (step 6), cast to the compute dtype.
       mask: bool `[N]`, False on padding rows.
       eta: scalar learning rate eta_r; may be traced (no recompilation).
       taus: static strictly ascending candidate step counts; tau_max = taus[-1].
@@ -125,7 +131,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
         columns when C is smaller (speed only; 0 = never).
 
     Returns:
-      `Evolution(residual_sums [T, N, C], logits [T, N, C], products)`.
+      `Evolution(residual_sums [T, N, C], logits [T, N, C], products)`, floats in the compute dtype.
     """
     taus = check_taus(taus)
     if method not in INTEGRATORS:
@@ -138,12 +144,13 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
                          f"rows, and split_iterations >= 0; got {split_modes}, {split_iterations}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"need rtol > 0 and atol > 0, got {rtol}, {atol}")
+    dtype = compute_dtype(H, F0)
     real = mask[:, None]
-    zero = jnp.zeros((), jnp.float32)
-    H = H.astype(jnp.float32)
-    Y_hat = Y_hat.astype(jnp.float32)
-    eta = jnp.asarray(eta, jnp.float32)
-    inv_n = 1.0 / num_true(mask)
+    zero = jnp.zeros((), dtype)
+    H = H.astype(dtype)
+    Y_hat = Y_hat.astype(dtype)
+    eta = jnp.asarray(eta, dtype)
+    inv_n = 1.0 / num_true(mask, dtype)
 
     def residual(F):  # softmax(F) - Y^, zero on padding  [N, C]
         return jnp.where(real, jax.nn.softmax(F, axis=-1) - Y_hat, zero)
@@ -214,7 +221,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
             return carry
         return jax.lax.scan(step, carry, jnp.arange(num_steps, dtype=jnp.int32))[0]
 
-    F0 = jnp.where(real, F0.astype(jnp.float32), zero)  # padding rows may hold anything, even NaN
+    F0 = jnp.where(real, F0.astype(dtype), zero)  # padding rows may hold anything, even NaN
     R0 = jnp.zeros_like(F0)
     stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
     if method == "dopri5":
@@ -230,11 +237,11 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
             return jnp.where(real, jnp.matmul(H, V, precision=_HIGHEST), zero)
 
         if split_modes:
-            U, lam = stiff_split.dominant_subspace(block_product, mask, split_modes, split_iterations)
+            U, lam = stiff_split.dominant_subspace(block_product, mask, split_modes, split_iterations, dtype)
             blocks = -(-split_modes // max(columns, num_classes))  # products of the width of an evolution product
             eigen_products = (split_iterations + 1) * blocks
         else:
-            U, lam, eigen_products = jnp.zeros((F0.shape[0], 0), jnp.float32), jnp.zeros((0,), jnp.float32), 0
+            U, lam, eigen_products = jnp.zeros((F0.shape[0], 0), dtype), jnp.zeros((0,), dtype), 0
         probabilities = lambda F: jnp.where(real, jax.nn.softmax(F, axis=-1), zero)
         hr = lambda r: jnp.where(real, product(r), zero)
         attempt, carry_at = stiff_split.imex_attempt(hr, residual, probabilities, U, lam, a, mask, rtol, atol)

@@ -52,9 +52,10 @@ def mask_rows(tree, mask: jax.Array | None):
     return jax.tree.map(leaf, tree)
 
 
-def num_true(mask: jax.Array) -> jax.Array:
-    """N_true = mask.sum() as float32, at least 1 (an empty neighbourhood divides by 1)."""
-    return jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+def num_true(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """N_true = mask.sum() as `dtype` (the caller's compute dtype), at least 1 (an empty neighbourhood
+    divides by 1)."""
+    return jnp.maximum(jnp.sum(mask.astype(dtype)), 1.0)
 
 
 def _single_logits(apply: Apply):

@@ -1,6 +1,6 @@
 """The class-traced neighbourhood NTK (SPEC step 5).
 
-    H = (1/C) sum_c J[:, c, :] J[:, c, :]^T            [N, N] float32
+    H = (1/C) sum_c J[:, c, :] J[:, c, :]^T            [N, N]
 
 over node i's stacked neighbourhood set (exact mode: the true Jacobian J at
 w̄_i; sketch mode: the projected J~ = J P, via `kernel_from_jacobian`). Rows
@@ -29,6 +29,9 @@ implementations, each tested against the plain one):
   * "ntvp": any model; NTK-vector products J (J^T v) with sample-local
     cotangents v = e_j ⊗ e_c: a column of H costs C Jacobian-vector products
     over the batch and never more than `chunk_size` Jacobian rows are held.
+
+H's dtype is the compute dtype of the parameters and inputs (`spark_jax.dtypes.compute_dtype`):
+float32, or float64 when the parameters (or samples, or Jacobian) are float64.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import Apply, mask_rows, per_sample_jacobian, zero_padding
 
 METHODS = ("contraction", "structured", "ntvp", "reference")
 
-# The kernel feeds an ODE over hundreds of steps; keep full float32 products
+# The kernel feeds an ODE over hundreds of steps; keep full float32 (or float64) products
 # even on accelerators whose default matmul precision is lower (TF32).
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -65,14 +69,15 @@ def kernel_from_jacobian(jac_tree, mask: jax.Array | None = None) -> jax.Array:
       mask: optional bool `[N]`.
 
     Returns:
-      H `[N, N]` float32, padding rows/columns zero.
+      H `[N, N]` in the Jacobian's compute dtype (float32 or float64), padding rows/columns zero.
     """
     leaves = jax.tree.leaves(mask_rows(jac_tree, mask))
     n, c = leaves[0].shape[:2]
-    h = jnp.zeros((n, n), jnp.float32)
+    dtype = compute_dtype(leaves)
+    h = jnp.zeros((n, n), dtype)
     for a in leaves:
         # sum over (c, p) of J[i, c, p] J[j, c, p] is one GEMM on [N, C * p].
-        a2 = a.reshape(n, -1).astype(jnp.float32)
+        a2 = a.reshape(n, -1).astype(dtype)
         h = h + jnp.matmul(a2, a2.T, precision=_HIGHEST)
     return _mask_kernel(h / c, mask)
 
@@ -187,16 +192,17 @@ def mlp_backprop_factors(params, fwd: MLPForward) -> list:
     """
     layers = _mlp_layers(params)
     n_layers, c = len(layers), layers[-1][0].shape[1]
+    dtype = compute_dtype(params, fwd.logits)
     factors = [None] * n_layers
     if n_layers > 1:
-        w_out = layers[-1][0].astype(jnp.float32)
-        g = fwd.gates[-1].astype(jnp.float32)  # [N, h]
+        w_out = layers[-1][0].astype(dtype)
+        g = fwd.gates[-1].astype(dtype)  # [N, h]
         factors[-2] = g * jnp.sqrt(jnp.sum(w_out * w_out, axis=1) / c)[None, :]
     if n_layers > 2:
         d = g[:, None, :] * w_out.T[None]  # D_{L-2} [N, C, h]
         for l in range(n_layers - 3, -1, -1):
             d = fwd.gates[l][:, None, :] * jnp.matmul(d, layers[l + 1][0].T, precision=_HIGHEST)
-            factors[l] = d.reshape(d.shape[0], -1) / jnp.sqrt(jnp.float32(c))  # sums over c in the GEMM
+            factors[l] = d.reshape(d.shape[0], -1) / jnp.sqrt(jnp.asarray(c, dtype))  # sums over c in the GEMM
     return factors
 
 
@@ -210,7 +216,8 @@ def structured_kernel(params, x: jax.Array, mask: jax.Array | None = None) -> ja
     """
     x = zero_padding(x, mask)
     fwd = mlp_forward(params, x)
-    terms = [(a.astype(jnp.float32), f) for a, f in zip(fwd.inputs, mlp_backprop_factors(params, fwd))]
+    dtype = compute_dtype(params, fwd.logits)
+    terms = [(a.astype(dtype), f) for a, f in zip(fwd.inputs, mlp_backprop_factors(params, fwd))]
 
     def block(rows, cols):
         h = None
@@ -249,7 +256,7 @@ def ntvp_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None = Non
     else:
         cols = jax.lax.map(column, x, batch_size=chunk_size)
     h = 0.5 * (cols + cols.T)  # symmetric up to rounding; symmetrize
-    return _mask_kernel(h.astype(jnp.float32), mask)
+    return _mask_kernel(h.astype(compute_dtype(h)), mask)
 
 
 def contraction_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | None = None,
@@ -274,7 +281,7 @@ def neighbourhood_kernel(apply: Apply, params, x: jax.Array, mask: jax.Array | N
       jacobian_mode: "rev" or "fwd" for the contraction's Jacobian.
 
     Returns:
-      H `[N, N]` float32 with zero padding rows and columns.
+      H `[N, N]` (float32, or float64 for float64 params / samples) with zero padding rows and columns.
     """
     if method == "contraction":
         return contraction_kernel(apply, params, x, mask, chunk_size, jacobian_mode)

@@ -82,7 +82,8 @@ DENSE = ((6818779379841 / 7100303317025, -54480133 / 30881146, 6943876665148 / 7
 ERROR = tuple(b - bh for b, bh in zip(B, B_HAT))
 
 
-def dominant_subspace(block_product: Callable, real: jax.Array, num_modes: int, iterations: int):
+def dominant_subspace(block_product: Callable, real: jax.Array, num_modes: int, iterations: int,
+                      dtype=jnp.float32):
     """Rough top eigenpairs of the PSD kernel H by subspace iteration and Rayleigh-Ritz.
 
     Args:
@@ -90,6 +91,8 @@ def dominant_subspace(block_product: Callable, real: jax.Array, num_modes: int, 
       real: bool `[N]`, False on padding rows.
       num_modes: static p >= 1, the number of eigenpairs.
       iterations: static number of subspace iterations (products) before Rayleigh-Ritz.
+      dtype: the evolution's compute dtype (float32 or float64); the start block is drawn in float32
+        and cast, so both dtypes start from the same block.
 
     Returns:
       (U `[N, p]` with zero padding rows, Lambda `[p]` >= 0, descending); the
@@ -97,7 +100,7 @@ def dominant_subspace(block_product: Callable, real: jax.Array, num_modes: int, 
     """
     n = real.shape[0]
     rows = real[:, None]
-    start = jax.random.normal(jax.random.key(0), (n, num_modes), jnp.float32)  # fixed: deterministic
+    start = jax.random.normal(jax.random.key(0), (n, num_modes), jnp.float32).astype(dtype)  # fixed: deterministic
     start = start.at[:, 0].set(1.0)
 
     def orthonormal(V):  # V Q D^(-1/2) from the Gram matrix V^T V = Q D Q^T: two small GEMMs and a p x p eigh
@@ -123,7 +126,8 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
       product: r `[N, C]` -> H @ r `[N, C]` (rows of padding zero); one kernel product.
       residual: F -> softmax(F) - Y^ `[N, C]` (zero on padding).
       probabilities: F -> softmax(F) `[N, C]` (zero on padding).
-      U, lam: `[N, k]`, `[k]` the implicit part U diag(lam) U^T (k may be 0: plain ERK).
+      U, lam: `[N, k]`, `[k]` the implicit part U diag(lam) U^T (k may be 0: plain ERK); their dtype
+        (the evolution's, float32 or float64) is that of every float computed here.
       a: scalar eta / N.
       real: bool `[N]`.
       rtol, atol: static error tolerances per entry of F.
@@ -136,7 +140,7 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
     """
     k = U.shape[1]
     V = U * jnp.sqrt(lam)[None, :]  # the implicit part is V V^T  [N, k]
-    count = jnp.maximum(jnp.sum(real) * 1.0, 1.0)
+    count = jnp.maximum(jnp.sum(real.astype(U.dtype)), 1.0)
 
     def split(r, Hr):  # (f_E, f_I) from r and H r
         f_i = -a * jnp.matmul(U, lam[:, None] * jnp.matmul(U.T, r, precision=_HIGHEST), precision=_HIGHEST)
@@ -195,7 +199,7 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
                 _, it, done, diverged, _ = carry
                 return (~done) & (~diverged) & (it < NEWTON_ITERATIONS)
 
-            init = (W0, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.float32(0.0))
+            init = (W0, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.zeros((), W0.dtype))
             W, _, done, _, _ = jax.lax.while_loop(more, body, init)
             return jnp.matmul(V, W, precision=_HIGHEST), done & jnp.all(jnp.isfinite(W)), W
 

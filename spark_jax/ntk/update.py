@@ -19,6 +19,9 @@ Two implementations of steps 8-9 behind `method=` (`UPDATE_METHODS`):
     A_l^T [fan_in, N] x [N, T * fan_out]; the T candidate networks' first layer as one
     GEMM X [N, fan_in] x [fan_in, T * fan_out] (no batched small matmuls,
     which XLA:CPU runs slowly). Same operations as the reference, reordered.
+
+Dtypes follow the parameters and inputs (`spark_jax.dtypes.compute_dtype`): the updates, eta's scale
+-eta/N and the losses are float32, or float64 for float64 parameters / residuals.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import Apply, num_true, zero_padding
 from spark_jax.ntk.kernel import MLPForward, _mlp_layers, mlp_forward, mlp_layer_names
 
@@ -63,7 +67,8 @@ def weight_updates(apply: Apply, params, x: jax.Array, mask: jax.Array, R: jax.A
     logits, vjp_fn = jax.vjp(lambda p: apply(p, x), params)
     R = _mask_residuals(R, mask).astype(logits.dtype)
     (grads,) = jax.vmap(vjp_fn)(R)
-    scale = -jnp.asarray(eta, jnp.float32) / num_true(mask)
+    dtype = compute_dtype(logits)
+    scale = -jnp.asarray(eta, dtype) / num_true(mask, dtype)
     return jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
 
 
@@ -84,8 +89,9 @@ def structured_weight_updates(params, x: jax.Array, mask: jax.Array, R: jax.Arra
     if forward is None:
         forward = mlp_forward(params, zero_padding(x, mask))
     t, n = R.shape[:2]
-    scale = -jnp.asarray(eta, jnp.float32) / num_true(mask)
-    delta = _mask_residuals(R, mask).astype(jnp.float32) * scale  # [T, N, fan_out]
+    dtype = compute_dtype(params, forward.logits)
+    scale = -jnp.asarray(eta, dtype) / num_true(mask, dtype)
+    delta = _mask_residuals(R, mask).astype(dtype) * scale  # [T, N, fan_out]
     out = {}
     for l in range(len(layers) - 1, -1, -1):
         w = layers[l][0]
@@ -110,10 +116,12 @@ def weight_updates_from_jacobian(jac_tree, R: jax.Array, eta: jax.Array, mask: j
       R: `[T, N, C]`; eta: scalar; mask: bool `[N]`.
 
     Returns:
-      pytree like `jac_tree` with leaves `[T, *s]`.
+      pytree like `jac_tree` with leaves `[T, *s]`, each in its leaf's dtype (the contraction in
+      `compute_dtype(jac_tree, R)`).
     """
-    R = _mask_residuals(R, mask).astype(jnp.float32)
-    scale = -jnp.asarray(eta, jnp.float32) / num_true(mask)
+    dtype = compute_dtype(jac_tree, R)
+    R = _mask_residuals(R, mask).astype(dtype)
+    scale = -jnp.asarray(eta, dtype) / num_true(mask, dtype)
 
     def leaf(a):
         n, c = a.shape[:2]
@@ -131,7 +139,7 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array)
     """
     per_row = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
     per_row = jnp.where(mask, per_row, jnp.zeros((), per_row.dtype))
-    return jnp.sum(per_row) / num_true(mask)
+    return jnp.sum(per_row) / num_true(mask, compute_dtype(per_row))
 
 
 def network_losses(apply: Apply, params, x: jax.Array, mask: jax.Array, targets: jax.Array,
