@@ -205,8 +205,11 @@ def _rel_error(got, want):
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("integrator,kernel,tol", [("euler", "structured", 1e-10), ("rk4", "contraction", 1e-10),
-                                                   ("dopri5", "structured", 1e-8), ("imex", "structured", 1e-8)])
+@pytest.mark.parametrize("integrator,kernel,tol", [  # the default integrator stays in the fast loop
+    ("imex", "structured", 1e-8),
+    pytest.param("euler", "structured", 1e-10, marks=pytest.mark.slow),
+    pytest.param("rk4", "contraction", 1e-10, marks=pytest.mark.slow),
+    pytest.param("dopri5", "structured", 1e-8, marks=pytest.mark.slow)])
 def test_ntk_dfl_round_is_float64_and_matches_numpy(x64, integrator, kernel, tol):
     """Every output float64, no float32 op in the round's program, new params = the float64 reference to
     `tol` relative (1e-10 for the exact Euler / RK4 recursions; the adaptive integrators at rtol = atol
@@ -233,7 +236,8 @@ def test_ntk_dfl_round_is_float64_and_matches_numpy(x64, integrator, kernel, tol
 
 
 @pytest.mark.parametrize("share,update_mode,integrator", [("off", "backproject", "euler"),
-                                                          ("on", "own_exact", "rk4")])
+                                                          pytest.param("on", "own_exact", "rk4",
+                                                                       marks=pytest.mark.slow)])
 def test_spark_sketched_round_is_float64_and_matches_numpy(x64, share, update_mode, integrator):
     """SPARK in stage 3 (sketch k = 8 per layer, distillation, momentum): every output float64 and finite,
     P is the float32 draw cast to float64, and the round equals the float64 reference to 1e-10."""
@@ -304,6 +308,7 @@ def test_evolve_logits_float64(x64, method):
     assert max(error_f, error_r) < tol, (error_f, error_r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x64_on", [False, True])
 def test_float32_rounds_stay_float32(x64_on):
     """float32 params and data give float32 everywhere: by default, and with x64 on (no float64 op in the
