@@ -46,7 +46,7 @@ def phase_functions(setup):
     """Jitted all-node versions of each phase of `ntk_dfl`; the node data is an argument (a closed-over
     copy would be embedded in every program as a constant: 187 MB at 300 nodes)."""
     cfg, model = setup.config, setup.model
-    method = ntk_dfl.resolve_kernel_method(cfg.ntk.kernel, cfg.model.name)
+    method = ntk_dfl.resolve_kernel_method(cfg.ntk.kernel, model.structured)
     ph = ntk_dfl.make_node_phases(model.apply, model.num_classes, cfg.ntk, method)
     chunk = min(cfg.ntk.node_chunk, cfg.partition.num_nodes)
 
@@ -117,7 +117,7 @@ def main(argv):
 
     slots = int(inputs.neighbors.shape[1])
     n_nb = int(slots * nd.mask.shape[1])
-    method = ntk_dfl.resolve_kernel_method(config.ntk.kernel, config.model.name)
+    method = ntk_dfl.resolve_kernel_method(config.ntk.kernel, setup.model.structured)
     print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
           f"(slots {slots}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
           f"kernel {method}, integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, "

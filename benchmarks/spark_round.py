@@ -66,7 +66,7 @@ def main(argv):
     sc, nc = config.sketch, config.ntk
     repeats = _REPEATS.value
     template = setup.model.init(jax.random.key(0))
-    method = sketch.resolve_method(sc.method, config.model.name)
+    method = sketch.resolve_method(sc.method, setup.model.structured)
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
     inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
     eta = schedules.learning_rate(nc.eta0, nc.decay, inputs.round_index)

@@ -50,23 +50,51 @@ class CNN(nn.Module):
 class Model(NamedTuple):
     """A model as a pair of pure functions.
 
-    init(key) -> params; apply(params, x [..., 28, 28, 1]) -> logits [..., C].
+    init(key) -> params; apply(params, x [..., 28, 28, 1]) -> logits [..., C]. `structured`: the
+    params are a dense ReLU MLP in flax's Dense_0..Dense_L layout, so the closed-form kernel
+    (`spark_jax.ntk.kernel`) and sketch (`spark_jax.sketch`) "structured" methods apply.
     """
 
     init: Callable[[jax.Array], dict]
     apply: Callable[[dict, jax.Array], jax.Array]
     num_classes: int
+    structured: bool = False
+
+
+class ModelSpec(NamedTuple):
+    """A registered model: `build(hidden, channels, num_classes) -> flax module` and whether it
+    has the structured fast path (see `Model.structured`)."""
+
+    build: Callable[[tuple, tuple, int], nn.Module]
+    structured: bool = False
+
+
+# Models by `config.model.name`; adding a model is one entry here (and its name in
+# validation.MODELS, which tests/test_validation_table.py checks).
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(lambda hidden, channels, num_classes: MLP(hidden=hidden, num_classes=num_classes),
+                     structured=True),
+    "cnn": ModelSpec(lambda hidden, channels, num_classes: CNN(channels=channels, num_classes=num_classes)),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered `ModelSpec` of `name`; ValueError naming the choices if unknown."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose {' or '.join(repr(n) for n in MODELS)}")
+    return MODELS[name]
+
+
+def supports_structured(name: str) -> bool:
+    """Whether model `name` has the structured kernel/sketch fast path (no model is built)."""
+    return model_spec(name).structured
 
 
 def make_model(name: str = "mlp", *, hidden: Sequence[int] = (100,), channels: Sequence[int] = (8, 16),
                num_classes: int = 10, input_shape: Sequence[int] = (28, 28, 1)) -> Model:
-    """Builds a `Model` by name ('mlp' or 'cnn')."""
-    if name == "mlp":
-        module = MLP(hidden=tuple(hidden), num_classes=num_classes)
-    elif name == "cnn":
-        module = CNN(channels=tuple(channels), num_classes=num_classes)
-    else:
-        raise ValueError(f"unknown model {name!r}; choose 'mlp' or 'cnn'")
+    """Builds a `Model` by name (a key of `MODELS`: 'mlp' or 'cnn')."""
+    spec = model_spec(name)
+    module = spec.build(tuple(hidden), tuple(channels), num_classes)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
     def init(key):
@@ -75,7 +103,7 @@ def make_model(name: str = "mlp", *, hidden: Sequence[int] = (100,), channels: S
     def apply(params, x):
         return module.apply({"params": params}, x)
 
-    return Model(init=init, apply=apply, num_classes=num_classes)
+    return Model(init=init, apply=apply, num_classes=num_classes, structured=spec.structured)
 
 
 def init_node_params(model: Model, key: jax.Array, num_nodes: int, per_node: bool = False):

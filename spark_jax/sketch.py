@@ -139,10 +139,13 @@ def group_sizes(params, grouping: str) -> tuple[int, ...]:
     return tuple(sum(leaf.size for leaf in group) for group in _layout(params, grouping))
 
 
-def resolve_method(method: str, model_name: str) -> str:
-    """`config.sketch.method` -> a member of `METHODS`; "auto" = "structured" for 'mlp', else "forward"."""
+def resolve_method(method: str, structured: bool) -> str:
+    """`config.sketch.method` -> a member of `METHODS`; "auto" = "structured" for a model with the
+    structured fast path (`Model.structured`, `models.supports_structured`), else "forward"."""
+    if not isinstance(structured, bool):
+        raise TypeError(f"resolve_method takes the model's structured capability (a bool), not {structured!r}")
     if method == "auto":
-        return "structured" if model_name == "mlp" else "forward"
+        return "structured" if structured else "forward"
     if method not in METHODS:
         raise ValueError(f"unknown sketch method {method!r}; choose 'auto' or one of {METHODS}")
     return method

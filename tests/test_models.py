@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spark_jax import models, sketch
+from spark_jax.algorithms.ntk_dfl import resolve_kernel_method
 from spark_jax.models import init_node_params, make_model, num_params
 from spark_jax.rng import STREAM_IDS, numpy_rng, stream_key
 
@@ -57,6 +59,26 @@ def test_same_init_at_every_node_by_default():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         make_model("resnet")
+
+
+def test_registry_capability_drives_the_fast_path(monkeypatch):
+    """The structured fast path follows the registry entry, not the model's name."""
+    assert models.supports_structured("mlp") and not models.supports_structured("cnn")
+    assert make_model("mlp").structured and not make_model("cnn").structured
+    with pytest.raises(ValueError, match="unknown model 'resnet'; choose 'mlp' or 'cnn'"):
+        models.supports_structured("resnet")
+    # A new model is one entry: here a dense MLP registered without the capability ...
+    monkeypatch.setitem(models.MODELS, "plain_mlp", models.ModelSpec(models.MODELS["mlp"].build, structured=False))
+    model = make_model("plain_mlp", hidden=(8,), num_classes=3)
+    assert not model.structured and not models.supports_structured("plain_mlp")
+    assert model.apply(model.init(jax.random.key(0)), jnp.zeros((2, 28, 28, 1))).shape == (2, 3)
+    assert sketch.resolve_method("auto", model.structured) == "forward"
+    assert resolve_kernel_method("auto", model.structured) == "contraction"
+    # ... and a CNN falsely declared structured would get the closed forms: the flag alone decides.
+    monkeypatch.setitem(models.MODELS, "cnn", models.ModelSpec(models.MODELS["cnn"].build, structured=True))
+    assert sketch.resolve_method("auto", make_model("cnn").structured) == "structured"
+    assert resolve_kernel_method("auto", models.supports_structured("cnn")) == "structured"
+    assert resolve_kernel_method("ntvp", True) == "ntvp"
 
 
 def test_named_streams_are_distinct_and_stable():

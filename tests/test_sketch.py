@@ -356,11 +356,13 @@ def test_sketched_weight_updates_match_float64(method, grouping):
 
 
 def test_resolve_method():
-    assert sketch.resolve_method("auto", "mlp") == "structured"
-    assert sketch.resolve_method("auto", "cnn") == "forward"
-    assert sketch.resolve_method("materialize", "mlp") == "materialize"
+    assert sketch.resolve_method("auto", models.supports_structured("mlp")) == "structured"
+    assert sketch.resolve_method("auto", models.supports_structured("cnn")) == "forward"
+    assert sketch.resolve_method("materialize", True) == "materialize"
     with pytest.raises(ValueError, match="unknown sketch method"):
-        sketch.resolve_method("fast", "mlp")
+        sketch.resolve_method("fast", True)
+    with pytest.raises(TypeError, match="structured capability"):
+        sketch.resolve_method("auto", "mlp")  # the old signature (a model name) fails loudly
 
 
 def test_bad_inputs_raise_clear_errors():

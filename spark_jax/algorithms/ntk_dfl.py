@@ -51,9 +51,14 @@ def gather_neighbourhood(node_data, neighbors_i: jax.Array, slot_mask_i: jax.Arr
     return x.reshape((rows,) + x.shape[2:]), node_data.y[neighbors_i].reshape(rows), mask.reshape(rows)
 
 
-def resolve_kernel_method(method: str, model_name: str) -> str:
+def resolve_kernel_method(method: str, structured: bool) -> str:
+    """`config.ntk.kernel` -> the kernel method; "auto" = "structured" for a model with the structured
+    fast path (`Model.structured`, `models.supports_structured`), else "contraction"."""
+    if not isinstance(structured, bool):
+        raise TypeError(f"resolve_kernel_method takes the model's structured capability (a bool), "
+                        f"not {structured!r}")
     if method == "auto":
-        return "structured" if model_name == "mlp" else "contraction"
+        return "structured" if structured else "contraction"
     return method
 
 
@@ -122,7 +127,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     """NTK-DFL from `config.ntk`; with a 'nodes' `mesh`, each device runs its own nodes (`parallel.node_map`)."""
     cfg = config.ntk
     num_nodes = config.partition.num_nodes
-    kernel_method = resolve_kernel_method(cfg.kernel, config.model.name)
+    kernel_method = resolve_kernel_method(cfg.kernel, model.structured)
     node_step = make_node_step(model.apply, model.num_classes, cfg, kernel_method)
     num_taus = len(cfg.taus)
     d = num_params(model.init(jax.random.key(0)))

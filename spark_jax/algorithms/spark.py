@@ -28,7 +28,7 @@ from spark_jax import comm, guard, ntk, parallel, schedules, sketch, sketch_shar
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.dtypes import compute_dtype
-from spark_jax.models import Model, init_node_params, num_params
+from spark_jax.models import Model, init_node_params, num_params, supports_structured
 from spark_jax.rng import stream_key
 
 
@@ -48,7 +48,7 @@ def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan
     """
     sc = config.sketch
     mode = sketch_share.check_share_mode(sc.share_first_layer)
-    if not sc.enabled or sketch.resolve_method(sc.method, config.model.name) != "structured":
+    if not sc.enabled or sketch.resolve_method(sc.method, supports_structured(config.model.name)) != "structured":
         mode = "off"
     m, rows = config.partition.num_nodes, slots * n_max
     return sketch_share.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
@@ -90,8 +90,8 @@ def make_node_phases(config, model: Model) -> NodePhases:
     """SPARK's per-node phases from `config.ntk`, `.sketch`, `.distill` (see `NodePhases`)."""
     nc, sc, dc = config.ntk, config.sketch, config.distill
     taus = ntk.check_taus(nc.taus)
-    kernel_method = resolve_kernel_method(nc.kernel, config.model.name)
-    sketch_method = sketch.resolve_method(sc.method, config.model.name) if sc.enabled else None
+    kernel_method = resolve_kernel_method(nc.kernel, model.structured)
+    sketch_method = sketch.resolve_method(sc.method, model.structured) if sc.enabled else None
     chunk = nc.sample_chunk or None
     apply, num_classes = model.apply, model.num_classes
 
@@ -171,7 +171,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     b2, b3 = schedules.stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
     template = model.init(jax.random.key(0))
     d = num_params(template)
-    sketch_method = sketch.resolve_method(sc.method, config.model.name) if sc.enabled else None
+    sketch_method = sketch.resolve_method(sc.method, model.structured) if sc.enabled else None
     sketch_key = stream_key(config.seed, "sketch")
     k_total = sc.k * len(sketch.group_sizes(template, sc.grouping)) if sc.enabled else 0
     apply = model.apply
