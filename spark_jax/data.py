@@ -42,11 +42,35 @@ from spark_jax import data_checksums
 ENV_VAR = "SPARK_JAX_DATA_DIR"
 # Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
-NUM_CLASSES = 10
-# (mean, std) of x/255 over the training images (SPEC.md "Data").
-NORMALIZATION = {"fashion_mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
-IMAGE_SHAPE = (28, 28)
-SPLIT_SIZES = {"train": 60000, "test": 10000}
+
+
+class DatasetSpec(NamedTuple):
+    """What the code needs to know of a dataset (SPEC.md "Data").
+
+    image_shape: one image's uint8 array shape (H, W); num_classes C (labels 0..C-1);
+    split_sizes: examples per split {'train': N_train, 'test': N_test}; (mean, std) of x/255
+    over the training images, for `normalize_images`.
+    """
+
+    name: str
+    image_shape: tuple[int, int]
+    num_classes: int
+    split_sizes: dict[str, int]
+    mean: float
+    std: float
+
+    @property
+    def image_size(self) -> int:
+        """Pixels per image, H * W (the MLP's input width)."""
+        return int(np.prod(self.image_shape))
+
+
+# Datasets by `config.data.dataset`; adding one is one entry here (plus its files' sums in
+# `data_checksums` and mirrors in `download` if it is to be downloaded).
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion_mnist": DatasetSpec("fashion_mnist", (28, 28), 10, {"train": 60000, "test": 10000}, 0.2860, 0.3530),
+    "mnist": DatasetSpec("mnist", (28, 28), 10, {"train": 60000, "test": 10000}, 0.1307, 0.3081),
+}
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -85,9 +109,14 @@ class Dataset(NamedTuple):
 
 def check_name(name: str) -> str:
     """Returns `name` if it is a known dataset, else raises ValueError."""
-    if name not in NORMALIZATION:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(repr(n) for n in NORMALIZATION)}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(repr(n) for n in DATASETS)}")
     return name
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered `DatasetSpec` of `name`; ValueError naming the choices if unknown."""
+    return DATASETS[check_name(name)]
 
 
 def _idx_error(path: pathlib.Path, what: str) -> DataError:
@@ -170,19 +199,21 @@ def find_idx_files(directory, name: str) -> dict[str, pathlib.Path] | None:
 
 
 def check_arrays(name: str, arrays: dict[str, np.ndarray], source: str, fingerprint: dict | None = None) -> Dataset:
-    """Checks counts (60000 train / 10000 test), shapes and labels 0..9; returns a Dataset."""
-    for split, n in SPLIT_SIZES.items():
+    """Checks counts, image shapes and labels against `dataset_spec(name)` (Fashion-MNIST, MNIST:
+    60000 train / 10000 test, [28, 28], labels 0..9); returns a Dataset."""
+    spec = dataset_spec(name)
+    for split, n in spec.split_sizes.items():
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
+        if images.shape[1:] != spec.image_shape or images.dtype != np.uint8:
             raise DataError(f"{name} {split} images from {source} have shape {images.shape} "
-                            f"dtype {images.dtype}; expected uint8 [N, 28, 28]")
+                            f"dtype {images.dtype}; expected uint8 [N, {', '.join(map(str, spec.image_shape))}]")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{name} {split} from {source}: {len(images)} images but labels of shape {labels.shape}")
         if len(images) != n:
             raise DataError(f"{name} {split} from {source} has {len(images)} examples; expected {n}")
-        if labels.size and int(labels.max()) >= NUM_CLASSES:
+        if labels.size and int(labels.max()) >= spec.num_classes:
             raise DataError(f"{name} {split} labels from {source} reach {int(labels.max())}; "
-                            f"expected 0..{NUM_CLASSES - 1}")
+                            f"expected 0..{spec.num_classes - 1}")
     return Dataset(name=name, source=source, fingerprint=fingerprint,
                    **{k: arrays[k].astype(np.uint8) for k in IDX_FILES})
 
@@ -238,6 +269,7 @@ def load_from_tfds(name: str) -> Dataset:
     """
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
+    spec = dataset_spec(name)
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about absent folders: the DataError says it
     try:
@@ -247,17 +279,17 @@ def load_from_tfds(name: str) -> Dataset:
         for split, tfds_split in (("train", "train"), ("test", "test")):
             source = tfds.data_source(name, split=tfds_split, download=False, try_gcs=False)
             records = [source[i] for i in range(len(source))]
-            arrays[f"{split}_images"] = np.stack([np.asarray(r["image"]).reshape(IMAGE_SHAPE) for r in records])
+            arrays[f"{split}_images"] = np.stack([np.asarray(r["image"]).reshape(spec.image_shape) for r in records])
             arrays[f"{split}_labels"] = np.asarray([int(r["label"]) for r in records], dtype=np.int64)
     except Exception as e:  # TFDS raises many types (KeyError, AssertionError, ...) for "not prepared".
         detail = " ".join(str(e).split())  # TFDS messages span lines; keep the error one line.
         raise DataError(f"no prepared local TFDS dataset {name!r}: {type(e).__name__}: {detail}") from e
     finally:
         absl_logging.set_verbosity(verbosity)
-    for split in SPLIT_SIZES:
+    for split in spec.split_sizes:
         labels = arrays[f"{split}_labels"]
-        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise DataError(f"TFDS {name} {split} labels outside 0..{NUM_CLASSES - 1}")
+        if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+            raise DataError(f"TFDS {name} {split} labels outside 0..{spec.num_classes - 1}")
         arrays[f"{split}_labels"] = labels.astype(np.uint8)
     arrays_read = {key: np.ascontiguousarray(arrays[key], dtype=np.uint8).tobytes() for key in IDX_FILES}
     entries = {key: data_checksums.file_record(f"tfds:{name}/{key}", blob) for key, blob in arrays_read.items()}
@@ -329,11 +361,11 @@ def _download_and_load(name: str, dest, base_url) -> Dataset:
 
 def normalize_images(images_uint8: np.ndarray, name: str) -> np.ndarray:
     """uint8 [..., 28, 28] -> float32 [..., 28, 28, 1] = (x/255 - mean)/std of dataset `name`."""
-    check_name(name)
+    spec = dataset_spec(name)
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8:
         raise ValueError(f"normalize_images expects uint8 pixels, got {images.dtype}")
-    mean, std = NORMALIZATION[name]
+    mean, std = spec.mean, spec.std
     # A 256-entry lookup table: one gather instead of three passes over the images.
     table = (np.arange(256, dtype=np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
     return table[images][..., None]

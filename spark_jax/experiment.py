@@ -113,8 +113,9 @@ def prepare(config) -> Setup:
         node_x, node_y = test_x[idx], test_y[idx]
     else:
         node_x, node_y = test_x, test_y
-    mc = config.model
-    model = make_model(mc.name, hidden=mc.hidden, channels=mc.channels, num_classes=data.NUM_CLASSES)
+    mc, spec = config.model, data.dataset_spec(ds.name)
+    model = make_model(mc.name, hidden=mc.hidden, channels=mc.channels, num_classes=spec.num_classes,
+                       input_shape=(*spec.image_shape, 1))
     algorithm = algorithms.make_algorithm(config, model, mesh)
     d = num_params(model.init(jax.random.key(0)))
     place = jnp.asarray if mesh is None else lambda a: parallel.replicate(a, mesh)
@@ -122,7 +123,7 @@ def prepare(config) -> Setup:
                  node_data=jax.tree.map(place, nd), test_x=place(test_x),
                  test_y=place(test_y), node_test_x=place(node_x),
                  node_test_y=place(node_y), topology=topo, num_params=d,
-                 label_hist=partition.label_histogram(part, ds.train_labels, data.NUM_CLASSES),
+                 label_hist=partition.label_histogram(part, ds.train_labels, spec.num_classes),
                  data_source=ds.source, mesh=mesh, data_fingerprint=loaded.fingerprint)
 
 

@@ -30,6 +30,8 @@ import os
 import pathlib
 import re
 
+from spark_jax import data
+
 MAX_EVOLUTION_PRODUCTS = 10_000  # kernel products per neighbourhood and round (~4.5 s at N ~ 1,200)
 PRODUCT_SECONDS = 0.45e-3  # one [N, N] x [N, 16] product at N = 1,194 (BUILD.md "Measured round times")
 VISITS_PER_PRODUCT = 50  # grid points visited per kernel product of time
@@ -88,9 +90,10 @@ def _duration(seconds: float) -> str:
 def memory_estimate(config, n_max: int, num_params: int, num_slots: int) -> dict[str, float]:
     """Bytes a run holds at least, by part (see the module docstring). n_max: largest node's samples."""
     m = config.partition.num_nodes
+    pixels = data.dataset_spec(config.data.dataset).image_size  # float32 pixels + a bool mask per sample
     parts = {
         f"{m} x {m} mixing matrix and neighbour sort": 16.0 * m * m,
-        f"node data {m} x {n_max} images": 4.0 * m * n_max * (784 + 1) + m * n_max,
+        f"node data {m} x {n_max} images": 4.0 * m * n_max * (pixels + 1) + m * n_max,
         f"{m} x {num_params:,} parameters x 2": 8.0 * m * num_params,
     }
     if config.algorithm in ("spark", "ntk_dfl"):

@@ -105,7 +105,9 @@ def load(config) -> Loaded:
 def check_memory(config, n_max: int) -> None:
     """ConfigError naming partition.num_nodes when the run cannot fit in the memory available (`run_budget`)."""
     mc = config.model
-    model = make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels), num_classes=data.NUM_CLASSES)
+    spec = data.dataset_spec(config.data.dataset)
+    model = make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels), num_classes=spec.num_classes,
+                       input_shape=(*spec.image_shape, 1))
     d = num_params(jax.eval_shape(model.init, jax.random.key(0)))
     tc, m = config.topology, config.partition.num_nodes
     slots = topology.num_slots_for(tc.kind, m, degree=tc.degree, p=tc.p)

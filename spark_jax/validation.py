@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import math
 
-from spark_jax import run_budget
+from spark_jax import data, run_budget
 
-DATASETS = ("fashion_mnist", "mnist")
-NUM_TRAIN = 60_000  # training images of both datasets
-NUM_TEST = 10_000
+DATASETS = tuple(data.DATASETS)  # sizes and classes: data.dataset_spec(name)
 NTK_DFL_FILE_NODES = 300  # nodes in the NTK-DFL partition files
 PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
@@ -115,7 +113,7 @@ def _validate(config, algorithm_names) -> None:
     _validate_baselines(config)
     _validate_ntk(config)
     _validate_spark_fields(config)
-    _validate_eval(config.eval)
+    _validate_eval(config.eval, data.dataset_spec(config.data.dataset).split_sizes["test"])
 
 
 def _validate_partition(config) -> None:
@@ -135,7 +133,8 @@ def _validate_partition(config) -> None:
     if pc.kind in per_node:
         what = "min_size" if pc.kind == "dirichlet_hsu" else "samples_per_node"
         need = pc.num_nodes * per_node[pc.kind]
-        _require(need <= NUM_TRAIN, f"partition.num_nodes * partition.{what} = {need} exceeds the {NUM_TRAIN} "
+        num_train = data.dataset_spec(config.data.dataset).split_sizes["train"]
+        _require(need <= num_train, f"partition.num_nodes * partition.{what} = {need} exceeds the {num_train} "
                                     f"training samples of {config.data.dataset}")
 
 
@@ -212,8 +211,7 @@ def _validate_ntk(config) -> None:
     problem = run_budget.evolution_problem(config)  # ntk.taus against the integrator's work (all configs)
     _require(problem is None, problem or "")
     if config.algorithm in ("ntk_dfl", "spark"):
-        _require(not (nc.kernel == "structured" and config.model.name != "mlp"),
-                 f"ntk.kernel='structured' needs model.name='mlp', not {config.model.name!r}")
+        _require_structured(config.model.name, f"ntk.kernel={nc.kernel!r}", nc.kernel == "structured")
 
 
 def _validate_spark_fields(config) -> None:
@@ -246,9 +244,19 @@ def _validate_spark_fields(config) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.algorithm == "spark" and sc.enabled:
-        _require(not (sc.method == "structured" and config.model.name != "mlp"),
-                 f"sketch.method='structured' needs model.name='mlp', not {config.model.name!r}")
+        _require_structured(config.model.name, f"sketch.method={sc.method!r}", sc.method == "structured")
         _check_k_against_groups(config)
+
+
+def _require_structured(model_name: str, what: str, asked: bool) -> None:
+    """ConfigError when `what` (a 'structured' method, `asked`) meets a model without that fast path."""
+    if not asked:
+        return
+    from spark_jax import models  # pylint: disable=g-import-not-at-top  # JAX only when asked
+
+    able = " or ".join(f"model.name={n!r}" for n, spec in models.MODELS.items() if spec.structured)
+    _require(models.supports_structured(model_name),
+             f"{what} needs a model with the structured fast path ({able}), not {model_name!r}")
 
 
 def _check_k_against_groups(config) -> None:
@@ -267,8 +275,8 @@ def _check_k_against_groups(config) -> None:
              f"Jacobian; use sketch.k <= {sizes[g]}, another sketch.grouping, or sketch.enabled=False")
 
 
-def _validate_eval(ec) -> None:
-    _int(ec.per_node_test_subset, "eval.per_node_test_subset", 0, NUM_TEST, why=" (0 = full test set)")
+def _validate_eval(ec, num_test: int) -> None:
+    _int(ec.per_node_test_subset, "eval.per_node_test_subset", 0, num_test, why=" (0 = full test set)")
     _positive_int(ec.node_chunk, "eval.node_chunk")
     _number(ec.target_accuracy, "eval.target_accuracy", 0.0, 1.0, lo_open=True)
     _positive_int(ec.top_m, "eval.top_m")

@@ -250,6 +250,39 @@ def test_normalize_images_rejects_bad_input():
         data.normalize_images(np.zeros((1, 28, 28), np.uint8), "kmnist")
 
 
+def test_dataset_registry_drives_checks_and_normalization(monkeypatch):
+    """A new dataset is one `DatasetSpec` entry: its shapes, classes, sizes and statistics are what is checked."""
+    spec = data.DatasetSpec("tiny", (4, 3), 3, {"train": 5, "test": 2}, 0.5, 0.25)
+    monkeypatch.setitem(data.DATASETS, "tiny", spec)
+    assert data.dataset_spec("tiny") is spec and spec.image_size == 12
+    arrays = {"train_images": np.zeros((5, 4, 3), np.uint8), "train_labels": np.array([0, 1, 2, 0, 1], np.uint8),
+              "test_images": np.zeros((2, 4, 3), np.uint8), "test_labels": np.array([2, 2], np.uint8)}
+    assert data.check_arrays("tiny", arrays, "mem").train_images.shape == (5, 4, 3)
+    with pytest.raises(data.DataError, match=r"expected 0\.\.2"):
+        data.check_arrays("tiny", {**arrays, "test_labels": np.array([3, 0], np.uint8)}, "mem")
+    with pytest.raises(data.DataError, match=r"expected uint8 \[N, 4, 3\]"):
+        data.check_arrays("tiny", {**arrays, "test_images": np.zeros((2, 28, 28), np.uint8)}, "mem")
+    with pytest.raises(data.DataError, match="expected 5"):
+        data.check_arrays("tiny", {**arrays, "train_images": np.zeros((6, 4, 3), np.uint8),
+                                   "train_labels": np.zeros(6, np.uint8)}, "mem")
+    np.testing.assert_allclose(data.normalize_images(np.array([[0, 255]], np.uint8), "tiny").ravel(), [-2.0, 2.0])
+    with pytest.raises(ValueError, match="unknown dataset 'kmnist'"):
+        data.dataset_spec("kmnist")
+
+
+def _assert_spec_matches(ds):
+    """The registry entry of `ds.name` describes the files read: sizes, shapes, classes, mean and std."""
+    spec = data.dataset_spec(ds.name)
+    for split, n in spec.split_sizes.items():
+        chex.assert_shape(getattr(ds, f"{split}_images"), (n, *spec.image_shape))
+        assert int(getattr(ds, f"{split}_labels").max()) + 1 == spec.num_classes
+    counts = np.bincount(ds.train_images.ravel(), minlength=256)  # exact moments of x/255 from a histogram
+    v = np.arange(256) / 255.0
+    mean = counts @ v / counts.sum()
+    std = np.sqrt(counts @ (v - mean) ** 2 / counts.sum())
+    assert abs(mean - spec.mean) < 5e-4 and abs(std - spec.std) < 5e-4, (mean, std)
+
+
 # ----------------------------------------------------------------- real data
 
 @pytest.fixture(scope="module")
@@ -267,6 +300,7 @@ def test_real_fashion_mnist(real_fmnist):
     np.testing.assert_array_equal(ds.test_labels[:10], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])
     assert abs(ds.train_images.mean(dtype=np.float64) / 255 - 0.2860) < 5e-4
     assert abs(ds.test_images.mean(dtype=np.float64) / 255 - 0.2868) < 5e-4
+    _assert_spec_matches(ds)
 
 
 def test_real_normalization_is_standard(real_fmnist):
@@ -286,3 +320,4 @@ def test_real_mnist(real_data_dir):
     np.testing.assert_array_equal(ds.train_labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
     np.testing.assert_array_equal(ds.test_labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     assert abs(ds.train_images.mean(dtype=np.float64) / 255 - 0.1307) < 5e-4
+    _assert_spec_matches(ds)

@@ -75,7 +75,9 @@ BAD_CONFIGS = [
     ({"ntk.node_chunk": 0}, "ntk.node_chunk=0 must be an integer >= 1"),
     ({"ntk.stride": 0}, "ntk.stride=0 must be an integer >= 1"),
     ({"algorithm": "ntk_dfl", "model.name": "cnn", "ntk.kernel": "structured"},
-     "ntk.kernel='structured' needs model.name='mlp', not 'cnn'"),
+     "ntk.kernel='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
+    ({"algorithm": "spark", "model.name": "cnn", "sketch.method": "structured"},
+     "sketch.method='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
     ({"sketch.k": 0}, "sketch.k=0 must be an integer >= 1"),
     ({"sketch.share_first_layer": "always"},
      "sketch.share_first_layer='always' is not one of 'auto', 'on', 'off'"),
@@ -193,7 +195,8 @@ def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
 
 def test_option_lists_agree_with_the_modules():
     """validation.py keeps its own (JAX-free) copies of these option lists."""
-    from spark_jax import ntk, parallel, sketch_share, validation
+    from spark_jax import models, ntk, parallel, sketch_share, validation
+    assert validation.MODELS == tuple(models.MODELS)
     assert validation.INTEGRATORS == ntk.INTEGRATORS
     assert validation.NODE_BATCHING == parallel.NODE_BATCHING
     assert validation.SHARE_MODES == sketch_share.SHARE_MODES
