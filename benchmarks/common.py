@@ -7,6 +7,8 @@ import time
 
 import jax
 
+from spark_jax import data
+
 
 def timed(fn, *args, repeats: int):
     """(median seconds over `repeats` runs after one compile+warm-up run, output)."""
@@ -58,6 +60,12 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def mlp_layer_sizes(config) -> tuple[int, ...]:
+    """(input features, hidden widths..., classes) of the config's MLP, from its dataset's spec."""
+    spec = data.dataset_spec(config.data.dataset)
+    return (spec.image_size, *config.model.hidden, spec.num_classes)
+
+
 def phase_flops(config, num_nodes: int, rows: int, products, num_taus: int | None = None,
                 slots: int | None = None) -> dict:
     """FLOPs (2 x multiply-adds) of the GEMM work of each NTK-DFL phase, all nodes, padded rows.
@@ -77,8 +85,8 @@ def phase_flops(config, num_nodes: int, rows: int, products, num_taus: int | Non
                   (the T candidates' losses; `ntk.structured_weight_updates`,
                   `ntk.structured_network_losses`); only with `num_taus`.
     """
-    c = 10
-    sizes = (784, *config.model.hidden, c)
+    sizes = mlp_layer_sizes(config)
+    c = sizes[-1]
     pairs = list(zip(sizes[:-1], sizes[1:]))
     n_layers = len(pairs)
     forward = rows * sum(fi * fo for fi, fo in pairs)

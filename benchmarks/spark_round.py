@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import (benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops,
+from benchmarks.common import (benchmark_config, matmul_throughput, mlp_layer_sizes, peak_memory_bytes, phase_flops,
                                prepare_or_exit, timed)
 from experiments.config_names import rewrite_argv
 from spark_jax import schedules, sketch, sketch_share
@@ -45,8 +45,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.
 def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
     """Analytic FLOPs per node (dense MLP, 'layer' grouping): sketch (input side + backprop side), kernel,
     evolution (`products`: the evolution's kernel products per node, `Evolution.products`)."""
-    sizes = (784, *config.model.hidden, 10)
-    c = 10
+    sizes = mlp_layer_sizes(config)
+    c = sizes[-1]
     first = 2 * rows * (sizes[0] + 1) * sizes[1] * k
     rest = sum(2 * rows * (fi + 1) * fo * k for fi, fo in zip(sizes[1:-1], sizes[2:]))
     backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
