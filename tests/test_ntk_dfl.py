@@ -171,9 +171,9 @@ def test_node_batching_changes_no_value():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("integrator", ["euler", "dopri5", "imex"])
+@pytest.mark.parametrize("integrator", [  # the default integrator stays in the fast loop
+    "imex", pytest.param("euler", marks=pytest.mark.slow), pytest.param("dopri5", marks=pytest.mark.slow)])
 @pytest.mark.device
-@pytest.mark.slow
 def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())
     config = _config(integrator=integrator)
