@@ -78,7 +78,7 @@ def main(argv):
     taus = tuple(nc.taus)
 
     projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
-    plan = spark.share_plan(config, template, nd.x.shape[1], inputs.neighbors.shape[1])
+    plan = spark.share_plan(config, template, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured)
     blocks = max(plan.num_blocks, 1)
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
         template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch_share.projection_block(P, 0, plan),

@@ -133,7 +133,8 @@ def save(manager, state, progress: Progress) -> None:
                          force=True)
             manager.wait_until_finished()
     except Exception as e:  # e.g. disk full: one OSError naming the step; no temp directory left behind
-        _remove_temp_dirs(step_dir)
+        with run_signals.deferred():
+            _remove_temp_dirs(step_dir)
         if isinstance(e, OSError) and e.filename is not None:
             raise
         code = getattr(e, "errno", None) or _os_error_code(e)
@@ -141,25 +142,32 @@ def save(manager, state, progress: Progress) -> None:
         raise OSError(code or errno.EIO, cause, str(step_dir)) from e
 
 
-def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
-    """Removes the temp directories of a failed save of `step_dir`.
+def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: float = 5.0) -> bool:
+    """Removes the temp directories of a failed save of `step_dir`; True if none is left.
 
     Orbax raises on the first failed write while tensorstore's writer threads may still be writing the
     others, and a writer re-creates the directories of its file: so the directories are removed until
-    none has appeared for `quiet_s` seconds (at most `limit_s`)."""
+    none has appeared for `quiet_s` seconds (at most `limit_s`; a directory that cannot be removed ends
+    it at once). Whatever is left is logged (orbax removes it when the run next opens its checkpoints)."""
     pattern = f"{step_dir.name}.orbax-checkpoint-tmp*"
     deadline, quiet_since = time.monotonic() + limit_s, None
-    while time.monotonic() < deadline:
-        found = list(step_dir.parent.glob(pattern))
+    while True:
+        found = sorted(step_dir.parent.glob(pattern))
         for tmp in found:
             shutil.rmtree(tmp, ignore_errors=True)
+        left = sorted(step_dir.parent.glob(pattern))
         now = time.monotonic()
+        if (found and left == found) or now >= deadline:  # removal fails, or writers never stop
+            if left:
+                logging.warning("could not remove the temp directories of a failed checkpoint save: %s",
+                                ", ".join(map(str, left)))
+            return not left
         if found:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = now
         elif now - quiet_since >= quiet_s:
-            return
+            return True
         time.sleep(0.05)
 
 

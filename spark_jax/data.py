@@ -91,8 +91,9 @@ class DataError(RuntimeError):
 class Dataset(NamedTuple):
     """One image classification dataset as uint8 arrays.
 
-    Shapes: train_images [60000, 28, 28], train_labels [60000],
-    test_images [10000, 28, 28], test_labels [10000]; labels in 0..9.
+    Shapes (from the dataset's `DatasetSpec`; Fashion-MNIST and MNIST: N_train = 60000, N_test = 10000,
+    H = W = 28, C = 10): train_images [N_train, H, W], train_labels [N_train], test_images [N_test, H, W],
+    test_labels [N_test]; labels in 0..C-1.
     `source` is the directory read from, or "tfds:<name>". `fingerprint`:
     {'dataset', 'source', 'files': {IDX key: data_checksums.file_record},
     'paths': {IDX key: path read}} (for TFDS, records of the arrays' bytes).
@@ -360,7 +361,7 @@ def _download_and_load(name: str, dest, base_url) -> Dataset:
 
 
 def normalize_images(images_uint8: np.ndarray, name: str) -> np.ndarray:
-    """uint8 [..., 28, 28] -> float32 [..., 28, 28, 1] = (x/255 - mean)/std of dataset `name`."""
+    """uint8 [..., H, W] -> float32 [..., H, W, 1] = (x/255 - mean)/std of dataset `name` (its `DatasetSpec`)."""
     spec = dataset_spec(name)
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8:

@@ -29,7 +29,7 @@ from spark_jax import (algorithms, checkpoint, comm, curves, data, distributed, 
                        partition, partition_report, run_budget, run_data, run_lock, run_signals,
                        topology)
 from spark_jax.algorithms.base import RoundInputs
-from spark_jax.models import make_model, num_params
+from spark_jax.models import model_for_run, num_params
 from spark_jax.progress import RoundReporter
 from spark_jax.rng import numpy_rng, stream_key
 from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
@@ -48,8 +48,8 @@ class Setup(NamedTuple):
     model: Any
     algorithm: Any
     node_data: partition.NodeData  # jax arrays, leading node axis
-    test_x: jax.Array  # [10000, 28, 28, 1]
-    test_y: jax.Array  # [10000]
+    test_x: jax.Array  # [N_test, H, W, 1] (Fashion-MNIST: [10000, 28, 28, 1])
+    test_y: jax.Array  # [N_test]
     node_test_x: jax.Array  # per-node evaluation set (full or seeded subset)
     node_test_y: jax.Array
     topology: topology.TopologyStream
@@ -113,9 +113,7 @@ def prepare(config) -> Setup:
         node_x, node_y = test_x[idx], test_y[idx]
     else:
         node_x, node_y = test_x, test_y
-    mc, spec = config.model, data.dataset_spec(ds.name)
-    model = make_model(mc.name, hidden=mc.hidden, channels=mc.channels, num_classes=spec.num_classes,
-                       input_shape=(*spec.image_shape, 1))
+    model = model_for_run(config)  # config.data.dataset is the dataset `ds` loaded
     algorithm = algorithms.make_algorithm(config, model, mesh)
     d = num_params(model.init(jax.random.key(0)))
     place = jnp.asarray if mesh is None else lambda a: parallel.replicate(a, mesh)
@@ -123,7 +121,7 @@ def prepare(config) -> Setup:
                  node_data=jax.tree.map(place, nd), test_x=place(test_x),
                  test_y=place(test_y), node_test_x=place(node_x),
                  node_test_y=place(node_y), topology=topo, num_params=d,
-                 label_hist=partition.label_histogram(part, ds.train_labels, spec.num_classes),
+                 label_hist=partition.label_histogram(part, ds.train_labels, model.num_classes),
                  data_source=ds.source, mesh=mesh, data_fingerprint=loaded.fingerprint)
 
 

@@ -1,7 +1,7 @@
 """Models: pure `apply(params, x) -> logits` for flax modules (SPEC "Setting").
 
-Inputs are images `[..., 28, 28, 1]` float32 (normalized); outputs logits
-`[..., C]`. Parameters are a plain pytree `{'Dense_0': {'kernel', 'bias'}, ...}`
+Inputs are images `[..., H, W, 1]` float32 (normalized; 28 x 28 for Fashion-MNIST and MNIST,
+`data.DATASETS`); outputs logits `[..., C]`. Parameters are a plain pytree `{'Dense_0': {'kernel', 'bias'}, ...}`
 (the flax `params` collection), so `vmap` over a leading node axis works.
 """
 
@@ -19,7 +19,7 @@ kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 class MLP(nn.Module):
-    """784-hidden...-C ReLU MLP; default 784-100-10 has d = 79,510."""
+    """(H W)-hidden...-C ReLU MLP on flattened images; default on 28 x 28 images: 784-100-10, d = 79,510."""
 
     hidden: Sequence[int] = (100,)
     num_classes: int = 10
@@ -50,7 +50,7 @@ class CNN(nn.Module):
 class Model(NamedTuple):
     """A model as a pair of pure functions.
 
-    init(key) -> params; apply(params, x [..., 28, 28, 1]) -> logits [..., C]. `structured`: the
+    init(key) -> params; apply(params, x [..., H, W, 1]) -> logits [..., C]. `structured`: the
     params are a dense ReLU MLP in flax's Dense_0..Dense_L layout, so the closed-form kernel
     (`spark_jax.ntk.kernel`) and sketch (`spark_jax.sketch`) "structured" methods apply.
     """
@@ -104,6 +104,16 @@ def make_model(name: str = "mlp", *, hidden: Sequence[int] = (100,), channels: S
         return module.apply({"params": params}, x)
 
     return Model(init=init, apply=apply, num_classes=num_classes, structured=spec.structured)
+
+
+def model_for_run(config) -> Model:
+    """The `Model` of a run config: `config.model` (name, hidden, channels) on `config.data.dataset`'s
+    images and classes (`data.dataset_spec`: [H, W] grey images -> input [H, W, 1], C classes)."""
+    from spark_jax import data  # pylint: disable=g-import-not-at-top
+
+    mc, spec = config.model, data.dataset_spec(config.data.dataset)
+    return make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels), num_classes=spec.num_classes,
+                      input_shape=(*spec.image_shape, 1))
 
 
 def init_node_params(model: Model, key: jax.Array, num_nodes: int, per_node: bool = False):

@@ -315,10 +315,10 @@ def load_ntk_dfl_partition(dataset: str = "fashion_mnist", num_nodes: int = 300,
     return read_partition_file(path, num_nodes, num_train)[0]
 
 
-def label_histogram(partition: Partition, labels, num_classes: int = 10) -> np.ndarray:
+def label_histogram(partition: Partition, labels, num_classes: int) -> np.ndarray:
     """int64 [M, C]: hist[u, c] = number of samples of class c held by node u.
 
-    C = num_classes: 10 for Fashion-MNIST and MNIST; pass `data.dataset_spec(name).num_classes`.
+    C = num_classes (`data.dataset_spec(name).num_classes`; 10 for Fashion-MNIST and MNIST).
     """
     labels = _check_labels(labels)
     part = validate_partition(partition, len(labels))

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from spark_jax import data, data_checksums, distributed, partition, run_budget, topology
-from spark_jax.models import make_model, num_params
+from spark_jax.models import model_for_run, num_params
 from spark_jax.rng import numpy_rng, stream_key
 from spark_jax.run_io import RunDir
 from spark_jax.validation import ConfigError
@@ -104,10 +104,7 @@ def load(config) -> Loaded:
 
 def check_memory(config, n_max: int) -> None:
     """ConfigError naming partition.num_nodes when the run cannot fit in the memory available (`run_budget`)."""
-    mc = config.model
-    spec = data.dataset_spec(config.data.dataset)
-    model = make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels), num_classes=spec.num_classes,
-                       input_shape=(*spec.image_shape, 1))
+    model = model_for_run(config)
     d = num_params(jax.eval_shape(model.init, jax.random.key(0)))
     tc, m = config.topology, config.partition.num_nodes
     slots = topology.num_slots_for(tc.kind, m, degree=tc.degree, p=tc.p)

@@ -265,8 +265,8 @@ def _check_k_against_groups(config) -> None:
 
     from spark_jax import models, sketch  # pylint: disable=g-import-not-at-top
 
-    mc, sc = config.model, config.sketch
-    model = models.make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels))
+    sc = config.sketch
+    model = models.model_for_run(config)
     sizes = sketch.group_sizes(jax.eval_shape(model.init, jax.random.key(0)), sc.grouping)
     g = min(range(len(sizes)), key=lambda i: sizes[i])
     _require(sc.k <= sizes[g],

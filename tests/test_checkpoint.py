@@ -194,3 +194,43 @@ def test_nan_guard_names_the_node_and_the_previous_checkpoint_loads(real_data_di
     state, progress = checkpoint.restore(tmp_path / "run", 2)
     assert progress.round == 2 and [r["round"] for r in progress.history] == [1, 2]
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+
+
+def test_temp_dirs_of_a_failed_save_are_removed_while_a_writer_recreates_them(tmp_path):
+    """A writer thread that keeps re-creating its file's directory for 0.4 s after the save raised: the
+    cleanup outlasts it and leaves nothing; the next step's and other files are untouched."""
+    import threading  # pylint: disable=g-import-not-at-top
+
+    step_dir = tmp_path / "3"
+    tmp = tmp_path / "3.orbax-checkpoint-tmp-123" / "state"
+    keep = [tmp_path / "2", tmp_path / "4.orbax-checkpoint-tmp-9"]
+    for p in keep + [tmp]:
+        p.mkdir(parents=True)
+    stop = time.monotonic() + 0.4
+    recreated = []
+
+    def writer():
+        while time.monotonic() < stop:
+            if not tmp.exists():
+                tmp.mkdir(parents=True, exist_ok=True)
+                (tmp / "chunk").write_bytes(b"x")
+                recreated.append(1)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert checkpoint._remove_temp_dirs(step_dir, quiet_s=0.2, limit_s=5.0)
+    finally:
+        thread.join()
+    assert recreated, "the writer never re-created the directory: the test did not exercise the race"
+    assert not list(tmp_path.glob("3.orbax-checkpoint-tmp*"))
+    assert all(p.exists() for p in keep)
+
+
+def test_a_temp_dir_that_cannot_be_removed_ends_the_cleanup_at_once(tmp_path, monkeypatch):
+    (tmp_path / "5.orbax-checkpoint-tmp").mkdir()
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # removal fails silently
+    t0 = time.monotonic()
+    assert not checkpoint._remove_temp_dirs(tmp_path / "5", quiet_s=0.2, limit_s=5.0)
+    assert time.monotonic() - t0 < 1.0

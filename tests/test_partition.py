@@ -91,8 +91,8 @@ def test_ntk_dfl_dirichlet_nodes_never_empty(labels):
 
 def test_ntk_dfl_dirichlet_matches_ntk_dfl_files(real_labels):
     """Our recipe gives the same skew statistics as the published fmnist300/alpha0.1 files."""
-    ref = P.label_histogram(P.load_ntk_dfl_partition(num_train=60000), real_labels)
-    ours = P.label_histogram(P.ntk_dfl_dirichlet(real_labels, 300, 200, 0.1, np.random.default_rng(0)), real_labels)
+    ref = P.label_histogram(P.load_ntk_dfl_partition(num_train=60000), real_labels, 10)
+    ours = P.label_histogram(P.ntk_dfl_dirichlet(real_labels, 300, 200, 0.1, np.random.default_rng(0)), real_labels, 10)
     assert abs(mean_max_share(ours) - mean_max_share(ref)) < 0.05
     assert abs((ours > 0).sum(1).mean() - (ref > 0).sum(1).mean()) < 0.5
     assert 191 <= ours.sum(1).min() and ours.sum(1).max() <= 200
@@ -216,7 +216,7 @@ def test_invalid_files_rejected(tmp_path, offsets, indices, num_train, match):
 
 def test_label_histogram_matches_loop(labels):
     part = P.ntk_dfl_dirichlet(labels, 25, 50, 0.3, np.random.default_rng(2))
-    hist = P.label_histogram(part, labels)
+    hist = P.label_histogram(part, labels, 10)
     assert hist.dtype == np.int64
     chex.assert_shape(hist, (25, C))
     np.testing.assert_array_equal(hist, loop_histogram(part, labels))
@@ -235,7 +235,7 @@ def test_histogram_summary_and_share():
 
 
 def test_plot_label_heatmap_writes_png(tmp_path, labels):
-    hist = P.label_histogram(P.iid(labels, 30, np.random.default_rng(0)), labels)
+    hist = P.label_histogram(P.iid(labels, 30, np.random.default_rng(0)), labels, 10)
     path = tmp_path / "plots" / "heat.png"
     R.plot_label_heatmap(hist, path)
     blob = path.read_bytes()

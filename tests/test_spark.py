@@ -28,8 +28,7 @@ def _spark_config(**overrides):
 
 
 @pytest.mark.device
-@pytest.mark.slow
-def test_all_parts_off_equals_ntk_dfl_round_for_round():
+def test_all_parts_off_equals_ntk_dfl_round_for_round():  # a core SPEC check: in the fast loop too
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
     model = make_model("mlp", hidden=(8,))
@@ -195,7 +194,7 @@ def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, updat
         c.sketch.share_first_layer = mode
         c.sketch.share_bytes = bound if blocks > 1 else 1e12
         c.stages.unit, c.stages.boundaries = "round", (0, 0)
-        plan = spark.share_plan(c, model.init(jax.random.key(0)), n_max, slots)
+        plan = spark.share_plan(c, model.init(jax.random.key(0)), n_max, slots, model.structured)
         assert plan.num_blocks == (0 if mode == "off" else blocks), plan
         alg = spark.make(c, model)
         state = alg.init(jax.random.key(0), nd)

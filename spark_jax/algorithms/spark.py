@@ -28,7 +28,7 @@ from spark_jax import comm, guard, ntk, parallel, schedules, sketch, sketch_shar
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.algorithms.ntk_dfl import gather_neighbourhood, resolve_kernel_method
 from spark_jax.dtypes import compute_dtype
-from spark_jax.models import Model, init_node_params, num_params, supports_structured
+from spark_jax.models import Model, init_node_params, num_params
 from spark_jax.rng import stream_key
 
 
@@ -38,17 +38,19 @@ class State:
     velocity: Any  # leaves [M, ...] (SPEC step 10)
 
 
-def share_plan(config, params, n_max: int, slots: int) -> sketch_share.SharePlan:
+def share_plan(config, params, n_max: int, slots: int, structured: bool) -> sketch_share.SharePlan:
     """Static, from the round's shapes: blocks of P's columns for sharing the first layer's [1; x] P_0
     among neighbourhoods (`config.sketch.share_first_layer`, bound `share_bytes`), block 0 = not shared.
 
     The schedule holds one block of products for all M * n_max rows and every node's kernel [N, N],
     N = slots * n_max (counted twice: the node map's input and output with a mesh; one device updates
     them in place, so the bound is then conservative), in floats of the params' dtype (4 or 8 bytes).
+    `structured`: the model's capability (`Model.structured`), which decides the sketch method as in
+    `make`.
     """
     sc = config.sketch
     mode = sketch_share.check_share_mode(sc.share_first_layer)
-    if not sc.enabled or sketch.resolve_method(sc.method, supports_structured(config.model.name)) != "structured":
+    if not sc.enabled or sketch.resolve_method(sc.method, structured) != "structured":
         mode = "off"
     m, rows = config.partition.num_nodes, slots * n_max
     return sketch_share.plan_shared_first_layer(mode, params, sc.grouping, sc.k, samples=m * n_max,
@@ -259,7 +261,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         own_logits = (jax.vmap(apply)(state.params, node_data.x) if dc.teacher == "neighbors" else None)
 
         batch = min(nc.node_chunk, num_nodes)
-        plan = share_plan(config, shapes, node_data.x.shape[1], inputs.neighbors.shape[1])
+        plan = share_plan(config, shapes, node_data.x.shape[1], inputs.neighbors.shape[1], model.structured)
         kernels = None
         if plan.block:
             kernels = shared_kernels(w_bar, node_data, inputs.neighbors, inputs.mask, P, plan, batch)

@@ -21,7 +21,8 @@ Two implementations of steps 8-9 behind `method=` (`UPDATE_METHODS`):
     which XLA:CPU runs slowly). Same operations as the reference, reordered.
 
 Dtypes follow the parameters and inputs (`spark_jax.dtypes.compute_dtype`): the updates, eta's scale
--eta/N and the losses are float32, or float64 for float64 parameters / residuals.
+-eta/N and the losses are float32, or float64 for float64 parameters (the residuals R are cast to the
+logits' dtype).
 """
 
 from __future__ import annotations
