@@ -147,17 +147,23 @@ def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: flo
 
     Orbax raises on the first failed write while tensorstore's writer threads may still be writing the
     others, and a writer re-creates the directories of its file: so the directories are removed until
-    none has appeared for `quiet_s` seconds (at most `limit_s`; a directory that cannot be removed ends
-    it at once). Whatever is left is logged (orbax removes it when the run next opens its checkpoints)."""
+    none has appeared for `quiet_s` seconds (at most `limit_s`; a removal refused by the filesystem,
+    e.g. permissions or a read-only mount, ends it at once). Whatever is left is logged (orbax removes
+    it when the run next opens its checkpoints)."""
     pattern = f"{step_dir.name}.orbax-checkpoint-tmp*"
-    deadline, quiet_since = time.monotonic() + limit_s, None
+    deadline, quiet_since, refused = time.monotonic() + limit_s, None, False
     while True:
         found = sorted(step_dir.parent.glob(pattern))
         for tmp in found:
-            shutil.rmtree(tmp, ignore_errors=True)
-        left = sorted(step_dir.parent.glob(pattern))
+            try:
+                shutil.rmtree(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # ENOTEMPTY / EEXIST: a writer added a file meanwhile; try again
+                refused |= e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
         now = time.monotonic()
-        if (found and left == found) or now >= deadline:  # removal fails, or writers never stop
+        if refused or now >= deadline:
+            left = sorted(step_dir.parent.glob(pattern))
             if left:
                 logging.warning("could not remove the temp directories of a failed checkpoint save: %s",
                                 ", ".join(map(str, left)))

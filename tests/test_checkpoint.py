@@ -229,8 +229,13 @@ def test_temp_dirs_of_a_failed_save_are_removed_while_a_writer_recreates_them(tm
 
 
 def test_a_temp_dir_that_cannot_be_removed_ends_the_cleanup_at_once(tmp_path, monkeypatch):
+    import errno  # pylint: disable=g-import-not-at-top
+
     (tmp_path / "5.orbax-checkpoint-tmp").mkdir()
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # removal fails silently
+    def refuse(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", refuse)
     t0 = time.monotonic()
     assert not checkpoint._remove_temp_dirs(tmp_path / "5", quiet_s=0.2, limit_s=5.0)
     assert time.monotonic() - t0 < 1.0
