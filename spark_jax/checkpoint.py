@@ -126,20 +126,20 @@ def save(manager, state, progress: Progress) -> None:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
     step_dir = pathlib.Path(manager.directory) / str(progress.round)
-    try:
-        with run_signals.deferred(), _quiet_orbax():
-            manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                 meta=ocp.args.JsonSave(progress.to_json())),
-                         force=True)
-            manager.wait_until_finished()
-    except Exception as e:  # e.g. disk full: one OSError naming the step; no temp directory left behind
-        with run_signals.deferred():
+    with run_signals.deferred():  # a signal comes after the step is written, or after its temp dirs are gone
+        try:
+            with _quiet_orbax():
+                manager.save(progress.round, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                     meta=ocp.args.JsonSave(progress.to_json())),
+                             force=True)
+                manager.wait_until_finished()
+        except Exception as e:  # e.g. disk full: one OSError naming the step; no temp directory left behind
             _remove_temp_dirs(step_dir)
-        if isinstance(e, OSError) and e.filename is not None:
-            raise
-        code = getattr(e, "errno", None) or _os_error_code(e)
-        cause = os.strerror(code) if code else f"checkpoint not written ({_reason(e)})"
-        raise OSError(code or errno.EIO, cause, str(step_dir)) from e
+            if isinstance(e, OSError) and e.filename is not None:
+                raise
+            code = getattr(e, "errno", None) or _os_error_code(e)
+            cause = os.strerror(code) if code else f"checkpoint not written ({_reason(e)})"
+            raise OSError(code or errno.EIO, cause, str(step_dir)) from e
 
 
 def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: float = 5.0) -> bool:
@@ -153,7 +153,7 @@ def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: flo
     pattern = f"{step_dir.name}.orbax-checkpoint-tmp*"
     deadline, quiet_since, refused = time.monotonic() + limit_s, None, False
     while True:
-        found = sorted(step_dir.parent.glob(pattern))
+        found = list(step_dir.parent.glob(pattern))
         for tmp in found:
             try:
                 shutil.rmtree(tmp)
@@ -163,7 +163,7 @@ def _remove_temp_dirs(step_dir: pathlib.Path, quiet_s: float = 0.3, limit_s: flo
                 refused |= e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
         now = time.monotonic()
         if refused or now >= deadline:
-            left = sorted(step_dir.parent.glob(pattern))
+            left = list(step_dir.parent.glob(pattern))
             if left:
                 logging.warning("could not remove the temp directories of a failed checkpoint save: %s",
                                 ", ".join(map(str, left)))

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from spark_jax import data
+
 # Kaiming-normal (fan-in, ReLU gain) as in PyTorch's kaiming_normal_: an
 # untruncated normal (jax "normal") with std sqrt(2 / fan_in).
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -109,8 +111,6 @@ def make_model(name: str = "mlp", *, hidden: Sequence[int] = (100,), channels: S
 def model_for_run(config) -> Model:
     """The `Model` of a run config: `config.model` (name, hidden, channels) on `config.data.dataset`'s
     images and classes (`data.dataset_spec`: [H, W] grey images -> input [H, W, 1], C classes)."""
-    from spark_jax import data  # pylint: disable=g-import-not-at-top
-
     mc, spec = config.model, data.dataset_spec(config.data.dataset)
     return make_model(mc.name, hidden=tuple(mc.hidden), channels=tuple(mc.channels), num_classes=spec.num_classes,
                       input_shape=(*spec.image_shape, 1))
