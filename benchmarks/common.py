@@ -140,3 +140,13 @@ def benchmark_config(config, data_dir: str | None):
     if data_dir:
         config.data.data_dir = data_dir
     return config
+
+
+def node_phases_for(config, model):
+    """The per-node phases of the NTK round a run config describes (`ntk_round.node_phases`)."""
+    from spark_jax import config_options  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms import ntk_round  # pylint: disable=g-import-not-at-top
+
+    kw = config_options.spark_kwargs(config) if config.algorithm == "spark" else config_options.ntk_kwargs(config)
+    return ntk_round.node_phases(model, taus=kw["taus"], tau_criterion=kw["tau_criterion"], sketch=kw.get("sketch"),
+                                 distill=kw.get("distill"), evolution=kw["evolution"], compute=kw["compute"])

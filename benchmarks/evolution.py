@@ -93,8 +93,10 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
     eta_r * lambda_max(H) / N) at the round's averaged weights w̄_i is returned as
     (H, F0, Y (real rows), eta_r, label). Later rounds have trained weights and a decayed eta_r."""
     from experiments.configs import fmnist_ntk_dfl  # pylint: disable=g-import-not-at-top
-    from spark_jax.algorithms import ntk_dfl  # pylint: disable=g-import-not-at-top
-    from benchmarks.common import prepare_or_exit  # pylint: disable=g-import-not-at-top
+    from spark_jax import schedules  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms.base import mix  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms.ntk_round import gather_neighbourhood  # pylint: disable=g-import-not-at-top
+    from benchmarks.common import node_phases_for, prepare_or_exit  # pylint: disable=g-import-not-at-top
     from spark_jax.experiment import round_inputs  # pylint: disable=g-import-not-at-top
     from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
 
@@ -105,23 +107,23 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
     setup = prepare_or_exit(config)
     nc = config.ntk
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
-    ph = ntk_dfl.make_node_phases(setup.model.apply, setup.model.num_classes, nc, "structured")
+    ph = node_phases_for(config, setup.model)
     kernel, round_fn = jax.jit(ph.kernel), jax.jit(setup.algorithm.round)
     found = []
     for r in range(max(rounds) + 1):
         inputs = round_inputs(setup.topology.graph(r), r, stream_key(config.seed, "train"))
         if r in rounds:
-            eta = float(ntk_dfl.learning_rate(nc.eta0, nc.decay, inputs.round_index))
-            w_bar = ntk_dfl.mix(state.params, inputs.neighbors, inputs.weights)
+            eta = float(schedules.learning_rate(nc.eta0, nc.decay, inputs.round_index))
+            w_bar = mix(state.params, inputs.neighbors, inputs.weights)
             best = None
             for i in range(candidates):
                 w = jax.tree.map(lambda a: a[i], w_bar)
-                x, labels, mask = ntk_dfl.gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
+                x, labels, mask = gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
                 real = np.asarray(mask)
-                H = kernel(w, x, mask)[real][:, real]
+                H = kernel(w, x, mask, None)[real][:, real]
                 stiffness = eta * float(np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]) / real.sum()
                 if best is None or stiffness > best[0]:
-                    f0, y = ph.messages(w, x, labels, mask)
+                    f0, y = ph.targets(w, x, labels, mask, None, 0.0)
                     best = (stiffness, H, f0[real], y[real], i)
             _, H, F0, Y, node = best
             found.append((H, F0, Y, eta, f"NTK-DFL {num_nodes} nodes, {degree}-regular, round {r}, node {node}'s "

@@ -26,12 +26,13 @@ import sys
 import jax
 from absl import app, flags
 
-from benchmarks.common import (benchmark_config, matmul_throughput, peak_memory_bytes, phase_flops,
+from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, peak_memory_bytes, phase_flops,
                                prepare_or_exit, timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
-from spark_jax import metrics
-from spark_jax.algorithms import ntk_dfl
+from spark_jax import metrics, schedules
+from spark_jax.algorithms.base import mix
+from spark_jax.algorithms.ntk_round import gather_neighbourhood, resolve_kernel_method
 from spark_jax.experiment import round_inputs
 from spark_jax.rng import stream_key
 
@@ -46,8 +47,7 @@ def phase_functions(setup):
     """Jitted all-node versions of each phase of `ntk_dfl`; the node data is an argument (a closed-over
     copy would be embedded in every program as a constant: 187 MB at 300 nodes)."""
     cfg, model = setup.config, setup.model
-    method = ntk_dfl.resolve_kernel_method(cfg.ntk.kernel, model.structured)
-    ph = ntk_dfl.make_node_phases(model.apply, model.num_classes, cfg.ntk, method)
+    ph = node_phases_for(cfg, model)
     chunk = min(cfg.ntk.node_chunk, cfg.partition.num_nodes)
 
     def over_nodes(fn, *args):
@@ -55,29 +55,31 @@ def phase_functions(setup):
 
     @jax.jit
     def messages(params, nd, inputs):
-        w_bar = ntk_dfl.mix(params, inputs.neighbors, inputs.weights)
-        f0, y = over_nodes(lambda w, n, s: ph.messages(w, *ntk_dfl.gather_neighbourhood(nd, n, s)), w_bar,
+        w_bar = mix(params, inputs.neighbors, inputs.weights)
+        f0, y = over_nodes(lambda w, n, s: ph.targets(w, *gather_neighbourhood(nd, n, s), None, 0.0), w_bar,
                            inputs.neighbors, inputs.mask)
         return w_bar, f0, y
 
     @jax.jit
     def kernel(w_bar, nd, inputs):
         def one(w, n, s):
-            x, _, mask = ntk_dfl.gather_neighbourhood(nd, n, s)
-            return ph.kernel(w, x, mask)
+            x, _, mask = gather_neighbourhood(nd, n, s)
+            return ph.kernel(w, x, mask, None)
         return over_nodes(one, w_bar, inputs.neighbors, inputs.mask)
 
     @jax.jit
     def evolution(h, f0, y, nd, inputs, eta):
         def one(hh, f, yy, n, s):
-            return ph.evolve(hh, f, yy, ntk_dfl.gather_neighbourhood(nd, n, s)[2], eta)
+            return ph.evolve(hh, f, yy, gather_neighbourhood(nd, n, s)[2], eta)
         return over_nodes(one, h, f0, y, inputs.neighbors, inputs.mask)
 
     @jax.jit
     def selection(w_bar, y, evo, nd, inputs, eta):
         def one(w, yy, e, n, s):
-            x, _, mask = ntk_dfl.gather_neighbourhood(nd, n, s)
-            return ph.update(w, x, mask, yy, e, eta)
+            x, _, mask = gather_neighbourhood(nd, n, s)
+            deltas = ph.update(w, x, mask, None, None, None, e, eta)
+            best, losses = ph.select(w, x, mask, yy, deltas, e)
+            return jax.tree.map(lambda a, d: a + d[best], w, deltas), best, losses[best]
         return over_nodes(one, w_bar, y, evo, inputs.neighbors, inputs.mask)
 
     return messages, kernel, evolution, selection
@@ -92,7 +94,7 @@ def main(argv):
     repeats = _REPEATS.value
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
     inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
-    eta = ntk_dfl.learning_rate(config.ntk.eta0, config.ntk.decay, inputs.round_index)
+    eta = schedules.learning_rate(config.ntk.eta0, config.ntk.decay, inputs.round_index)
     messages, kernel, evolution, selection = phase_functions(setup)
     nd = setup.node_data
     rows = []  # (phase, seconds, compile seconds, GEMM FLOP/s around it)
@@ -117,7 +119,7 @@ def main(argv):
 
     slots = int(inputs.neighbors.shape[1])
     n_nb = int(slots * nd.mask.shape[1])
-    method = ntk_dfl.resolve_kernel_method(config.ntk.kernel, setup.model.structured)
+    method = resolve_kernel_method(config.ntk.kernel, setup.model.structured)
     print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
           f"(slots {slots}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
           f"kernel {method}, integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, "

@@ -27,12 +27,13 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import (benchmark_config, matmul_throughput, mlp_layer_sizes, peak_memory_bytes, phase_flops,
+from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, mlp_layer_sizes, peak_memory_bytes, phase_flops,
                                prepare_or_exit, timed)
 from experiments.config_names import rewrite_argv
 from spark_jax import schedules, sketch, sketch_share
-from spark_jax.algorithms import spark
-from spark_jax.algorithms.ntk_dfl import gather_neighbourhood
+from spark_jax import config_options
+from spark_jax.algorithms.ntk_round import gather_neighbourhood
+from spark_jax.algorithms.shared_sketch import share_plan
 from spark_jax.experiment import round_inputs
 from spark_jax.rng import stream_key
 
@@ -78,13 +79,14 @@ def main(argv):
     taus = tuple(nc.taus)
 
     projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
-    plan = spark.share_plan(config, template, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured)
+    plan = share_plan(config_options.sketch_options(sc), config_options.compute_options(config), template,
+                      config.partition.num_nodes, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured)
     blocks = max(plan.num_blocks, 1)
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
         template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch_share.projection_block(P, 0, plan),
         sc.grouping).reshape(nd.x.shape[:2] + (-1, plan.block)))
 
-    ph = spark.make_node_phases(config, setup.model)
+    ph = node_phases_for(config, setup.model)
     per_node = lambda fn, in_axes=0: jax.jit(jax.vmap(fn, in_axes=in_axes))  # None: shared by the nodes
 
     def gathered(n, s):

@@ -141,7 +141,7 @@ def node_map(fn: Callable, xs, batch_size: int, mesh: Mesh | None = None, shared
                          check_vma=False)(xs, tuple(shared))
 
 
-NODE_BATCHING = ("auto", "vectorized", "sequential")
+from spark_jax.options import NODE_BATCHING  # noqa: E402  (the option list, defined once)
 
 
 def with_node_batching(fn, batching: str = "auto"):

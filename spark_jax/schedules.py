@@ -9,35 +9,10 @@ dtype of its parameters (`dtype=`, e.g. float64 under x64: `spark_jax.dtypes.com
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-RAMPS = ("linear", "cosine")
-
-
-def stage_boundaries(boundaries, unit: str, rounds: int) -> tuple[int, int]:
-    """(b2, b3): first rounds of stages 2 and 3, from fractions of `rounds` or round numbers.
-
-    Fractions are rounded to the nearest round (1/3 and 2/3 of 30 rounds ->
-    10 and 20). Raises ValueError unless 0 <= b2 <= b3.
-    """
-    if len(boundaries) != 2:
-        raise ValueError(f"stages.boundaries must have two entries (stage 2 and 3 starts), got {boundaries!r}")
-    if unit == "fraction":
-        if not all(0.0 <= b <= 1.0 for b in boundaries):
-            raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be fractions in [0, 1] with unit 'fraction'")
-        b2, b3 = (int(math.floor(b * rounds + 0.5)) for b in boundaries)
-    elif unit == "round":
-        b2, b3 = (int(b) for b in boundaries)
-        if any(b != float(x) for b, x in zip((b2, b3), boundaries)):
-            raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be whole rounds with unit 'round'")
-    else:
-        raise ValueError(f"stages.unit={unit!r} is not one of 'fraction', 'round'")
-    if not 0 <= b2 <= b3:
-        raise ValueError(f"stages.boundaries={tuple(boundaries)!r} must be ordered: 0 <= stage-2 start <= stage-3 start")
-    return b2, b3
+from spark_jax.options import RAMPS, stage_boundaries  # noqa: F401  (re-exported)
 
 
 def distill_weight(round_index: jax.Array, b2: int, b3: int, lambda_max: float, ramp: str = "linear",

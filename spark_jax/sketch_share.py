@@ -19,7 +19,7 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.sketch import _check_k, _dense_layer_index, _layout  # the sketch layout, shared
 
 # sketch.share_first_layer: "auto" = when `plan_shared_first_layer` finds it fits the byte bound.
-SHARE_MODES = ("auto", "on", "off")
+from spark_jax.options import SHARE_MODES  # noqa: E402,F401  (the option list, defined once)
 
 
 class SharePlan(NamedTuple):

@@ -12,9 +12,7 @@ the memory a run needs once its partition is known (`spark_jax.run_data`).
 
 from __future__ import annotations
 
-import math
-
-from spark_jax import data, run_budget
+from spark_jax import checks, config_options, data, run_budget
 
 DATASETS = tuple(data.DATASETS)  # sizes and classes: data.dataset_spec(name)
 NTK_DFL_FILE_NODES = 300  # nodes in the NTK-DFL partition files
@@ -22,66 +20,16 @@ PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
 MIXINGS = ("uniform", "metropolis")
 MODELS = ("mlp", "cnn")
-# Options of spark_jax.ntk.INTEGRATORS, spark_jax.parallel.NODE_BATCHING and
-# spark_jax.sketch_share.SHARE_MODES, kept here so this module
-# needs no JAX (tests/test_validation_table.py checks they agree).
-INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "imex", "euler")
-NODE_BATCHING = ("auto", "vectorized", "sequential")
-MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")  # spark_jax.algorithms.base
-SHARE_MODES = ("auto", "on", "off")
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field."""
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _one_of(value, name: str, options) -> None:
-    _require(value in options, f"{name}={value!r} is not one of {', '.join(map(repr, options))}")
-
-
-def _int(value, name: str, lo: int = 1, hi: int | None = None, why: str = "") -> None:
-    """An int in [lo, hi] (bools are not ints here)."""
-    ok = _is_int(value) and value >= lo and (hi is None or value <= hi)
-    rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    _require(ok, f"{name}={value!r} must be an integer {rng}{why}")
+# A config value that cannot work; the message names the field (an OptionError: the option dataclasses
+# and the config adapter raise the same).
+ConfigError = checks.OptionError
+_require, _is_int, _one_of, _int = checks.require, checks.is_int, checks.one_of, checks.integer
+_number, _bool, _str, _int_tuple = checks.number, checks.boolean, checks.string, checks.int_tuple
 
 
 def _positive_int(value, name: str) -> None:
     _int(value, name, 1)
-
-
-def _number(value, name: str, lo: float, hi: float = math.inf, *, lo_open: bool = False,
-            hi_open: bool = False, why: str = "") -> None:
-    """A finite int or float in the interval given (open or closed at each end)."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi))
-    if hi == math.inf:
-        rng = f"> {lo:g}" if lo_open else f">= {lo:g}"
-    else:
-        rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    _require(ok, f"{name}={value!r} must be a finite number {rng}{why}")
-
-
-def _bool(value, name: str) -> None:
-    _require(isinstance(value, bool), f"{name}={value!r} must be True or False")
-
-
-def _str(value, name: str) -> None:
-    _require(isinstance(value, str), f"{name}={value!r} must be a string")
-
-
-def _int_tuple(value, name: str) -> None:
-    _require(isinstance(value, (tuple, list)) and len(value) >= 1 and all(_is_int(v) and v >= 1 for v in value),
-             f"{name}={value!r} must be a non-empty tuple of integers >= 1")
 
 
 def validate_config(config, algorithm_names) -> None:
@@ -112,7 +60,6 @@ def _validate(config, algorithm_names) -> None:
     _validate_model(config.model)
     _validate_baselines(config)
     _validate_ntk(config)
-    _validate_spark_fields(config)
     _validate_eval(config.eval, data.dataset_spec(config.data.dataset).split_sizes["test"])
 
 
@@ -178,71 +125,15 @@ def _validate_baselines(config) -> None:
 
 
 def _validate_ntk(config) -> None:
-    nc = config.ntk
-    _number(nc.eta0, "ntk.eta0", 0.0, lo_open=True)
-    _number(nc.decay, "ntk.decay", 0.0)
-    taus = nc.taus
-    _require(isinstance(taus, (tuple, list)) and len(taus) >= 1 and all(_is_int(t) and t >= 1 for t in taus)
-             and all(b > a for a, b in zip(taus, taus[1:])),
-             f"ntk.taus={tuple(taus) if isinstance(taus, list) else taus!r} must be positive integers in "
-             "strictly ascending order")
-    _one_of(nc.integrator, "ntk.integrator", INTEGRATORS)
-    _positive_int(nc.substeps, "ntk.substeps")
-    _positive_int(nc.stride, "ntk.stride")
-    if "warmup" in nc:
-        _int(nc.warmup, "ntk.warmup", 0, why=" (grid intervals at stride 1, 'rk4_hermite')")
-    for block, name in ((nc, "ntk"), (nc.imex, "ntk.imex")):
-        what = "'imex'" if block is nc.imex else "'dopri5'"
-        _number(block.rtol, f"{name}.rtol", 0.0, 1.0, lo_open=True, why=f" (relative tolerance, {what})")
-        _number(block.atol, f"{name}.atol", 0.0, lo_open=True, why=f" (absolute tolerance, {what})")
-        _positive_int(block.max_stride, f"{name}.max_stride")
-    _int(nc.imex.split_modes, "ntk.imex.split_modes", 0, 64,
-         why=" (modes of H treated implicitly; each costs Newton work, and it must not exceed the "
-             "neighbourhood's rows)")
-    _int(nc.imex.split_iterations, "ntk.imex.split_iterations", 0, why=" (subspace iterations)")
-    _one_of(nc.node_batching, "ntk.node_batching", NODE_BATCHING)
-    _int(nc.product_columns, "ntk.product_columns", 0, why=" (0 = no padding)")
-    _one_of(nc.kernel, "ntk.kernel", ("auto", "structured", "contraction", "ntvp"))
-    _one_of(nc.jacobian_mode, "ntk.jacobian_mode", ("rev", "fwd"))
-    _int(nc.sample_chunk, "ntk.sample_chunk", 0, why=" (0 = no chunking)")
-    _positive_int(nc.node_chunk, "ntk.node_chunk")
-    _one_of(nc.tau_criterion, "ntk.tau_criterion", ("network", "linearized"))
-    _one_of(nc.matmul_precision, "ntk.matmul_precision", MATMUL_PRECISIONS)
+    """The NTK methods' options (every section, whichever algorithm runs: `config_options.check_all`, the
+    option dataclasses check themselves), then what crosses sections: the taus against the integrator's
+    work, the structured fast paths against the model, sketch k against the layer sizes."""
+    config_options.check_all(config)
+    nc, sc = config.ntk, config.sketch
     problem = run_budget.evolution_problem(config)  # ntk.taus against the integrator's work (all configs)
     _require(problem is None, problem or "")
     if config.algorithm in ("ntk_dfl", "spark"):
         _require_structured(config.model.name, f"ntk.kernel={nc.kernel!r}", nc.kernel == "structured")
-
-
-def _validate_spark_fields(config) -> None:
-    """sketch, distill, momentum, stages: ranges always, consistency when SPARK runs."""
-    from spark_jax.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
-
-    sc, dc, mc = config.sketch, config.distill, config.momentum
-    _bool(sc.enabled, "sketch.enabled")
-    _positive_int(sc.k, "sketch.k")
-    _one_of(sc.grouping, "sketch.grouping", ("layer", "tensor", "global"))
-    _bool(sc.redraw, "sketch.redraw")
-    _one_of(sc.method, "sketch.method", ("auto", "structured", "forward", "materialize"))
-    _positive_int(sc.direction_chunk, "sketch.direction_chunk")
-    _one_of(sc.share_first_layer, "sketch.share_first_layer", SHARE_MODES)
-    _number(sc.share_bytes, "sketch.share_bytes", 0.0, lo_open=True, why=" (bytes the shared first layer may hold)")
-    _one_of(sc.update_mode, "sketch.update_mode", ("backproject", "own_exact", "roundtrip"))
-    _number(dc.lambda_max, "distill.lambda_max", 0.0, 1.0)
-    _one_of(dc.teacher, "distill.teacher", ("averaged", "neighbors"))
-    _number(dc.temperature, "distill.temperature", 0.0, lo_open=True)
-    _number(mc.beta, "momentum.beta", 0.0, 1.0, hi_open=True)
-    _one_of(mc.velocity, "momentum.velocity", ("local", "mixed"))
-    st = config.stages
-    _require(isinstance(st.boundaries, (tuple, list)) and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in st.boundaries),
-        f"stages.boundaries={st.boundaries!r} must be a pair of numbers")
-    _one_of(st.unit, "stages.unit", ("fraction", "round"))
-    _one_of(st.ramp, "stages.ramp", ("linear", "cosine"))
-    try:
-        stage_boundaries(tuple(st.boundaries), st.unit, config.rounds)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     if config.algorithm == "spark" and sc.enabled:
         _require_structured(config.model.name, f"sketch.method={sc.method!r}", sc.method == "structured")
         _check_k_against_groups(config)

@@ -217,7 +217,7 @@ def test_ntk_dfl_round_is_float64_and_matches_numpy(x64, integrator, kernel, tol
     nd = _node_data_f64()
     config = _config(integrator=integrator, kernel=kernel)
     config.ntk.rtol = config.ntk.atol = config.ntk.imex.rtol = config.ntk.imex.atol = 1e-10
-    alg = ntk_dfl.make(config, make_model("mlp", hidden=(HIDDEN,)))
+    alg = ntk_dfl.from_config(config, make_model("mlp", hidden=(HIDDEN,)))
     state = alg.init(jax.random.key(3), nd)
     state = state.replace(params=_to_f64(state.params, 1))
     inputs = _inputs(padded_graph(_adjacency(), "uniform", dtype=np.float64), ROUND)
@@ -249,7 +249,7 @@ def test_spark_sketched_round_is_float64_and_matches_numpy(x64, share, update_mo
     c.distill.lambda_max, c.distill.teacher = SPARK_LAMBDA, "averaged"
     c.momentum.beta, c.momentum.velocity = SPARK_BETA, "local"
     c.stages.unit, c.stages.boundaries = "round", (0, 1)
-    alg = spark.make(c, make_model("mlp", hidden=(HIDDEN,)))
+    alg = spark.from_config(c, make_model("mlp", hidden=(HIDDEN,)))
     state = alg.init(jax.random.key(0), nd)
     state = state.replace(params=_to_f64(state.params, 2), velocity=_to_f64(state.velocity, 3))
     inputs = _inputs(padded_graph(_adjacency(), "uniform", dtype=np.float64), ROUND)
@@ -320,7 +320,7 @@ def test_float32_rounds_stay_float32():
         c.algorithm, c.rounds = "spark", 6
         c.sketch.enabled, c.sketch.k, c.distill.lambda_max, c.momentum.beta = True, K, SPARK_LAMBDA, SPARK_BETA
         c.stages.unit, c.stages.boundaries = "round", (0, 1)
-        for alg in (ntk_dfl.make(_config(integrator="dopri5"), model), spark.make(c, model)):
+        for alg in (ntk_dfl.from_config(_config(integrator="dopri5"), model), spark.from_config(c, model)):
             state = alg.init(jax.random.key(0), nd)
             assert _float_ops(jax.make_jaxpr(alg.round)(state, nd, inputs).jaxpr, jnp.float64) == set()
             new, metrics = jax.jit(alg.round)(state, nd, inputs)

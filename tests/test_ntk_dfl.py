@@ -62,7 +62,7 @@ def _inputs(graph, r=0, key=0):
 
 def _run_round(config, nd, graph, r=0):
     model = make_model("mlp", hidden=(8,))
-    alg = ntk_dfl.make(config, model)
+    alg = ntk_dfl.from_config(config, model)
     state = alg.init(jax.random.key(3), nd)
     new, metrics = jax.jit(alg.round)(state, jax.tree.map(jnp.asarray, nd), _inputs(graph, r))
     return model, state, new, metrics
@@ -178,7 +178,7 @@ def test_no_recompilation_across_rounds_with_redrawn_graphs(integrator):
     nd = jax.tree.map(jnp.asarray, _node_data())
     config = _config(integrator=integrator)
     model = make_model("mlp", hidden=(8,))
-    alg = ntk_dfl.make(config, model)
+    alg = ntk_dfl.from_config(config, model)
     state = alg.init(jax.random.key(0), nd)
     stream = TopologyStream("regular", len(COUNTS), degree=3, dynamic=True,
                             seed_rng_fn=lambda r: np.random.default_rng(r))

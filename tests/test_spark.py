@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from spark_jax import comm, schedules
+from spark_jax import config_options, comm, schedules
 from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model, num_params
 from spark_jax.partition import NodeData
@@ -33,7 +33,7 @@ def test_all_parts_off_equals_ntk_dfl_round_for_round():  # a core SPEC check: i
     graph = padded_graph(_adjacency(), "uniform")
     model = make_model("mlp", hidden=(8,))
     config = _spark_config()
-    ref, alg = ntk_dfl.make(config, model), spark.make(config, model)
+    ref, alg = ntk_dfl.from_config(config, model), spark.from_config(config, model)
     ref_state, state = ref.init(jax.random.key(3), nd), alg.init(jax.random.key(3), nd)
     ref_round, spark_round = jax.jit(ref.round), jax.jit(alg.round)
     for r in range(3):
@@ -62,7 +62,7 @@ def test_nesterov_momentum_equals_numpy_recursion_on_a_linear_model():
     c.partition.num_nodes = m
     c.stages.unit, c.stages.boundaries = "round", (0, 0)  # stage 3 from the start
     model = make_model("mlp", hidden=())
-    alg = spark.make(c, model)
+    alg = spark.from_config(c, model)
     state = alg.init(jax.random.key(0), nd)
     graph = padded_graph(~np.eye(m, dtype=bool), "uniform")  # complete graph, identical nodes
     round_fn = jax.jit(alg.round)
@@ -90,7 +90,7 @@ def test_stage_schedule_values_and_no_recompilation_across_boundaries():
     graph = padded_graph(_adjacency(), "uniform")
     c = _spark_config(sketch__enabled=True, sketch__k=16, distill__lambda_max=0.5, momentum__beta=0.9)
     c.stages.unit, c.stages.boundaries = "round", (2, 4)
-    alg = spark.make(c, make_model("mlp", hidden=(8,)))
+    alg = spark.from_config(c, make_model("mlp", hidden=(8,)))
     state = alg.init(jax.random.key(0), nd)
     round_fn = jax.jit(alg.round)
     lams, betas = [], []
@@ -135,7 +135,7 @@ def test_byte_accounting_on_a_four_node_ring(sketch_on):
     c.partition.num_nodes = 4
     model = make_model("mlp", hidden=(8,))
     d = num_params(model.init(jax.random.key(0)))
-    got = spark.make(c, model).message_bytes(graph.neighbors, graph.mask, counts)
+    got = spark.from_config(c, model).message_bytes(graph.neighbors, graph.mask, counts)
     # Ring 0-1-2-3-0: node i receives rows from i-1 and i+1.
     rows = (6 + 4) + (3 + 5) + (4 + 6) + (5 + 3)
     jac_cols = 2 * 7 if sketch_on else d  # two layers x k, or all d parameters
@@ -164,7 +164,7 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
                       distill__teacher=teacher, distill__lambda_max=0.5, momentum__beta=0.9,
                       momentum__velocity="mixed")
     c.stages.unit, c.stages.boundaries, c.stages.ramp = "round", (0, 1), "cosine"
-    alg = spark.make(c, make_model("mlp", hidden=(8,)))
+    alg = spark.from_config(c, make_model("mlp", hidden=(8,)))
     state = alg.init(jax.random.key(0), nd)
     for r in range(2):
         state, metrics = jax.jit(alg.round)(state, nd, _inputs(graph, r, key=r))
@@ -194,9 +194,10 @@ def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, updat
         c.sketch.share_first_layer = mode
         c.sketch.share_bytes = bound if blocks > 1 else 1e12
         c.stages.unit, c.stages.boundaries = "round", (0, 0)
-        plan = spark.share_plan(c, model.init(jax.random.key(0)), n_max, slots, model.structured)
+        plan = spark.share_plan(config_options.sketch_options(c.sketch), config_options.compute_options(c),
+                                model.init(jax.random.key(0)), c.partition.num_nodes, n_max, slots, model.structured)
         assert plan.num_blocks == (0 if mode == "off" else blocks), plan
-        alg = spark.make(c, model)
+        alg = spark.from_config(c, model)
         state = alg.init(jax.random.key(0), nd)
         round_fn = jax.jit(alg.round)
         for r in range(2):
@@ -223,7 +224,7 @@ def test_own_exact_with_no_neighbours_is_the_exact_update():
                        "backproject": {"sketch__update_mode": "backproject"}}.items():
         c = _spark_config(ntk__taus=(1,), **over)
         c.sketch.enabled, c.sketch.k = bool(over), 4
-        alg = spark.make(c, model)
+        alg = spark.from_config(c, model)
         state, _ = jax.jit(alg.round)(alg.init(jax.random.key(1), nd), nd, _inputs(isolated, 0))
         results[name] = jax.tree.leaves(state.params)
     for a, b in zip(results["exact"], results["own_exact"]):

@@ -193,12 +193,23 @@ def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
         experiment.run(_config({}, real_data_dir), workdir, resume=True)
 
 
-def test_option_lists_agree_with_the_modules():
-    """validation.py keeps its own (JAX-free) copies of these option lists."""
-    from spark_jax import models, ntk, parallel, sketch_share, validation
-    assert validation.MODELS == tuple(models.MODELS)
-    assert validation.INTEGRATORS == ntk.INTEGRATORS
-    assert validation.NODE_BATCHING == parallel.NODE_BATCHING
-    assert validation.SHARE_MODES == sketch_share.SHARE_MODES
+def test_option_lists_are_defined_once():
+    """Each option list lives in spark_jax.options; the modules that implement an option use that very tuple."""
+    from spark_jax import models, ntk, options, parallel, schedules, sketch, sketch_share, validation
     from spark_jax.algorithms import base
-    assert validation.MATMUL_PRECISIONS == base.MATMUL_PRECISIONS
+    assert validation.MODELS == tuple(models.MODELS)
+    assert ntk.INTEGRATORS is options.INTEGRATORS
+    assert ntk.CRITERIA is options.TAU_CRITERIA
+    assert parallel.NODE_BATCHING is options.NODE_BATCHING
+    assert sketch_share.SHARE_MODES is options.SHARE_MODES
+    assert sketch.GROUPINGS is options.SKETCH_GROUPINGS
+    assert schedules.RAMPS is options.RAMPS
+    assert base.MATMUL_PRECISIONS is options.MATMUL_PRECISIONS
+
+
+def test_options_and_the_config_adapter_need_no_jax():
+    """Checking a config's NTK options imports no JAX (the options, checks and adapter are plain Python)."""
+    code = ("import sys; from experiments.configs import fmnist_ring; from spark_jax import config_options; "
+            "config_options.check_all(fmnist_ring.get_config()); print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

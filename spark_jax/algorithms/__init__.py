@@ -1,6 +1,9 @@
-"""Algorithm registry: name -> factory(config, model[, mesh]) -> Algorithm.
+"""Algorithm registry: name -> factory(config, model[, mesh]) -> Algorithm (a run config's adapter).
 
-Later algorithms (NTK-DFL, SPARK, baselines) plug in with `register`.
+The NTK algorithms are also plain constructors with keyword options (`ntk_dfl.ntk_dfl`, `spark.spark`,
+options in `spark_jax.options`); their factories map the run config's sections onto them
+(`spark_jax.config_options`). A new algorithm: one file with its constructor and `from_config`, and
+one `register` line here.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from typing import Callable
 
 from spark_jax.algorithms import dfedavg, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+from spark_jax.algorithms.ntk_dfl import ntk_dfl as ntk_dfl_algorithm
+from spark_jax.algorithms.spark import spark as spark_algorithm
 
 _REGISTRY: dict[str, Callable] = {}
 
@@ -38,8 +43,8 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
 
 
 register("dfedavg", dfedavg.make)
-register("ntk_dfl", ntk_dfl.make)
-register("spark", spark.make)
+register("ntk_dfl", ntk_dfl.from_config)
+register("spark", spark.from_config)
 register("dfedavgm", local_baselines.make_dfedavgm)
 register("dpsgd", local_baselines.make_dpsgd)
 register("dfedsam", local_baselines.make_dfedsam)

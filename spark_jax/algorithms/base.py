@@ -28,14 +28,19 @@ class RoundInputs(NamedTuple):
       float64 run (`topology.padded_graph(..., dtype=np.float64)`), cast to each leaf's dtype in `mix`.
     mask: bool [M, S] real (non-padding) slots.
     round_index: int32 [] the round r (0-based).
-    key: PRNG key for this round (the `train` stream folded with r).
+    key: PRNG key for this round (the `train` stream folded with r); read by the local-training
+      baselines (mini-batch shuffles), None for the NTK rounds, which draw nothing per node.
+    hyperparams: None, or a dict overriding the round's scheduled values ('eta', 'lambda', 'beta' of the
+      NTK rounds, `ntk_round.HYPERPARAMETERS`): scalars, cast to the round's dtype. Giving a dict where
+      there was None (or other keys) compiles the round once more; changing its values does not.
     """
 
     neighbors: jax.Array
     weights: jax.Array
     mask: jax.Array
     round_index: jax.Array
-    key: jax.Array
+    key: jax.Array | None = None
+    hyperparams: dict | None = None
 
 
 class Algorithm(NamedTuple):
@@ -54,7 +59,7 @@ class Algorithm(NamedTuple):
     message_bytes: Callable[..., dict] | None = None
 
 
-MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
+from spark_jax.options import MATMUL_PRECISIONS  # noqa: E402  (the option list, defined once)
 
 
 def with_matmul_precision(fn: Callable, precision: str) -> Callable:

@@ -64,7 +64,7 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk import adaptive, stiff_split
 from spark_jax.ntk.jacobian import num_true
 
-INTEGRATORS = ("rk4", "rk4_hermite", "dopri5", "imex", "euler")
+from spark_jax.options import INTEGRATORS  # noqa: E402  (the option list, defined once)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

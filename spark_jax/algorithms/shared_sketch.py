@@ -1,0 +1,83 @@
+"""SPARK's per-round prepare hook: every node's sketched kernel with the first layer's data side
+[1; x] P_0 computed once per sample (SPEC step 3, `ComputeOptions.share_first_layer`).
+
+The first layer's [1; x] P_0 does not depend on the weights, yet each sample sits in (degree + 1)
+neighbourhoods. `share_plan` picks blocks of P's columns within a byte bound (`spark_jax.sketch_share`);
+`shared_kernels` walks them: per block, the products of all samples, then every node's sketch columns
+and partial kernel (kernels add over columns).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from spark_jax import parallel, sketch as sketching, sketch_share
+from spark_jax.dtypes import compute_dtype
+from spark_jax.options import ComputeOptions, SketchOptions
+
+
+def share_plan(sketch: SketchOptions | None, compute: ComputeOptions, params, num_nodes: int, n_max: int,
+               slots: int, structured: bool) -> sketch_share.SharePlan:
+    """Static, from the round's shapes: blocks of P's columns for sharing the first layer's [1; x] P_0
+    among neighbourhoods (`compute.share_first_layer`, bound `compute.share_bytes`), block 0 = not shared.
+
+    The schedule holds one block of products for all M * n_max rows and every node's kernel [N, N],
+    N = slots * n_max (counted twice: the node map's input and output with a mesh; one device updates
+    them in place, so the bound is then conservative), in floats of the params' dtype (4 or 8 bytes).
+    `structured`: the model's capability (`Model.structured`), which decides the sketch method.
+    """
+    mode = sketch_share.check_share_mode(compute.share_first_layer)
+    if sketch is None:  # exact messages: nothing to share
+        return sketch_share.SharePlan(0, 0, 0)
+    if sketching.resolve_method(compute.sketch_method, structured) != "structured":
+        mode = "off"
+    rows = slots * n_max
+    return sketch_share.plan_shared_first_layer(mode, params, sketch.grouping, sketch.k, samples=num_nodes * n_max,
+                                                fixed_bytes=2 * num_nodes * rows * rows * compute_dtype(params).itemsize,
+                                                max_bytes=float(compute.share_bytes))
+
+
+def shared_kernels(ph, template, grouping: str, w_bar, node_data, neighbors, slot_mask, P, plan, batch: int,
+                   mesh=None):
+    """Every node's sketched kernel H~ `[M, N, N]` with [1; x] P_0 computed once per sample.
+
+    ph: the round's `ntk_round.NodePhases` (shared_messages, kernel); template: one model's params.
+    Walks P's columns in `plan.num_blocks` blocks: per block, the first-layer products of all samples
+    `[M, n_max, fan_out, block]`, then every node's sketch columns and partial kernel. Holds one block of
+    products and the kernels (updated in place on one device; with a mesh, the node map's input and output).
+    """
+    m, n_max = node_data.x.shape[:2]
+    flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
+    rows = neighbors.shape[1] * n_max
+
+    def add_block(args, node_data, first_all, P_b):
+        w, nbr, smask, h = args
+        x, mask, sk = ph.shared_messages(w, nbr, smask, node_data, first_all, P_b)
+        return h + ph.kernel(w, x, mask, sk)
+
+    def add_in_place(h, shared):
+        """h[i] += node i's partial kernel, chunk by chunk, updating the carry in place (one copy of all
+        kernels, where a map would hold its input and output)."""
+        def chunk(start, size, h):
+            part = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size),
+                                (w_bar, neighbors, slot_mask, h))
+            new = jax.vmap(lambda args: add_block(args, *shared))(part)
+            return jax.lax.dynamic_update_slice_in_dim(h, new, start, 0)
+
+        full = m // batch
+        h = jax.lax.fori_loop(0, full, lambda i, h: chunk(i * batch, batch, h), h)
+        return chunk(full * batch, m - full * batch, h) if m % batch else h
+
+    def block(b, h):
+        P_b = sketch_share.projection_block(P, b, plan)
+        first_all = sketching.first_layer_products(template, flat_x, P_b, grouping)
+        first_all = first_all.reshape((m, n_max) + first_all.shape[1:])
+        if mesh is None:
+            return add_in_place(h, (node_data, first_all, P_b))
+        # node_data and the products whole on every device: neighbours may live on other shards.
+        return parallel.node_map(add_block, (w_bar, neighbors, slot_mask, h), batch_size=batch, mesh=mesh,
+                                 shared=(node_data, first_all, P_b))
+
+    h0 = parallel.constrain_nodes(jnp.zeros((m, rows, rows), compute_dtype(P)), mesh)
+    return jax.lax.fori_loop(0, plan.num_blocks, block, h0)
