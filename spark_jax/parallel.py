@@ -32,6 +32,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from spark_jax.options import NODE_BATCHING  # the option list, defined once
+
 NODES = "nodes"
 
 
@@ -140,8 +142,6 @@ def node_map(fn: Callable, xs, batch_size: int, mesh: Mesh | None = None, shared
     return jax.shard_map(local_map, mesh=mesh, in_specs=(P(NODES), P()), out_specs=P(NODES),
                          check_vma=False)(xs, tuple(shared))
 
-
-from spark_jax.options import NODE_BATCHING  # noqa: E402  (the option list, defined once)
 
 
 def with_node_batching(fn, batching: str = "auto"):

@@ -67,8 +67,8 @@ import jax.numpy as jnp
 from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import Apply, mask_rows, per_sample_jacobian, zero_padding
 from spark_jax.ntk.kernel import mlp_activations_and_backprops
+from spark_jax.options import SKETCH_GROUPINGS as GROUPINGS  # the option list, defined once
 
-from spark_jax.options import SKETCH_GROUPINGS as GROUPINGS  # noqa: E402  (the option list, defined once)
 METHODS = ("structured", "forward", "materialize")
 
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 
 from spark_jax.dtypes import compute_dtype
 from spark_jax.sketch import _check_k, _dense_layer_index, _layout  # the sketch layout, shared
+from spark_jax.options import SHARE_MODES  # "auto" = when `plan_shared_first_layer` finds it fits the byte bound
 
-# sketch.share_first_layer: "auto" = when `plan_shared_first_layer` finds it fits the byte bound.
-from spark_jax.options import SHARE_MODES  # noqa: E402,F401  (the option list, defined once)
 
 
 class SharePlan(NamedTuple):

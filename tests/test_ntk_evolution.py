@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from spark_jax import ntk, parallel
+from spark_jax import config_options, ntk, parallel
 
 N, C = 12, 3
 
@@ -260,7 +260,7 @@ def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     idx = np.asarray(taus)
     errors = {}
     for name, kw in (("rk4", dict(method="rk4", substeps=nc.substeps)), ("dopri5", dict(method="dopri5")),
-                     ("imex", {**ntk.integrator_options(nc), "columns": 16}), ("rk4/1", dict(method="rk4", substeps=1))):
+                     ("imex", config_options.evolution_options(nc).evolve_kwargs(16)), ("rk4/1", dict(method="rk4", substeps=1))):
         out = jax.jit(functools.partial(ntk.evolve_logits, taus=taus, **{"columns": 16, **kw}))(
             *_f32(H, F0, Y), jnp.ones(n, bool), jnp.float32(eta))
         errors[name] = max(np.max(np.abs(np.asarray(out.logits, np.float64) - F_ref[idx])),

@@ -89,7 +89,9 @@ def test_imex_on_real_neighbourhoods_of_a_real_run(real_data_dir):
     from benchmarks.evolution import TAUS, reference, run_neighbourhoods
     from experiments.configs import base
 
-    options = ntk.integrator_options(base.base_config().ntk)
+    from spark_jax import config_options
+    config = base.base_config()
+    options = config_options.evolution_options(config.ntk).evolve_kwargs(config.ntk.product_columns)
     assert options["method"] == "imex"
     evolve = jax.jit(functools.partial(ntk.evolve_logits, taus=TAUS, **options))
     for H, F0, Y, eta, label in run_neighbourhoods(real_data_dir, rounds=(0, 10, 25), num_nodes=8):

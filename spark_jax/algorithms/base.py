@@ -18,6 +18,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from spark_jax.options import MATMUL_PRECISIONS  # the option list, defined once
+
 
 class RoundInputs(NamedTuple):
     """Per-round arguments of `Algorithm.round` (all arrays; fixed shapes).
@@ -58,8 +60,6 @@ class Algorithm(NamedTuple):
     # counts for the round (keys 'message_bytes' and e.g. 'jacobian_bytes').
     message_bytes: Callable[..., dict] | None = None
 
-
-from spark_jax.options import MATMUL_PRECISIONS  # noqa: E402  (the option list, defined once)
 
 
 def with_matmul_precision(fn: Callable, precision: str) -> Callable:

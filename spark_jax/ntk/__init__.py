@@ -10,7 +10,7 @@ False); callers vmap over nodes or `lax.map` over node chunks.
   update     Delta_tau = -(eta/N) J^T R_tau, choice of tau            (steps 8, 9)
 """
 
-from spark_jax.ntk.evolution import INTEGRATORS, Evolution, check_taus, evolve_logits, integrator_options
+from spark_jax.ntk.evolution import INTEGRATORS, Evolution, check_taus, evolve_logits
 from spark_jax.ntk.jacobian import (MODES, flat_jacobian, flatten_jacobian, mask_rows, num_true,
                                     per_sample_jacobian, zero_padding)
 from spark_jax.ntk.kernel import (METHODS, contraction_kernel, kernel_from_jacobian,
@@ -21,7 +21,7 @@ from spark_jax.ntk.update import (CRITERIA, linearized_losses, masked_cross_entr
 
 __all__ = [
     "CRITERIA", "INTEGRATORS", "METHODS", "MODES", "Evolution", "check_taus",
-    "contraction_kernel", "evolve_logits", "flat_jacobian", "flatten_jacobian", "integrator_options",
+    "contraction_kernel", "evolve_logits", "flat_jacobian", "flatten_jacobian",
     "kernel_from_jacobian", "linearized_losses", "mask_rows", "masked_cross_entropy",
     "mlp_activations_and_backprops", "neighbourhood_kernel", "network_losses", "ntvp_kernel", "num_true",
     "per_sample_jacobian", "reference_kernel", "select_tau", "structured_kernel", "weight_updates",

@@ -63,8 +63,7 @@ import jax.numpy as jnp
 from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk import adaptive, stiff_split
 from spark_jax.ntk.jacobian import num_true
-
-from spark_jax.options import INTEGRATORS  # noqa: E402  (the option list, defined once)
+from spark_jax.options import INTEGRATORS  # the option list, defined once
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -89,18 +88,6 @@ def check_taus(taus: Sequence[int]) -> tuple[int, ...]:
     if not taus or taus[0] < 0 or any(b <= a for a, b in zip(taus, taus[1:])):
         raise ValueError(f"taus must be a non-empty strictly ascending tuple of ints >= 0, got {taus}")
     return taus
-
-
-def integrator_options(ntk_config) -> dict:
-    """The keyword arguments of `evolve_logits` from a run config's `ntk` block ('imex' reads `ntk.imex`)."""
-    nc = ntk_config
-    options = dict(method=nc.integrator, substeps=nc.substeps, stride=nc.stride, warmup=nc.warmup, rtol=nc.rtol,
-                   atol=nc.atol, max_stride=nc.max_stride, columns=nc.product_columns)
-    if nc.integrator == "imex":
-        ic = nc.imex
-        options.update(rtol=ic.rtol, atol=ic.atol, max_stride=ic.max_stride, split_modes=ic.split_modes,
-                       split_iterations=ic.split_iterations)
-    return options
 
 
 def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array, eta: jax.Array,

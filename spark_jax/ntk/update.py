@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import Apply, num_true, zero_padding
 from spark_jax.ntk.kernel import MLPForward, _mlp_layers, mlp_forward, mlp_layer_names
+from spark_jax.options import TAU_CRITERIA as CRITERIA  # the option list, defined once
 
-from spark_jax.options import TAU_CRITERIA as CRITERIA  # noqa: E402  (the option list, defined once)
 UPDATE_METHODS = ("vjp", "structured")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
