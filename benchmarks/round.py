@@ -77,9 +77,7 @@ def phase_functions(setup):
     def selection(w_bar, y, evo, nd, inputs, eta):
         def one(w, yy, e, n, s):
             x, _, mask = gather_neighbourhood(nd, n, s)
-            deltas = ph.update(w, x, mask, None, None, None, e, eta)
-            best, losses = ph.select(w, x, mask, yy, deltas, e)
-            return jax.tree.map(lambda a, d: a + d[best], w, deltas), best, losses[best]
+            return ph.update_and_select(w, x, mask, None, None, None, yy, e, eta)
         return over_nodes(one, w_bar, y, evo, inputs.neighbors, inputs.mask)
 
     return messages, kernel, evolution, selection

@@ -89,6 +89,8 @@ class NodePhases(NamedTuple):
       update(w_bar, x, mask, own_rows, sketches, P, evolution, eta) -> Delta_tau leaves [T, ...]  step 8
         (sketches None in sketch mode: the shared-first-layer schedule, P P^T of the exact update)
       select(w_bar, x, mask, Y^, deltas, evolution) -> (tau index, losses [T])      step 9
+      update_and_select(w_bar, x, mask, own_rows, sketches, P, Y^, evolution, eta)
+        -> (Delta_tau*, tau index, losses [T]): steps 8-9 as one per-node program (the round's)
     """
 
     targets: Callable
@@ -98,6 +100,7 @@ class NodePhases(NamedTuple):
     evolve: Callable
     update: Callable
     select: Callable
+    update_and_select: Callable
 
 
 def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions | None,
@@ -153,7 +156,6 @@ def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions
     def exact(w_bar, x, mask, residuals, eta):
         return ntk.weight_updates(apply, w_bar, x, mask, residuals, eta, method=update_method)
 
-    @batched
     def update(w_bar, x, mask, own_rows, sk, P, evo, eta):
         residuals = evo.residual_sums
         if sketch is None or sketch.update_mode == "roundtrip":
@@ -177,12 +179,18 @@ def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions
                                                          jnp.where(own, 0.0, residuals), eta, mask)
         return jax.tree.map(jnp.add, exact(w_bar, x, mask, jnp.where(own, residuals, 0.0), eta), projected)
 
-    @batched
     def select(w_bar, x, mask, y_hat, deltas, evo):
         return ntk.select_tau(apply, w_bar, x, mask, y_hat, deltas, criterion=tau_criterion,
                               evolved_logits=evo.logits, method=update_method)
 
-    return NodePhases(targets, messages, shared_messages, kernel, evolve, update, select)
+    @batched
+    def update_and_select(w_bar, x, mask, own_rows, sk, P, y_hat, evo, eta):
+        deltas = update(w_bar, x, mask, own_rows, sk, P, evo, eta)
+        best, losses = select(w_bar, x, mask, y_hat, deltas, evo)
+        return jax.tree.map(lambda dl: dl[best], deltas), best, losses
+
+    return NodePhases(targets, messages, shared_messages, kernel, evolve, batched(update), batched(select),
+                      update_and_select)
 
 
 class RoundSchedules(NamedTuple):
@@ -274,9 +282,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
             sk = ph.messages(w_bar, x, mask, P, None)
             h = ph.kernel(w_bar, x, mask, sk)
         evo = ph.evolve(h, f0, y_hat, mask, eta)
-        deltas = ph.update(w_bar, x, mask, own_rows, sk, P, evo, eta)
-        best, losses = ph.select(w_bar, x, mask, y_hat, deltas, evo)
-        delta = jax.tree.map(lambda dl: dl[best], deltas)
+        delta, best, losses = ph.update_and_select(w_bar, x, mask, own_rows, sk, P, y_hat, evo, eta)
         return delta, best, losses, (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
 
     def round_fn(state, node_data, inputs: RoundInputs):
