@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spark_jax.algorithms import dfedavg, local_baselines, ntk_dfl, spark
+from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
 _REGISTRY: dict[str, Callable] = {}
@@ -43,5 +43,6 @@ register("spark", spark.make)
 register("dfedavgm", local_baselines.make_dfedavgm)
 register("dpsgd", local_baselines.make_dpsgd)
 register("dfedsam", local_baselines.make_dfedsam)
+register("dispfl", dispfl.make)
 
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]
