@@ -124,9 +124,10 @@ def _ranks(order: jax.Array) -> jax.Array:
 
 
 def random_mask(key: jax.Array, shape: Sequence[int], count: int) -> jax.Array:
-    """bool `shape` with exactly `count` True entries at uniformly random positions."""
+    """bool `shape` with exactly `count` True entries at uniformly random positions (drawn in float32,
+    so a float64 run has the masks of its float32 twin)."""
     n = int(np.prod(shape))
-    rank = _ranks(jnp.argsort(jax.random.uniform(key, (n,))))
+    rank = _ranks(jnp.argsort(jax.random.uniform(key, (n,), jnp.float32)))
     return (rank < count).reshape(shape)
 
 
@@ -228,10 +229,12 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     counts = erk_counts(one, cfg.dense_ratio)
     d = num_params(one)
 
+    draw_masks = jax.jit(lambda key: init_masks(jax.random.fold_in(key, MASK_FOLD), one, counts, num_nodes))
+
     def init(key, node_data) -> State:
         del node_data
         params = init_node_params(model, key, num_nodes, config.model.per_node_init)
-        masks = init_masks(jax.random.fold_in(key, MASK_FOLD), one, counts, num_nodes)
+        masks = draw_masks(key)
         return State(params=jax.tree.map(lambda w, m: jnp.where(m, w, 0).astype(w.dtype), params, masks),
                      masks=masks)
 
