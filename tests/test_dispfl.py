@@ -39,9 +39,9 @@ def _model():
     return make_model("mlp", hidden=(8,), input_shape=IMAGE)
 
 
-def _node_data(rng, dtype=np.float32):
+def _node_data(rng):
     m = len(COUNTS)
-    x = np.zeros((m, N_MAX, *IMAGE), dtype)
+    x = np.zeros((m, N_MAX, *IMAGE), np.float32)
     y = np.zeros((m, N_MAX), np.int32)
     mask = np.zeros((m, N_MAX), bool)
     for i, n in enumerate(COUNTS):
@@ -72,6 +72,7 @@ def _config(**overrides):
     c.partition = ml_collections.ConfigDict({"num_nodes": len(COUNTS)})
     c.model = ml_collections.ConfigDict({"per_node_init": True})
     c.dispfl = ml_collections.ConfigDict({**HP, **overrides})
+    c.dfedavg = ml_collections.ConfigDict({"lr": 0.1, "batch_size": 4, "local_epochs": 1})  # same w0 check
     return c
 
 
@@ -126,8 +127,6 @@ def test_erk_mlp_closed_form():
     assert dens[0] * 78_400 == pytest.approx(0.5 * 79_510 - 1_110)
 
 
-# --------------------------------------------------------------------------------- aggregation
-
 
 def _aggregate_reference(params, masks, nbr, smask):
     """Explicit loop over nodes, leaves and coordinates."""
@@ -161,8 +160,6 @@ def test_sparse_aggregate_matches_loop_and_ignores_padding():
                                     jnp.asarray(own), jnp.asarray(smask))
     chex.assert_trees_all_close(_np(again), _np(got), rtol=1e-6, atol=1e-6)
 
-
-# ------------------------------------------------------------------------------ prune / regrow
 
 
 def _prune_regrow_reference(mask, w, g, c):
@@ -211,8 +208,6 @@ def test_drop_fraction_schedule_and_per_leaf_counts():
         want = m if k == m.size else _prune_regrow_reference(m, w, g, math.ceil(alpha * k))
         np.testing.assert_array_equal(np.asarray(new), want)
 
-
-# ---------------------------------------------------------------------------------- one round
 
 
 def _reference_round(model, state, nd, nbr, smask, key, r, counts):
@@ -290,7 +285,7 @@ def test_round_matches_per_node_reference_float64_and_float32():
 
 
 def test_init_masks_are_personal_erk_and_weights_sparse():
-    model, c = _model(), _config_for_dfedavg()
+    model, c = _model(), _config()
     c.model.per_node_init = False  # SPEC default: one w0 for every node
     state = dispfl.make(c, model).init(jax.random.key(3), None)
     counts = dispfl.erk_counts(model.init(jax.random.key(0)), HP["dense_ratio"])
@@ -302,12 +297,6 @@ def test_init_masks_are_personal_erk_and_weights_sparse():
         np.testing.assert_array_equal(np.asarray(w), np.where(m, w0, 0))
         if k < m[0].size:
             assert len({np.asarray(m[i]).tobytes() for i in range(m.shape[0])}) == m.shape[0]  # personalised
-
-
-def _config_for_dfedavg():
-    c = _config()
-    c.dfedavg = ml_collections.ConfigDict({"lr": 0.1, "batch_size": 4, "local_epochs": 1})
-    return c
 
 
 @pytest.mark.slow
@@ -337,8 +326,6 @@ def test_rounds_compile_once_and_keep_sparsity():
     assert rnd._cache_size() == 1
 
 
-# ------------------------------------------------------------------------------------- bytes
-
 
 def test_message_bytes_closed_form_replace_dense_weights():
     model = make_model("mlp")  # 784-100-10, d = 79,510; ERK at 0.5 keeps 39,755 weights (closed form above)
@@ -352,7 +339,7 @@ def test_message_bytes_closed_form_replace_dense_weights():
     assert comm.sparse_weight_bytes(graph.neighbors, graph.mask, nnz=nnz, num_params=d) == got
     # The runner's count: no dense weights for DisPFL; d floats per edge for a dense algorithm.
     assert experiment.round_bytes(alg, graph, counts, d) == (0, got)
-    dense = dfedavg.make(_config_for_dfedavg(), model)
+    dense = dfedavg.make(_config(), model)
     assert experiment.round_bytes(dense, graph, counts, d) == (edges * d * 4, {})
 
 
@@ -374,8 +361,6 @@ def test_registered_and_validated():
         assert str(e.value).startswith(message), str(e.value)
 
 
-# ------------------------------------------------------------------------------- end to end
-
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end(real_data_dir, tmp_path):
@@ -394,37 +379,11 @@ def test_tiny_run_end_to_end(real_data_dir, tmp_path):
     assert summary["algorithm"] == "dispfl" and summary["bytes_total"] == 2 * 16 * (39_755 * 4 + 9_939)
 
 
-MESH_SCRIPT = """
-import jax, jax.numpy as jnp, numpy as np
-from spark_jax import parallel
-from spark_jax.algorithms import dispfl
-from tests import test_dispfl as t
-nd = jax.tree.map(jnp.asarray, t._node_data(np.random.default_rng(0)))
-nd = nd._replace(x=jnp.concatenate([nd.x, nd.x[:1]]), y=jnp.concatenate([nd.y, nd.y[:1]]),
-                 mask=jnp.concatenate([nd.mask, nd.mask[:1]]), counts=jnp.concatenate([nd.counts, nd.counts[:1]]))
-nbr, smask = t._graph()
-nbr = np.concatenate([nbr, [[5, 0, 5, 5]]]).astype(np.int32); nbr[0, 3] = 5; smask = np.concatenate([smask, [[1, 1, 0, 0]]]).astype(bool)
-c = t._config(); c.partition.num_nodes = 6
-mesh = parallel.node_mesh(2)
-out = []
-for m in (None, mesh):
-    alg = dispfl.make(c, t._model(), mesh=m)
-    st = alg.init(jax.random.key(1), nd)
-    if m is not None:
-        st = parallel.shard_nodes(st, m)
-    st, met = jax.jit(alg.round)(st, nd, t._inputs(nbr, smask, 1, 3))
-    out.append((jax.tree.map(np.asarray, st), float(met["train_loss"])))
-(a, la), (b, lb) = out
-print(max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params))),
-      all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.masks), jax.tree.leaves(b.masks))), abs(la - lb))
-"""
-
-
 @pytest.mark.slow
 def test_mesh_round_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "tests.dispfl_mesh_check"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     diff, same_masks, loss_diff = proc.stdout.split()[-3:]
     assert float(diff) < 1e-5 and same_masks == "True" and float(loss_diff) < 1e-5

@@ -10,9 +10,8 @@ w_k that are zero off m_k. Round r (0-based) of R = config.rounds:
    node k's closed neighbourhood N_k, padding slots inert). Node k receives
    m_j ⊙ w_j and m_j from every j in N_k and sets, per coordinate,
      w_k <- m_k ⊙ (sum_{j in N_k} m_j w_j / sum_{j in N_k} m_j),
-   i.e. the uniform mean over the neighbours that hold the coordinate (the
-   paper's Eq. for the personalised aggregate; reference `_aggregate_func`),
-   NOT the mixing weights W_r. k itself is in N_k, so every coordinate of m_k
+   i.e. the uniform mean over the neighbours that hold the coordinate
+   (reference `dispfl_api._aggregate_func`), NOT the mixing weights W_r. k itself is in N_k, so every coordinate of m_k
    has a count >= 1; a count of 0 (only possible off m_k) keeps k's own value
    before the final masking, which zeroes it anyway. The message is the mask
    the sender holds now: the reference code instead counts a sender's
@@ -37,9 +36,9 @@ w_k that are zero off m_k. Round r (0-based) of R = config.rounds:
    start at 0 (RigL); one dropped and grown again keeps its value, so a dense
    leaf (K = its size, e.g. the biases under ERK) never changes. K per leaf
    is fixed for the run; the count c comes from the traced r through rank
-   thresholds (stable sorts), so no round recompiles. The reference's
-   released scripts pass `--dis_gradient_check` (random regrowth); we use the
-   gradient criterion the paper describes.
+   thresholds (stable sorts), so no round recompiles. Growth by gradient is
+   the reference code's default (its example scripts pass
+   `--dis_gradient_check`, random growth, which is not offered here).
 
 Initial masks: per-leaf densities from the ERK (Erdos-Renyi-kernel)
 distribution at overall density `dense_ratio` (`erk_densities`, the
@@ -48,6 +47,12 @@ biases included), K = floor(density * size), the K positions drawn uniformly
 per node and leaf (`fold_in(fold_in(init_key, MASK_FOLD), node)`), i.e.
 personalised masks (reference `--different_initial`); the initial weights are
 the shared (or per-node) init of every algorithm times the node's mask.
+
+Defaults (`config.dispfl`, the paper's / its code's): lr 0.1, lr_decay 0.998,
+momentum 0, weight decay 5e-4, grad_clip 10, 5 local epochs, dense_ratio 0.5,
+anneal_factor 0.5; batch 50 instead of 128: the paper's 128 on ~500 samples
+per client is 4 steps per epoch, and 50 keeps 4 steps per epoch (20 local
+steps per round) on the ~200 samples per node of the NTK-DFL partition.
 
 State: params (leaves [M, ...], zero off the mask) and masks (bool [M, ...]);
 per-node accuracy is that of the sparse personalised model, the aggregated
