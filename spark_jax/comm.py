@@ -2,7 +2,8 @@
 
 float32 = 4 bytes. A directed edge j -> i exists when j is a (non-self)
 neighbour of i in the round's graph; over it j sends i its weights (d floats)
-plus, for NTK methods, the step-3 message.
+plus, for NTK methods, the step-3 message. An algorithm that sends no dense weights
+(DisPFL: sparse values and a mask bitmap) counts its whole exchange in its message.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ def num_directed_edges(neighbors: np.ndarray, mask: np.ndarray) -> int:
 def weight_bytes(neighbors: np.ndarray, mask: np.ndarray, num_params: int) -> int:
     """Bytes of model averaging in one round: d floats per directed edge."""
     return num_directed_edges(neighbors, mask) * num_params * BYTES_PER_FLOAT
+
+
+def sparse_weight_bytes(neighbors: np.ndarray, mask: np.ndarray, *, nnz: int, num_params: int) -> dict:
+    """Bytes of one round of sparse model exchange (DisPFL): over each directed edge the sender's
+    `nnz` float32 values on its mask plus the mask as a bitmap of ceil(num_params / 8) bytes.
+
+    Returns 'message_bytes' (the total) and its 'mask_bytes' part; they replace, not add to, the
+    dense `weight_bytes` (`Algorithm.sends_dense_weights=False`)."""
+    edges = num_directed_edges(neighbors, mask)
+    bitmap = -(-num_params // 8)
+    return {"message_bytes": edges * (nnz * BYTES_PER_FLOAT + bitmap), "mask_bytes": edges * bitmap}
 
 
 def incoming_sample_counts(neighbors: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> int:

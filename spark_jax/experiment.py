@@ -199,6 +199,17 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
         raise
 
 
+def round_bytes(alg, graph: topology.Graph, counts: np.ndarray, num_params: int) -> tuple[int, dict]:
+    """(dense weight bytes, the algorithm's message byte counts) of one round on `graph`.
+
+    The dense averaging weights (d floats per directed edge, `comm.weight_bytes`) count unless the
+    algorithm sends none (`Algorithm.sends_dense_weights=False`: its message is the whole exchange).
+    """
+    weights_sent = comm.weight_bytes(graph.neighbors, graph.mask, num_params) if alg.sends_dense_weights else 0
+    messages = alg.message_bytes(graph.neighbors, graph.mask, counts) if alg.message_bytes else {}
+    return weights_sent, messages
+
+
 def guarded_round(round_fn):
     """`round_fn` with the NaN guard's 'finite_state' [M] flags added to its metrics."""
 
@@ -293,8 +304,7 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
             guard.check(flags, r + 1)
         except guard.NonFiniteError as e:
             raise guard.NonFiniteError(f"{e}; {_where_kept(run_dir, progress)}") from None
-        weights_sent = comm.weight_bytes(graph.neighbors, graph.mask, setup.num_params)
-        messages = alg.message_bytes(graph.neighbors, graph.mask, counts) if alg.message_bytes else {}
+        weights_sent, messages = round_bytes(alg, graph, counts, setup.num_params)
         sent = weights_sent + messages.get("message_bytes", 0)
         progress.bytes_cumulative += sent
         for key in ("jacobian_bytes", "exact_jacobian_bytes"):

@@ -73,6 +73,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.dfedsam.batch_size = 32
     c.dfedsam.local_epochs = 5
 
+    # DisPFL (Dai et al., ICML 2022; spark_jax/algorithms/dispfl.py): sparse personalised models on ERK
+    # masks, uniform mean over the neighbours holding a coordinate, RigL-style prune/regrow each round.
+    c.dispfl = ml_collections.ConfigDict()
+    c.dispfl.lr = 0.1  # paper; lr_r = lr * lr_decay^r
+    c.dispfl.lr_decay = 0.998  # paper
+    c.dispfl.momentum = 0.0  # paper's code (plain SGD)
+    c.dispfl.weight_decay = 5e-4  # paper (PyTorch-style, coupled)
+    c.dispfl.grad_clip = 10.0  # global-norm clip of the paper's code (0 = off)
+    # Paper: 128 on ~500 samples per client = 4 steps per epoch; 50 keeps 4 steps per epoch (20 local
+    # steps per round) on the ~200 samples per node of the NTK-DFL partition.
+    c.dispfl.batch_size = 50
+    c.dispfl.local_epochs = 5  # paper
+    c.dispfl.dense_ratio = 0.5  # paper: overall density of every mask (ERK per layer)
+    c.dispfl.anneal_factor = 0.5  # paper: drop fraction alpha_r = anneal_factor/2 (1 + cos(pi r / rounds))
+
     c.ntk = ml_collections.ConfigDict()
     c.ntk.eta0 = 0.01  # eta_r = eta0 * exp(-decay * r)
     c.ntk.decay = 0.07

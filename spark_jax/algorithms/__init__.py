@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from spark_jax.algorithms import dfedavg, local_baselines, ntk_dfl, spark
+from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.algorithms.ntk_dfl import ntk_dfl as ntk_dfl_algorithm
 from spark_jax.algorithms.spark import spark as spark_algorithm
@@ -48,5 +48,6 @@ register("spark", spark.from_config)
 register("dfedavgm", local_baselines.make_dfedavgm)
 register("dpsgd", local_baselines.make_dpsgd)
 register("dfedsam", local_baselines.make_dfedsam)
+register("dispfl", dispfl.make)
 
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]

@@ -59,6 +59,9 @@ class Algorithm(NamedTuple):
     # message_bytes(neighbors [M, S], mask [M, S], counts [M]) -> dict of byte
     # counts for the round (keys 'message_bytes' and e.g. 'jacobian_bytes').
     message_bytes: Callable[..., dict] | None = None
+    # False: no dense weights travel (DisPFL's sparse models); the round's bytes are then its
+    # message_bytes only and 'weight_bytes' is 0 (`spark_jax.experiment.round_bytes`).
+    sends_dense_weights: bool = True
 
 
 
