@@ -63,3 +63,65 @@ def real_data_dir():
                         "set SPARK_JAX_DATA_DIR or `apt-get install dataset-fashion-mnist`")
         pytest.skip("real Fashion-MNIST files not found (set SPARK_JAX_DATA_DIR)")
     return d
+
+
+# Small NTK-round fixtures shared by the round tests (test_ntk_dfl, test_spark, test_float64, the contract
+# test, sharding_checks): six nodes with unequal data and unequal degrees.
+NTK_COUNTS = [5, 9, 3, 7, 6, 8]
+NTK_EDGES = [(0, 1), (0, 2), (0, 3), (1, 4), (4, 5), (3, 5)]  # unequal degrees
+NTK_TAUS = (1, 4, 12)
+
+
+def ntk_config(integrator="euler", kernel="structured", node_chunk=4):
+    """The base config as an NTK-DFL run on the six nodes (hidden 8, eta0 0.5, taus NTK_TAUS)."""
+    from experiments.configs import base  # pylint: disable=g-import-not-at-top
+
+    c = base.base_config()
+    c.algorithm = "ntk_dfl"
+    c.partition.num_nodes = len(NTK_COUNTS)
+    c.model.hidden = (8,)
+    c.model.per_node_init = True
+    c.ntk.eta0 = 0.5
+    c.ntk.taus = NTK_TAUS
+    c.ntk.integrator = integrator
+    c.ntk.kernel = kernel
+    c.ntk.node_chunk = node_chunk
+    return c
+
+
+def random_node_data(n_max=None, garbage=0.0, seed=0, counts=NTK_COUNTS, num_classes=10):
+    """Random padded 28x28x1 node data with `counts` real rows per node (padding rows hold `garbage`)."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    from spark_jax.partition import NodeData  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(seed)
+    m, n_max = len(counts), n_max or max(counts)
+    x = np.full((m, n_max, 28, 28, 1), garbage, np.float32)
+    y = np.zeros((m, n_max), np.int32)
+    mask = np.zeros((m, n_max), bool)
+    for i, n in enumerate(counts):
+        x[i, :n] = rng.normal(size=(n, 28, 28, 1)) * 0.5
+        y[i, :n] = rng.integers(0, num_classes, n)
+        mask[i, :n] = True
+    return NodeData(x=x, y=y, mask=mask, counts=np.array(counts, np.int32))
+
+
+def ntk_adjacency():
+    """The six nodes' graph (NTK_EDGES) as a bool adjacency matrix."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    adj = np.zeros((len(NTK_COUNTS), len(NTK_COUNTS)), bool)
+    for a, b in NTK_EDGES:
+        adj[a, b] = adj[b, a] = True
+    return adj
+
+
+def round_inputs(graph, r=0, key=0):
+    """`RoundInputs` of a padded graph for round r (the `train` key: jax.random.key(key))."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from spark_jax.algorithms.base import RoundInputs  # pylint: disable=g-import-not-at-top
+
+    return RoundInputs(jnp.asarray(graph.neighbors), jnp.asarray(graph.weights), jnp.asarray(graph.mask),
+                       jnp.int32(r), jax.random.key(key))

@@ -23,7 +23,7 @@ from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model
 from spark_jax.partition import NodeData
 from spark_jax.topology import TopologyStream
-from tests.test_ntk_dfl import _config, _inputs, _node_data
+from tests.conftest import ntk_config as _config, random_node_data as _node_data, round_inputs as _inputs
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -56,7 +56,7 @@ def run_rounds(module, config, nd, graphs, mesh):
 
     Returns (host copies of the states and metrics per round, the last state, the jitted round).
     """
-    alg = module.make(config, make_model("mlp", hidden=(8,)), mesh=mesh)
+    alg = module.from_config(config, make_model("mlp", hidden=(8,)), mesh=mesh)
     state = alg.init(jax.random.key(3), nd)
     data = jax.tree.map(jnp.asarray, nd)
     if mesh is not None:

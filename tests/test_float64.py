@@ -21,7 +21,8 @@ from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model
 from spark_jax.partition import NodeData
 from spark_jax.topology import padded_graph
-from tests.test_ntk_dfl import COUNTS, TAUS, _adjacency, _config, _inputs, _node_data
+from tests.conftest import NTK_COUNTS as COUNTS, NTK_TAUS as TAUS, ntk_adjacency as _adjacency, ntk_config as _config, \
+    random_node_data as _node_data, round_inputs as _inputs
 
 HIDDEN, C, ROUND = 8, 10, 2  # stage 3 of the SPARK configs below: lambda_max and beta on
 SPARK_LAMBDA, SPARK_BETA, K = 0.5, 0.9, 8

@@ -11,7 +11,8 @@ from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.models import make_model, num_params
 from spark_jax.partition import NodeData
 from spark_jax.topology import padded_graph, ring_adjacency
-from tests.test_ntk_dfl import COUNTS, _adjacency, _config, _inputs, _node_data
+from tests.conftest import NTK_COUNTS as COUNTS, ntk_adjacency as _adjacency, ntk_config as _config, \
+    random_node_data as _node_data, round_inputs as _inputs
 
 
 def _spark_config(**overrides):

@@ -1,0 +1,76 @@
+"""Independent float64 references shared by several test files (NumPy / scipy loops, not the library's code)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from scipy.integrate import solve_ivp
+
+
+def softmax(F):
+    P = np.exp(F - F.max(-1, keepdims=True))
+    return P / P.sum(-1, keepdims=True)
+
+
+def ntk_dfl_reference_node(apply, w_bar, x, y, eta, taus, integrator="euler", num_classes=10):
+    """Float64 NumPy NTK-DFL update for one node on its unpadded neighbourhood (SPEC steps 5-9): H from
+    the explicit Jacobian, the evolution by an Euler loop or scipy's DOP853 at rtol 1e-10 (for the ODE
+    integrators), Delta_tau = -(eta/N) J^T R_tau, tau* by the network's loss. Returns (w̄ + Delta_tau*
+    flat float64, index of tau*)."""
+    flat_w, unravel = ravel_pytree(w_bar)
+    jac = jax.jacrev(lambda p: apply(p, jnp.asarray(x)))(w_bar)  # leaves [N, C, ...]
+    n, c = len(y), num_classes
+    J = np.concatenate([np.asarray(a, np.float64).reshape(n, c, -1) for a in jax.tree.leaves(jac)], axis=-1)
+    H = np.einsum("icp,jcp->ij", J, J) / c
+    Y = np.eye(c)[y]
+    F = np.asarray(apply(w_bar, jnp.asarray(x)), np.float64)
+    R, Rs = np.zeros_like(F), {}
+    if integrator == "euler":
+        for t in range(max(taus) + 1):
+            if t in taus:
+                Rs[t] = R.copy()
+            P = softmax(F)
+            R += P - Y
+            F = F - eta / n * H @ (P - Y)
+    else:
+        rhs = lambda s, f: (-(H @ (softmax(f.reshape(n, c)) - Y)) / n).ravel()
+        grid = eta * np.arange(max(taus) + 1)
+        sol = solve_ivp(rhs, (0.0, grid[-1]), F.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
+        Fs = sol.y.T.reshape(-1, n, c)
+        cum = np.concatenate([np.zeros((1, n, c)), np.cumsum(softmax(Fs[:-1]) - Y, axis=0)])
+        Rs = {t: cum[t] for t in taus}
+    losses, cands = [], []
+    for t in taus:
+        delta = -(eta / n) * np.einsum("icp,ic->p", J, Rs[t])
+        w = unravel(jnp.asarray(np.asarray(flat_w, np.float64) + delta, jnp.float32))
+        logits = np.asarray(apply(w, jnp.asarray(x)), np.float64)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        losses.append(-np.mean(logp[np.arange(n), y]))
+        cands.append(np.asarray(flat_w, np.float64) + delta)
+    best = int(np.argmin(losses))
+    return cands[best], best
+
+
+def ntk_dfl_reference_round(apply, params, node_data, adj, eta, taus, integrator="euler"):
+    """One NTK-DFL round node by node in float64: uniform mixing over each closed neighbourhood of the bool
+    adjacency `adj` (SPEC step 2), then `ntk_dfl_reference_node`. params: leaves [M, ...] before the round.
+    Returns (list of each node's new flat float64 params, list of tau* indices)."""
+    m = adj.shape[0]
+    W = np.zeros(adj.shape)
+    for i in range(m):
+        closed = [i] + list(np.flatnonzero(adj[i]))
+        W[i, closed] = 1.0 / len(closed)
+    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[i], params))[0], np.float64) for i in range(m)])
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], params))
+    counts = np.asarray(node_data.mask).sum(1)
+    expected, bests = [], []
+    for i in range(m):
+        w_bar = unravel(jnp.asarray(W[i] @ flat, jnp.float32))
+        closed = [i] + list(np.flatnonzero(adj[i]))
+        x = np.concatenate([np.asarray(node_data.x)[j, :counts[j]] for j in closed])
+        y = np.concatenate([np.asarray(node_data.y)[j, :counts[j]] for j in closed])
+        new, best = ntk_dfl_reference_node(apply, w_bar, x, y, eta, taus, integrator)
+        expected.append(new)
+        bests.append(best)
+    return expected, bests

@@ -1,0 +1,111 @@
+"""The NTK round driven as a library: docs/LIBRARY.md's snippet against a float64 reference, per-node
+diagnostics, hyper-parameter overrides, and options that check themselves."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from spark_jax import checks, config_options, schedules
+from spark_jax.algorithms.ntk_dfl import ntk_dfl
+from spark_jax.algorithms.spark import spark
+from spark_jax.models import make_model
+from spark_jax.options import ComputeOptions, EvolutionOptions, ImexOptions, SketchOptions
+from spark_jax.topology import padded_graph
+from tests.conftest import NTK_COUNTS, REPO, ntk_adjacency, ntk_config, random_node_data, round_inputs
+from tests.references import ntk_dfl_reference_round
+
+
+def _snippets() -> list[str]:
+    text = (REPO / "docs" / "LIBRARY.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow
+def test_library_snippet_drives_a_round_that_matches_the_float64_reference():
+    first, second = _snippets()[:2]
+    assert len(first.strip().splitlines()) <= 20  # "about 15 lines"
+    ns = {}
+    exec(compile(first, "docs/LIBRARY.md", "exec"), ns)  # pylint: disable=exec-used
+    m, node_data, model = ns["m"], ns["node_data"], ns["model"]
+    adj = np.asarray(ns["ring"] | ns["ring"].T)
+    expected, bests = ntk_dfl_reference_round(model.apply, ns["state"].params, node_data, adj, 0.5, (1, 4, 12),
+                                              integrator="ode")
+    metrics = ns["metrics"]
+    for i in range(m):
+        got = np.asarray(ravel_pytree(jax.tree.map(lambda a: a[i], ns["new_state"].params))[0])
+        np.testing.assert_allclose(got, expected[i], rtol=2e-4, atol=2e-5, err_msg=f"node {i}")
+    np.testing.assert_array_equal(metrics["tau_index"], bests)
+    losses = np.asarray(metrics["tau_losses"])
+    assert losses.shape == (m, 3)
+    np.testing.assert_array_equal(np.argmin(losses, axis=1), metrics["tau_index"])
+    assert np.isclose(float(metrics["train_loss"]), losses[np.arange(m), bests].mean(), rtol=1e-6)
+    exec(compile(second, "docs/LIBRARY.md", "exec"), ns)  # pylint: disable=exec-used
+    assert all(ns[k].name == "spark" for k in ("v1", "v2", "teacher"))
+
+
+def _one_round(alg, r, hyperparams=None, graph=None):
+    nd = jax.tree.map(jnp.asarray, random_node_data())
+    state = alg.init(jax.random.key(0), nd)
+    inputs = round_inputs(graph or padded_graph(ntk_adjacency(), "uniform"), r)._replace(hyperparams=hyperparams)
+    return jax.jit(alg.round)(state, nd, inputs)
+
+
+def test_hyperparameters_given_as_round_inputs_replace_the_schedules():
+    """Round 0 with eta (and SPARK's lambda, beta) of round 5 given as inputs is round 5, bit for bit."""
+    model = make_model("mlp", hidden=(8,))
+    m, r = len(NTK_COUNTS), 5
+    alg = ntk_dfl(model, num_nodes=m, eta0=0.5, taus=(1, 4), evolution=EvolutionOptions(integrator="euler"),
+                  per_node_init=True)
+    eta = schedules.learning_rate(0.5, 0.07, jnp.int32(r))
+    want, _ = _one_round(alg, r)
+    got, metrics = _one_round(alg, 0, {"eta": eta})
+    assert float(metrics["eta"]) == float(eta)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    alg = spark(model, num_nodes=m, stages=(2, 4), eta0=0.5, taus=(1, 4), sketch=None, per_node_init=True,
+                evolution=EvolutionOptions(integrator="euler"))
+    want, m5 = _one_round(alg, r)
+    assert float(m5["lambda"]) == 0.5 and float(m5["beta"]) == pytest.approx(0.9)
+    got, m0 = _one_round(alg, 0, {"eta": m5["eta"], "lambda": m5["lambda"], "beta": m5["beta"]})
+    assert float(m0["beta"]) == float(m5["beta"])
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['gamma'\]"):
+        _one_round(alg, 0, {"gamma": 1.0})
+
+
+def test_options_check_themselves_and_the_adapter_names_the_config_path():
+    with pytest.raises(checks.OptionError, match=r"^integrator='rk5' is not one of 'rk4', "):
+        EvolutionOptions(integrator="rk5")
+    with pytest.raises(checks.OptionError, match=r"^split_modes=65 must be an integer in \[0, 64\]"):
+        ImexOptions(split_modes=65)
+    with pytest.raises(checks.OptionError, match=r"^k=0 must be an integer >= 1"):
+        SketchOptions(k=0)
+    with pytest.raises(checks.OptionError, match=r"^node_batching='loop' is not one of"):
+        ComputeOptions(node_batching="loop")
+    c = ntk_config()
+    c.ntk.imex.rtol = 0.0
+    with pytest.raises(checks.OptionError, match=r"^ntk\.imex\.rtol=0\.0 must be a finite number in \(0, 1\]"):
+        config_options.check_all(c)
+    c = ntk_config()
+    c.sketch.method = "dense"
+    with pytest.raises(checks.OptionError, match=r"^sketch\.method='dense' is not one of"):
+        config_options.check_all(c)
+    c = ntk_config()
+    c.stages.ramp = "step"
+    with pytest.raises(checks.OptionError, match=r"^stages\.ramp='step' is not one of 'linear', 'cosine'"):
+        config_options.check_all(c)
+
+
+def test_the_adapter_gives_the_constructors_the_config_values():
+    c = ntk_config(integrator="imex")
+    c.ntk.imex.split_modes, c.sketch.k, c.ntk.node_chunk, c.sketch.enabled = 4, 64, 3, False
+    kw = config_options.spark_kwargs(c)
+    assert kw["evolution"].imex.split_modes == 4 and kw["evolution"].evolve_kwargs(0)["split_modes"] == 4
+    assert kw["sketch"] is None and kw["compute"].node_chunk == 3 and kw["taus"] == tuple(c.ntk.taus)
+    c.sketch.enabled = True
+    assert config_options.spark_kwargs(c)["sketch"] == SketchOptions(k=64)
