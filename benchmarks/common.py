@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from spark_jax import data
+from spark_jax.setting import data
 
 
 def timed(fn, *args, repeats: int):
@@ -110,7 +110,7 @@ def phase_flops(config, num_nodes: int, rows: int, products, num_taus: int | Non
 def first_rounds(config, rounds: int):
     """A copy of `config` cut to its first `rounds` rounds: the same rounds 0 .. rounds-1 as the full run
     (stage boundaries pinned to their rounds in the full run; the learning rate depends on the round only)."""
-    from spark_jax.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
 
     cut = config.copy_and_resolve_references()
     cut.stages.boundaries = stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
@@ -123,8 +123,8 @@ def prepare_or_exit(config):
     """`experiment.prepare(config)`; bad input (data, partition, graph, config) is one `error:` line, exit 1."""
     import sys  # pylint: disable=g-import-not-at-top
 
-    from spark_jax.data import DataError  # pylint: disable=g-import-not-at-top
-    from spark_jax.experiment import prepare  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting.data import DataError  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.experiment import prepare  # pylint: disable=g-import-not-at-top
 
     try:
         return prepare(config)

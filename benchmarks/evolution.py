@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from spark_jax import data, models, ntk, partition
+from spark_jax import ntk
+from spark_jax.setting import data, models, partition
 
 TAUS = (100, 200, 400, 600, 800)
 # name, evolve_logits options; "+pad" = right-hand side padded to 16 columns (`ntk.product_columns`).
@@ -93,11 +94,11 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
     eta_r * lambda_max(H) / N) at the round's averaged weights w̄_i is returned as
     (H, F0, Y (real rows), eta_r, label). Later rounds have trained weights and a decayed eta_r."""
     from experiments.configs import fmnist_ntk_dfl  # pylint: disable=g-import-not-at-top
-    from spark_jax import schedules  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms import schedules  # pylint: disable=g-import-not-at-top
     from spark_jax.algorithms.base import mix  # pylint: disable=g-import-not-at-top
     from spark_jax.algorithms.ntk_round import gather_neighbourhood  # pylint: disable=g-import-not-at-top
     from benchmarks.common import node_phases_for, prepare_or_exit  # pylint: disable=g-import-not-at-top
-    from spark_jax.experiment import round_inputs  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.experiment import round_inputs  # pylint: disable=g-import-not-at-top
     from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
 
     config = fmnist_ntk_dfl.get_config()

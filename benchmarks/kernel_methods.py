@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spark_jax import models, ntk
-from spark_jax.models import num_params
+from spark_jax import ntk
+from spark_jax.setting import models
+from spark_jax.setting.models import num_params
 
 TAUS = (100, 200, 400, 600, 800)
 

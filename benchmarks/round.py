@@ -30,10 +30,11 @@ from benchmarks.common import (benchmark_config, node_phases_for, matmul_through
                                prepare_or_exit, timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
-from spark_jax import metrics, schedules
+from spark_jax.algorithms import schedules
+from spark_jax.setting import metrics
 from spark_jax.algorithms.base import mix
 from spark_jax.algorithms.ntk_round import gather_neighbourhood, resolve_kernel_method
-from spark_jax.experiment import round_inputs
+from spark_jax.runner.experiment import round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")

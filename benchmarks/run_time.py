@@ -3,7 +3,7 @@ extrapolated.
 
   python -m benchmarks.run_time --config=fmnist_ntk_dfl [--rounds=3] [--config.a.b=v ...]
 
-Runs `spark_jax.experiment.run` (the code path of `experiments.run`) in a
+Runs `spark_jax.runner.experiment.run` (the code path of `experiments.run`) in a
 temporary directory. Without --rounds it runs all `config.rounds` rounds and the
 figure is measured. With --rounds=N (< config.rounds) it runs the first N
 rounds of the same run (stage boundaries kept at their rounds) and
@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from benchmarks.common import benchmark_config, first_rounds, matmul_throughput, peak_memory_bytes
 from experiments.config_names import rewrite_argv
-from spark_jax import experiment
+from spark_jax.runner import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=False)
 _ROUNDS = flags.DEFINE_integer("rounds", 0, "Rounds to run (0 = all config.rounds); fewer: extrapolated.")

@@ -1,4 +1,4 @@
-"""Timings of the Jacobian sketch (spark_jax.sketch) for one node's neighbourhood.
+"""Timings of the Jacobian sketch (spark_jax.ntk.sketch) for one node's neighbourhood.
 
 `python -m benchmarks.sketch_methods` — the default 784-100-10 MLP, N = 1200
 random samples, k = 512 per layer ("layer" grouping: 2 groups, 1,024 columns);
@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.kernel_methods import TAUS, timed
-from spark_jax import models, ntk, sketch, sketched_ntk
-from spark_jax.models import num_params
+from spark_jax import ntk
+from spark_jax.ntk import sketch, sketched_ntk
+from spark_jax.setting import models
+from spark_jax.setting.models import num_params
 
 
 def _rel_diff(a, b):

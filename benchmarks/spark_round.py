@@ -30,11 +30,12 @@ from ml_collections import config_flags
 from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, mlp_layer_sizes, peak_memory_bytes, phase_flops,
                                prepare_or_exit, timed)
 from experiments.config_names import rewrite_argv
-from spark_jax import schedules, sketch, sketch_share
+from spark_jax.algorithms import schedules
+from spark_jax.ntk import sketch, sketch_share
 from spark_jax import config_options
 from spark_jax.algorithms.ntk_round import gather_neighbourhood
 from spark_jax.algorithms.shared_sketch import share_plan
-from spark_jax.experiment import round_inputs
+from spark_jax.runner.experiment import round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)

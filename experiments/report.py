@@ -5,13 +5,13 @@
       seconds for hundreds of runs.
   python -m experiments.report results/readings_cpu --readings=docs/RESULTS.md
       the study of the SPARK readings (sweep presets spark_readings*): RESULTS.md, its figures and a
-      copy of the run records (spark_jax/report_readings.py).
+      copy of the run records (spark_jax/lab/report_readings.py).
   python -m experiments.report results/compare_cpu
       a method comparison (sweep preset compare_fmnist) also gets compare.csv, compare_vs_round.png,
       compare_vs_bytes.png and partition_*.png, and its tables in report.md.
 
-Thin on purpose: the logic is in `spark_jax.report_tables` (per-setting table)
-and `spark_jax.report_compare` (methods x settings). DIR is any tree holding
+Thin on purpose: the logic is in `spark_jax.lab.report_tables` (per-setting table)
+and `spark_jax.lab.report_compare` (methods x settings). DIR is any tree holding
 run directories (config.json + metrics.jsonl); runs are grouped into settings
 by the config keys that differ between them, seeds aggregated. The comparison
 view is added when those keys include `algorithm` and another key, or with
@@ -27,14 +27,14 @@ import sys
 
 from absl import app, flags
 
-from spark_jax import report_compare, report_readings, report_tables
-from spark_jax.run_io import os_error_line
+from spark_jax.lab import report_compare, report_readings, report_tables
+from spark_jax.runner.run_io import os_error_line
 
 _TARGET = flags.DEFINE_float("target", None, "Target aggregated test accuracy for rounds/bytes to target.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default DIR/report).")
 _READINGS = flags.DEFINE_string("readings", None, "Write the study of the SPARK readings (sweep presets "
                                 "spark_readings*) to this Markdown file, e.g. docs/RESULTS.md, with its data and "
-                                "figures in results/ beside it (spark_jax/report_readings.py).")
+                                "figures in results/ beside it (spark_jax/lab/report_readings.py).")
 _COMPARE = flags.DEFINE_bool("compare", None, "Methods x settings comparison tables and figures "
                              "(default: when `algorithm` and another config key vary).")
 

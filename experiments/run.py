@@ -1,6 +1,6 @@
 """Runs one experiment: `python -m experiments.run --config=fmnist_ring[:small]`.
 
-Thin on purpose: flags -> config -> `spark_jax.experiment.run`. NAME resolves
+Thin on purpose: flags -> config -> `spark_jax.runner.experiment.run`. NAME resolves
 to `experiments/configs/NAME.py` (a file path works too); `--config.a.b=v`
 overrides are type-checked by ml_collections; `--workdir` defaults to
 `results/<name>_<timestamp>`. `--resume` continues the run in `--workdir` from
@@ -18,9 +18,9 @@ directory (on a filesystem all of them share, for the checkpoints):
       --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0   # and =1 on the other host
 
 The data is downloaded (checksummed) on first use when no source has it
-(`spark_jax/download.py`; `--config.data.download=False` or
+(`spark_jax/setting/download.py`; `--config.data.download=False` or
 SPARK_JAX_NO_DOWNLOAD=1 turns that off). A finished run prints a short summary
-(`spark_jax/run_summary.py`) and leaves `curves.png` in its directory.
+(`spark_jax/runner/run_summary.py`) and leaves `curves.png` in its directory.
 
 Exit status: 0 done (or already finished), 1 with one `error: ...` line on bad
 input, a config that differs from the resumed run's, or a NaN/Inf (the round,
@@ -62,7 +62,7 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep the progress bar readable
-    from spark_jax import distributed
+    from spark_jax.runner import distributed
 
     try:
         options = distributed.options_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -70,7 +70,7 @@ def main(argv):
     except distributed.DistributedError as e:
         sys.exit(f"error: {e}")
     distributed.initialize(options)  # before anything touches a device
-    from spark_jax import run_signals
+    from spark_jax.runner import run_signals
 
     try:
         with run_signals.stop_signals_raise():  # SIGTERM ends the run like Ctrl-C: cleaned up, one line
@@ -98,13 +98,13 @@ def _run():
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = _WORKDIR.value or f"results/{config.name.replace(':', '_')}_{stamp}"
 
-    from spark_jax import distributed
-    from spark_jax.data import DataError
-    from spark_jax.experiment import run
+    from spark_jax.runner import distributed
+    from spark_jax.setting.data import DataError
+    from spark_jax.runner.experiment import run
     from spark_jax.guard import NonFiniteError
-    from spark_jax.run_io import os_error_line
-    from spark_jax.run_lock import LockedError
-    from spark_jax.run_signals import Interrupted, exit_status, run_stop_line
+    from spark_jax.runner.run_io import os_error_line
+    from spark_jax.runner.run_lock import LockedError
+    from spark_jax.runner.run_signals import Interrupted, exit_status, run_stop_line
 
     try:
         summary = run(config, workdir, resume=_RESUME.value)
@@ -123,7 +123,7 @@ def _run():
         print(f"{workdir}: the run is already finished (summary.json); nothing to do; final aggregated test "
               f"accuracy {summary['final_test_accuracy']:.4f}")
         return
-    from spark_jax.run_summary import summary_lines
+    from spark_jax.runner.run_summary import summary_lines
 
     resumed = " (resumed)" if summary.get("run_status") == "resumed" else ""
     print("\n".join(summary_lines(summary, workdir, resumed)), flush=True)  # accuracies, target, curves, report

@@ -5,10 +5,10 @@
   python -m experiments.sweep --config=tiny --preset=spark_ablations --seeds=0,1 \
       --workdir=results/ablations --config.algorithm=spark --dry_run
 
-Thin on purpose: flags -> `spark_jax.sweep_grid.build_grid` -> `run_sweep`.
+Thin on purpose: flags -> `spark_jax.lab.sweep_grid.build_grid` -> `run_sweep`.
 `--config` and fixed `--config.a.b=v` overrides work as in `experiments.run`
 and apply to every run. Axis syntax (tuples: `config.ntk.taus=100:200;100:400`)
-and the directory layout are described in `spark_jax/sweep_grid.py`. Re-running
+and the directory layout are described in `spark_jax/lab/sweep_grid.py`. Re-running
 the same command resumes: finished runs are skipped, interrupted ones continue
 from their last checkpoint (or re-run when they have none).
 When it ends it writes the report (`experiments.report WORKDIR`; `--noreport`
@@ -26,7 +26,7 @@ from absl import app, flags, logging
 
 from experiments import config_files
 from experiments.config_names import named_configs, parse_flags, rewrite_argv
-from spark_jax import sweep_grid, sweep_presets
+from spark_jax.lab import sweep_grid, sweep_presets
 
 _CONFIG = config_files.define_config_flag("Base config: NAME[:ARG] or path.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; runs go to WORKDIR/<setting>/seed<N>.")
@@ -58,7 +58,7 @@ def main(argv):
         sys.exit(f"error: {e}")
 
     from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
-    from spark_jax.validation import ConfigError, validate_config  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.validation import ConfigError, validate_config  # pylint: disable=g-import-not-at-top
 
     for spec in grid:
         try:
@@ -71,10 +71,10 @@ def main(argv):
 
     meta = {"config": config.name, "preset": _PRESET.value, "sweep": list(_SWEEP.value), "argv": _ARGV}
     print(f"sweep of {len(grid)} runs in {_WORKDIR.value}", flush=True)
-    from spark_jax.run_io import os_error_line  # pylint: disable=g-import-not-at-top
-    from spark_jax.run_lock import LockedError  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_io import os_error_line  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_lock import LockedError  # pylint: disable=g-import-not-at-top
 
-    from spark_jax import run_signals  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner import run_signals  # pylint: disable=g-import-not-at-top
 
     try:
         with run_signals.stop_signals_raise():  # SIGTERM stops the sweep like Ctrl-C: resumable, one line
@@ -92,8 +92,8 @@ def main(argv):
         print(f"\n--- {r.spec.name} failed ---\n{r.traceback or r.error}", file=sys.stderr)
     print(f"{len(results) - len(failed)}/{len(results)} runs finished; report: "
           f"python -m experiments.report {_WORKDIR.value}", flush=True)
-    if _REPORT.value:  # spark_jax/run_summary.py; a report failure is a line, never a failed sweep
-        from spark_jax.run_summary import write_sweep_report  # pylint: disable=g-import-not-at-top
+    if _REPORT.value:  # spark_jax/runner/run_summary.py; a report failure is a line, never a failed sweep
+        from spark_jax.lab.report_compare import write_sweep_report  # pylint: disable=g-import-not-at-top
 
         print(write_sweep_report(_WORKDIR.value), flush=True)
     if failed:

@@ -1,7 +1,7 @@
 """One-line checks of option values (no JAX): every failure is an `OptionError` naming the field.
 
 Used by the option dataclasses (`spark_jax.options`), which check themselves, and by the run
-config's cross-cutting checks (`spark_jax.validation`). Messages read `name=value must be ...`.
+config's cross-cutting checks (`spark_jax.runner.validation`). Messages read `name=value must be ...`.
 """
 
 from __future__ import annotations

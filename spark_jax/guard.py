@@ -8,7 +8,7 @@ phase, True where node i's values were all finite:
   finite_update      the chosen weight update (steps 8-9), or for the local
                      baselines the locally trained weights before mixing
   finite_state       every leaf of the committed state (parameters, velocity),
-                     added by the runner (`spark_jax.experiment`)
+                     added by the runner (`spark_jax.runner.experiment`)
 
 `check` names the first phase (in that order) that failed, so a NaN is traced
 to where it was born rather than to the neighbours mixing spread it to. The

@@ -109,7 +109,7 @@ class ComputeOptions:
     per Jacobian chunk (0 = all); matmul_precision: float32 products ('float32' | 'tensorfloat32' |
     'bfloat16' | 'default'); sketch_method: 'auto' | 'structured' | 'forward' | 'materialize';
     direction_chunk: sketch directions per forward-mode chunk; share_first_layer: 'auto' | 'on' |
-    'off' with its bound share_bytes (`spark_jax.sketch_share`).
+    'off' with its bound share_bytes (`spark_jax.ntk.sketch_share`).
     """
 
     node_chunk: int = 8

@@ -18,7 +18,7 @@ shard_map's Manual context ("Context mesh ... should match the mesh of
 sharding ... passed to index_to_gather"). The mixing step `base.mix` is plain
 jit code on sharded arrays; XLA inserts the collectives for its gather.
 
-Several processes (hosts): `spark_jax.distributed.initialize` first (experiments.run
+Several processes (hosts): `spark_jax.runner.distributed.initialize` first (experiments.run
 --num_processes ...); `jax.devices()` is then the global device list, the
 same program runs in every process, and each places the pieces its own
 devices hold (`_from_host`; BUILD.md "Multiple devices").

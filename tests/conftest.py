@@ -93,7 +93,7 @@ def random_node_data(n_max=None, garbage=0.0, seed=0, counts=NTK_COUNTS, num_cla
     """Random padded 28x28x1 node data with `counts` real rows per node (padding rows hold `garbage`)."""
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from spark_jax.partition import NodeData  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting.partition import NodeData  # pylint: disable=g-import-not-at-top
 
     rng = np.random.default_rng(seed)
     m, n_max = len(counts), n_max or max(counts)

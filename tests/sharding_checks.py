@@ -20,9 +20,9 @@ import numpy as np
 
 from spark_jax import parallel
 from spark_jax.algorithms import ntk_dfl, spark
-from spark_jax.models import make_model
-from spark_jax.partition import NodeData
-from spark_jax.topology import TopologyStream
+from spark_jax.setting.models import make_model
+from spark_jax.setting.partition import NodeData
+from spark_jax.setting.topology import TopologyStream
 from tests.conftest import ntk_config as _config, random_node_data as _node_data, round_inputs as _inputs
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

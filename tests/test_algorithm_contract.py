@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from spark_jax import algorithms
-from spark_jax.models import make_model
-from spark_jax.topology import TopologyStream
+from spark_jax.setting.models import make_model
+from spark_jax.setting.topology import TopologyStream
 from tests.conftest import NTK_COUNTS, ntk_config, random_node_data, round_inputs
 
 ROUNDS = 3

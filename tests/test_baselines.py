@@ -10,8 +10,8 @@ import pytest
 
 from spark_jax.algorithms import available, local_baselines
 from spark_jax.algorithms.base import RoundInputs
-from spark_jax.models import make_model
-from spark_jax.partition import NodeData
+from spark_jax.setting.models import make_model
+from spark_jax.setting.partition import NodeData
 
 from tests.test_dfedavg import COUNTS, _graph, _node_data, reference_batches
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from benchmarks.common import first_rounds, phase_flops
 from experiments.configs import fmnist_ntk_dfl, fmnist_ring
-from spark_jax.schedules import stage_boundaries
+from spark_jax.algorithms.schedules import stage_boundaries
 
 
 def test_phase_flops_of_the_784_100_10_mlp():

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import algorithms, checkpoint, experiment
+from spark_jax import algorithms
+from spark_jax.runner import checkpoint, experiment
 from spark_jax.guard import NonFiniteError
-from spark_jax.run_io import read_metrics
+from spark_jax.runner.run_io import read_metrics
 from tests.conftest import REPO, without_compile_cache
 
 ROUNDS = 20

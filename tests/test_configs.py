@@ -7,7 +7,7 @@ import pytest
 from experiments.config_names import named_configs
 from experiments.configs import base
 from spark_jax import algorithms
-from spark_jax.validation import validate_config
+from spark_jax.runner.validation import validate_config
 
 
 @pytest.mark.parametrize("name", named_configs())

@@ -1,4 +1,4 @@
-"""Tests for spark_jax.data: IDX parsing, source search, checks, normalization."""
+"""Tests for spark_jax.setting.data: IDX parsing, source search, checks, normalization."""
 
 import gzip
 import os
@@ -10,7 +10,7 @@ import chex
 import numpy as np
 import pytest
 
-from spark_jax import data
+from spark_jax.setting import data
 
 N_TRAIN, N_TEST = 60000, 10000
 

@@ -10,8 +10,8 @@ import optax
 
 from spark_jax.algorithms import dfedavg
 from spark_jax.algorithms.base import RoundInputs
-from spark_jax.models import make_model
-from spark_jax.partition import NodeData
+from spark_jax.setting.models import make_model
+from spark_jax.setting.partition import NodeData
 
 COUNTS = [7, 12, 3, 10, 9]
 N_MAX = 12
@@ -102,7 +102,7 @@ def test_vmapped_round_equals_loop_reference():
 @pytest.mark.slow
 def test_padding_rows_get_zero_gradient():
     """A batch slot on a padding row contributes exactly nothing to the gradient."""
-    from spark_jax.losses import masked_mean_cross_entropy
+    from spark_jax.setting.losses import masked_mean_cross_entropy
 
     model = make_model("mlp", hidden=(8,))
     params = model.init(jax.random.key(0))

@@ -20,12 +20,13 @@ import optax
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import comm, experiment, topology
+from spark_jax.runner import experiment
+from spark_jax.setting import comm, topology
 from spark_jax.algorithms import available, dfedavg, dispfl
 from spark_jax.algorithms.base import RoundInputs
-from spark_jax.models import make_model
-from spark_jax.partition import NodeData
-from spark_jax.validation import ConfigError, validate_config
+from spark_jax.setting.models import make_model
+from spark_jax.setting.partition import NodeData
+from spark_jax.runner.validation import ConfigError, validate_config
 from tests.conftest import REPO
 
 COUNTS = [7, 12, 3, 10, 9]

@@ -1,4 +1,4 @@
-"""Data on first use (spark_jax.download) against a local HTTP server: the internet is never touched.
+"""Data on first use (spark_jax.setting.download) against a local HTTP server: the internet is never touched.
 
 The server listens on 127.0.0.1 at a free port for this module only and is shut down in teardown.
 It serves the real IDX files under /good/<dataset>/<file> and bad variants: /corrupt/ (one byte
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from spark_jax import data, data_checksums, download
+from spark_jax.setting import data, data_checksums, download
 
 FASHION = list(download.KNOWN_FILES["fashion_mnist"])
 
@@ -246,7 +246,7 @@ def test_an_existing_copy_is_never_overwritten(server, requests, tmp_path, real_
 def test_a_run_config_downloads_into_the_cache_or_not(server, requests, tmp_path, capsys):
     """run_data.load (what a run calls) passes config.data.download and .base_url to the loader."""
     from experiments.configs import tiny  # pylint: disable=g-import-not-at-top
-    from spark_jax import run_data  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner import run_data  # pylint: disable=g-import-not-at-top
 
     config = tiny.get_config()
     config.data.download = False

@@ -25,7 +25,7 @@ def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt", "label_histogram.png", "curves.png",
             "tensorboard"} <= {p.name for p in workdir.iterdir()}
-    out = proc.stdout.splitlines()  # the closing summary (spark_jax/run_summary.py)
+    out = proc.stdout.splitlines()  # the closing summary (spark_jax/runner/run_summary.py)
     assert out[-6].startswith("tiny: final aggregated test accuracy ") and out[-6].endswith(f"run directory {workdir}")
     assert out[-2:] == [f"  curves: {workdir / 'curves.png'}", f"  report: python -m experiments.report {workdir}"]
     (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
@@ -76,7 +76,7 @@ def test_bad_input_fails_cleanly(args, message, real_data_dir, tmp_path):
 
 
 def test_runs_started_before_a_field_was_added_still_resume():
-    from spark_jax.run_io import config_differences  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
     old = {"ntk": {"eta0": 0.01}}
     assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "float32"}}) == []
     assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "highest"}}) == [

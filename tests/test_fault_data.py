@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import data, data_checksums, experiment, run_data
-from spark_jax.data import DataError
+from spark_jax.runner import experiment, run_data
+from spark_jax.setting import data, data_checksums
+from spark_jax.setting.data import DataError
 from tests.faults import assert_nothing_half_written, assert_one_line_error, run_cli, snapshot
 
 IDX = {key: stem + ".gz" for key, stem in data.IDX_FILES.items()}

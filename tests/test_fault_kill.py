@@ -19,7 +19,7 @@ import time
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import run_io
+from spark_jax.runner import run_io
 from tests.conftest import REPO, without_compile_cache
 from tests.faults import assert_nothing_half_written, cli_env
 from tests.test_sweep_report import write_synthetic_runs

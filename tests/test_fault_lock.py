@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env, run_cli, snapshot
 
-HOLD = ("import sys, time\nfrom spark_jax import run_lock\n"
+HOLD = ("import sys, time\nfrom spark_jax.runner import run_lock\n"
         "with run_lock.hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
 
 

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import algorithms, checkpoint, experiment, guard, metrics
+from spark_jax import algorithms, guard
+from spark_jax.runner import checkpoint, experiment
+from spark_jax.setting import metrics
 from spark_jax.guard import NonFiniteError
-from spark_jax.run_io import read_metrics
+from spark_jax.runner.run_io import read_metrics
 from tests.faults import assert_nothing_half_written, snapshot
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from spark_jax.run_io import RunDir, write_json_atomic
+from spark_jax.runner.run_io import RunDir, write_json_atomic
 from tests.conftest import REPO
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env, run_cli, snapshot
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import algorithms, experiment, run_budget, run_data, validation
-from spark_jax.validation import ConfigError
+from spark_jax import algorithms
+from spark_jax.runner import experiment, run_budget, run_data, validation
+from spark_jax.runner.validation import ConfigError
 from tests.faults import assert_one_line_error, run_cli
 
 PARTITION = pathlib.Path("partitions/fmnist300/alpha0.1/seed0.npz")

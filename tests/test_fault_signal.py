@@ -4,7 +4,7 @@ A real process gets SIGINT once it has written a round; it must exit 130
 with `error: interrupted at round r; resume with ... --resume`, leave
 metrics.jsonl ending with a whole line, and the printed command must finish
 the run from its last checkpoint. SIGTERM does the same with exit status 143
-(`spark_jax.run_signals`); in the first round it removes the new run
+(`spark_jax.runner.run_signals`); in the first round it removes the new run
 directory so that a plain rerun works; in a sweep it stops the sweep, which
 the same command resumes.
 """
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import checkpoint
+from spark_jax.runner import checkpoint
 from tests.conftest import REPO, without_compile_cache
 from tests.faults import assert_nothing_half_written, assert_one_line_error, cli_env, run_cli
 
@@ -150,7 +150,7 @@ def test_sigterm_stops_a_sweep_resumably(real_data_dir, tmp_path):
 
 def test_a_signal_swallowed_in_a_gc_callback_is_raised_at_the_next_check():
     """Python ignores an exception raised in a gc callback: the handler only records it there."""
-    from spark_jax import run_signals
+    from spark_jax.runner import run_signals
 
     raised = []
 
@@ -178,7 +178,8 @@ def test_a_signal_swallowed_in_a_gc_callback_is_raised_at_the_next_check():
 
 def test_sweep_stops_on_an_interrupted_run_and_records_it(tmp_path):
     from experiments.configs import tiny
-    from spark_jax import run_signals, sweep_grid
+    from spark_jax.lab import sweep_grid
+    from spark_jax.runner import run_signals
 
     config = tiny.get_config()
     grid = sweep_grid.build_grid(config, ["config.dfedavg.local_epochs=1,2"], "0")
@@ -203,7 +204,7 @@ def test_sweep_stops_on_an_interrupted_run_and_records_it(tmp_path):
 
 def test_sigint_during_a_metrics_append_keeps_the_whole_line(tmp_path, monkeypatch):
     """Ctrl-C while a round's line is fsynced: the line stays (the round ran), then KeyboardInterrupt."""
-    from spark_jax.run_io import RunDir  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_io import RunDir  # pylint: disable=g-import-not-at-top
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -225,7 +226,7 @@ def test_sigint_during_a_metrics_append_keeps_the_whole_line(tmp_path, monkeypat
 def test_nested_deferred_blocks_deliver_the_signal_once_after_the_outer_one():
     """A round's commit (outer block) around the metrics append (inner block): Ctrl-C inside the inner block
     arrives once, after the outer block, so the round is counted where its line is written."""
-    from spark_jax import run_signals  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner import run_signals  # pylint: disable=g-import-not-at-top
 
     done = []
     with pytest.raises(KeyboardInterrupt):

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import algorithms, checkpoint, experiment
+from spark_jax import algorithms
+from spark_jax.runner import checkpoint, experiment
 from spark_jax.guard import NonFiniteError
-from spark_jax.run_io import file_mode, read_metrics
+from spark_jax.runner.run_io import file_mode, read_metrics
 from tests.faults import assert_nothing_half_written, assert_one_line_error, run_cli, snapshot
 
 ARGS = ["--config=tiny", "--config.rounds=4", "--config.checkpoint_every=1", "--resume"]

@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import report_tables, sweep_grid
+from spark_jax.lab import report_tables, sweep_grid
 from tests.faults import assert_one_line_error, run_cli, snapshot
 from tests.test_sweep_report import fake_runner, write_synthetic_runs
 

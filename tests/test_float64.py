@@ -16,11 +16,12 @@ import pytest
 from jax.extend import core as jax_core
 from scipy.integrate import solve_ivp
 
-from spark_jax import ntk, rng as spark_rng, sketch
+from spark_jax import ntk, rng as spark_rng
+from spark_jax.ntk import sketch
 from spark_jax.algorithms import ntk_dfl, spark
-from spark_jax.models import make_model
-from spark_jax.partition import NodeData
-from spark_jax.topology import padded_graph
+from spark_jax.setting.models import make_model
+from spark_jax.setting.partition import NodeData
+from spark_jax.setting.topology import padded_graph
 from tests.conftest import NTK_COUNTS as COUNTS, NTK_TAUS as TAUS, ntk_adjacency as _adjacency, ntk_config as _config, \
     random_node_data as _node_data, round_inputs as _inputs
 

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import models, sketch
+from spark_jax.ntk import sketch
+from spark_jax.setting import models
 from spark_jax.algorithms.ntk_round import resolve_kernel_method
-from spark_jax.models import init_node_params, make_model, num_params
+from spark_jax.setting.models import init_node_params, make_model, num_params
 from spark_jax.rng import STREAM_IDS, numpy_rng, stream_key
 
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from spark_jax import distributed
+from spark_jax.runner import distributed
 from tests.conftest import REPO
 from tests.multiprocess import Processes, env_for, error_lines
 

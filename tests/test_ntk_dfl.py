@@ -7,8 +7,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from spark_jax.algorithms import ntk_dfl
-from spark_jax.models import make_model
-from spark_jax.topology import TopologyStream, padded_graph
+from spark_jax.setting.models import make_model
+from spark_jax.setting.topology import TopologyStream, padded_graph
 from tests.references import ntk_dfl_reference_round
 from tests.conftest import NTK_COUNTS, NTK_TAUS, ntk_adjacency, ntk_config, random_node_data, round_inputs
 

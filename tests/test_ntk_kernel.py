@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import models, ntk
+from spark_jax import ntk
+from spark_jax.setting import models
 
 N_REAL = 6
 

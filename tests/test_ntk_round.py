@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from spark_jax import checks, config_options, schedules
+from spark_jax import checks, config_options
+from spark_jax.algorithms import schedules
 from spark_jax.algorithms.ntk_dfl import ntk_dfl
 from spark_jax.algorithms.spark import spark
-from spark_jax.models import make_model
+from spark_jax.setting.models import make_model
 from spark_jax.options import ComputeOptions, EvolutionOptions, ImexOptions, SketchOptions
-from spark_jax.topology import padded_graph
+from spark_jax.setting.topology import padded_graph
 from tests.conftest import NTK_COUNTS, REPO, ntk_adjacency, ntk_config, random_node_data, round_inputs
 from tests.references import ntk_dfl_reference_round
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import models, ntk
+from spark_jax import ntk
+from spark_jax.setting import models
 from spark_jax.ntk.update import UPDATE_METHODS
 from tests.test_ntk_kernel import _jacobian_f64, numpy_params
 

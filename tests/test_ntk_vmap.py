@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from spark_jax import models, ntk
+from spark_jax import ntk
+from spark_jax.setting import models
 from tests.test_ntk_kernel import numpy_params
 
 M, N, C = 3, 7, 10

@@ -1,12 +1,12 @@
-"""Tests for spark_jax.partition: Dirichlet/IID splits, NTK-DFL files, histograms, padding."""
+"""Tests for spark_jax.setting.partition: Dirichlet/IID splits, NTK-DFL files, histograms, padding."""
 
 import chex
 import numpy as np
 import pytest
 
-from spark_jax import data
-from spark_jax import partition as P
-from spark_jax import partition_report as R
+from spark_jax.setting import data
+from spark_jax.setting import partition as P
+from spark_jax.setting import partition_report as R
 
 C = 10
 

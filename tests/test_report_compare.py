@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from spark_jax import report_compare, report_tables
+from spark_jax.lab import report_compare, report_tables
 from tests.conftest import REPO
 
 TARGET = 0.8

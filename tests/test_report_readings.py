@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import fmnist_regular
-from spark_jax import readings_stats, readings_verdicts, report_readings, sweep_grid, sweep_presets
+from spark_jax.lab import readings_stats, readings_verdicts, report_readings, sweep_grid, sweep_presets
 from tests.conftest import REPO
 
 D = 1000  # parameters: weight bytes per edge 4 * D
@@ -21,7 +21,7 @@ D = 1000  # parameters: weight bytes per edge 4 * D
 @pytest.mark.parametrize("arg", ["", "study"])
 def test_every_reading_preset_row_builds_and_validates(arg):
     from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
-    from spark_jax.validation import validate_config  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.validation import validate_config  # pylint: disable=g-import-not-at-top
 
     config = fmnist_regular.get_config(arg)
     config.lock()

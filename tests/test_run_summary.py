@@ -2,7 +2,7 @@
 
 The event files are read back by TensorBoard's own loader when `tensorboard` is installed, and always by
 the parser below, written from the TFRecord and protobuf specifications independently of
-spark_jax.tensorboard_log (its own CRC-32C is checked against the standard check value).
+spark_jax.runner.tensorboard_log (its own CRC-32C is checked against the standard check value).
 """
 
 import math
@@ -12,7 +12,7 @@ import zlib
 import pytest
 
 from experiments.configs import fmnist_ring, tiny
-from spark_jax import curves, progress, run_summary, tensorboard_log
+from spark_jax.runner import curves, progress, run_summary, tensorboard_log
 
 HISTORY = [{"round": r, "test_accuracy": a, "node_accuracy_mean": a - 0.1, "node_accuracy_min": a - 0.3,
             "train_loss": 2.0 / r, "bytes_cumulative": 1_000_000 * r, "round_time": 2.0, "finite": True}
@@ -69,7 +69,7 @@ def test_cost_note_names_the_small_variant_and_estimates_after_round_1(capsys, t
 
 
 def _crc32c(data: bytes) -> int:
-    """Bitwise CRC-32C (no table), independent of spark_jax.tensorboard_log."""
+    """Bitwise CRC-32C (no table), independent of spark_jax.runner.tensorboard_log."""
     crc = 0xFFFFFFFF
     for byte in data:
         crc ^= byte
@@ -177,7 +177,7 @@ def test_event_files_read_back(tmp_path):
 
 
 def test_new_config_fields_and_old_run_directories():
-    from spark_jax.run_io import config_differences  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
 
     c = tiny.get_config()
     assert c.data.download is True and c.data.base_url == "" and c.log.tensorboard is False

@@ -17,7 +17,7 @@ import pytest
 from experiments.configs import tiny
 from spark_jax import parallel
 from spark_jax.algorithms import available
-from spark_jax.validation import ConfigError, validate_config
+from spark_jax.runner.validation import ConfigError, validate_config
 from tests.conftest import REPO
 
 DEVICES = 8

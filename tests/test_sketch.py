@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spark_jax import models, sketch, sketch_share, sketched_ntk
+from spark_jax.ntk import sketch, sketch_share, sketched_ntk
+from spark_jax.setting import models
 from tests.test_ntk_kernel import _jacobian_f64, numpy_params
 
 N_REAL = 6

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from spark_jax import config_options, comm, schedules
+from spark_jax import config_options
+from spark_jax.algorithms import schedules
+from spark_jax.setting import comm
 from spark_jax.algorithms import ntk_dfl, spark
-from spark_jax.models import make_model, num_params
-from spark_jax.partition import NodeData
-from spark_jax.topology import padded_graph, ring_adjacency
+from spark_jax.setting.models import make_model, num_params
+from spark_jax.setting.partition import NodeData
+from spark_jax.setting.topology import padded_graph, ring_adjacency
 from tests.conftest import NTK_COUNTS as COUNTS, ntk_adjacency as _adjacency, ntk_config as _config, \
     random_node_data as _node_data, round_inputs as _inputs
 

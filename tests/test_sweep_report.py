@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import report_tables, sweep_grid, sweep_presets
-from spark_jax.run_io import RunDir
-from spark_jax.sweep_grid import SweepError
+from spark_jax.lab import report_tables, sweep_grid, sweep_presets
+from spark_jax.runner.run_io import RunDir
+from spark_jax.lab.sweep_grid import SweepError
 from tests.conftest import REPO
 
 
@@ -122,7 +122,7 @@ def test_every_preset_applies_to_the_base_config(config):
 
 def test_compare_preset_covers_methods_alphas_topologies(config):
     from spark_jax import algorithms
-    from spark_jax.validation import validate_config
+    from spark_jax.runner.validation import validate_config
 
     grid = grid_of(config, preset="compare_fmnist")
     assert len(grid) == 6 * 3 * 2
@@ -137,7 +137,7 @@ def test_compare_preset_covers_methods_alphas_topologies(config):
 
 
 def fake_runner(calls, fail=()):
-    """Writes a minimal run directory like spark_jax.experiment.run; raises for settings in `fail`."""
+    """Writes a minimal run directory like spark_jax.runner.experiment.run; raises for settings in `fail`."""
 
     def run(cfg, workdir):
         calls.append(str(workdir))
@@ -177,7 +177,7 @@ def test_run_sweep_skips_done_and_redoes_interrupted(config, tmp_path):
 
 
 def test_run_sweep_resumes_an_interrupted_run_from_its_checkpoint(config, tmp_path):
-    from spark_jax import checkpoint
+    from spark_jax.runner import checkpoint
 
     grid = grid_of(config, "config.dfedavg.local_epochs=1,2")
     sweep_grid.run_sweep(grid, tmp_path, fake_runner([]), log=lambda s: None)

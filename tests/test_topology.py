@@ -1,4 +1,4 @@
-"""Tests for spark_jax.topology (SPEC steps 1-2): graphs, mixing weights, padding."""
+"""Tests for spark_jax.setting.topology (SPEC steps 1-2): graphs, mixing weights, padding."""
 
 import time
 
@@ -9,7 +9,7 @@ import pytest
 from scipy.sparse.csgraph import connected_components as scipy_components
 
 from spark_jax import rng as rng_lib
-from spark_jax import topology
+from spark_jax.setting import topology
 from spark_jax.algorithms.base import mix
 
 # (kind, num_nodes, kwargs, expected degree of every node or None)

@@ -14,8 +14,8 @@ import ml_collections
 import pytest
 
 from experiments.configs import tiny
-from spark_jax import experiment
-from spark_jax.data import DataError
+from spark_jax.runner import experiment
+from spark_jax.setting.data import DataError
 from tests.conftest import REPO
 
 SPARK = {"algorithm": "spark"}
@@ -195,7 +195,11 @@ def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
 
 def test_option_lists_are_defined_once():
     """Each option list lives in spark_jax.options; the modules that implement an option use that very tuple."""
-    from spark_jax import models, ntk, options, parallel, schedules, sketch, sketch_share, validation
+    from spark_jax import ntk, options, parallel
+    from spark_jax.algorithms import schedules
+    from spark_jax.ntk import sketch, sketch_share
+    from spark_jax.runner import validation
+    from spark_jax.setting import models
     from spark_jax.algorithms import base
     assert validation.MODELS == tuple(models.MODELS)
     assert ntk.INTEGRATORS is options.INTEGRATORS

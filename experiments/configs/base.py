@@ -17,10 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "fashion_mnist"  # 'fashion_mnist' | 'mnist'
     c.data.data_dir = ""  # '' = $SPARK_JAX_DATA_DIR, then the Debian path, the download cache, TFDS
-    # Download the IDX files (checksummed) when no source has them (spark_jax/download.py); also off with
+    # Download the IDX files (checksummed) when no source has them (spark_jax/setting/download.py); also off with
     # $SPARK_JAX_NO_DOWNLOAD=1 or $SPARK_JAX_REQUIRE_DATA (CI). Never touches the network when they are present.
     c.data.download = True
-    c.data.base_url = ""  # '' = $SPARK_JAX_DATA_URL, else the public mirrors (spark_jax.download.MIRRORS)
+    c.data.base_url = ""  # '' = $SPARK_JAX_DATA_URL, else the public mirrors (spark_jax.setting.download.MIRRORS)
 
     c.partition = ml_collections.ConfigDict()
     # 'ntk_dfl_file': the exact NTK-DFL partition files (first num_nodes nodes);
@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     # 'structured' only: compute the first layer's data side [1; x] P_0 once per sample per round (not
     # once in each of the degree + 1 neighbourhoods holding it), in blocks of P's columns so that one
     # block of products for all samples plus every node's kernel (counted x2) stays <= share_bytes
-    # (spark_jax/sketch_share.py). 'auto' = when blocks of >= 32 columns fit | 'on' (as wide as fit) | 'off'.
+    # (spark_jax/ntk/sketch_share.py). 'auto' = when blocks of >= 32 columns fit | 'on' (as wide as fit) | 'off'.
     c.sketch.share_first_layer = "auto"
     c.sketch.share_bytes = 5e9  # 300 nodes: 8 blocks of 64 columns; measured peak 4.9 GiB
     c.sketch.update_mode = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)

@@ -60,7 +60,7 @@ class Algorithm(NamedTuple):
     # counts for the round (keys 'message_bytes' and e.g. 'jacobian_bytes').
     message_bytes: Callable[..., dict] | None = None
     # False: no dense weights travel (DisPFL's sparse models); the round's bytes are then its
-    # message_bytes only and 'weight_bytes' is 0 (`spark_jax.experiment.round_bytes`).
+    # message_bytes only and 'weight_bytes' is 0 (`spark_jax.runner.experiment.round_bytes`).
     sends_dense_weights: bool = True
 
 

@@ -22,8 +22,8 @@ import optax
 from spark_jax import guard, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.dtypes import compute_dtype
-from spark_jax.losses import masked_mean_cross_entropy
-from spark_jax.models import Model, init_node_params
+from spark_jax.setting.losses import masked_mean_cross_entropy
+from spark_jax.setting.models import Model, init_node_params
 
 
 @flax.struct.dataclass

@@ -75,12 +75,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spark_jax import comm, guard, parallel
+from spark_jax import guard, parallel
+from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm, RoundInputs
 from spark_jax.algorithms.dfedavg import epoch_batches, local_sgd
 from spark_jax.dtypes import compute_dtype
-from spark_jax.losses import masked_mean_cross_entropy
-from spark_jax.models import Model, init_node_params, num_params
+from spark_jax.setting.losses import masked_mean_cross_entropy
+from spark_jax.setting.models import Model, init_node_params, num_params
 
 MASK_FOLD = 0x6D61736B  # init-key fold for the masks ('mask'): beyond any node index of per-node params
 

@@ -29,7 +29,7 @@ import optax
 
 from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.dfedavg import make_local_training
-from spark_jax.models import Model
+from spark_jax.setting.models import Model
 
 
 def sam_value_and_grad(rho: float):

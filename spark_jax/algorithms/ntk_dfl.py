@@ -19,7 +19,7 @@ from __future__ import annotations
 from spark_jax import config_options
 from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.ntk_round import ntk_round
-from spark_jax.models import Model
+from spark_jax.setting.models import Model
 from spark_jax.options import ComputeOptions, EvolutionOptions
 
 DEFAULT_TAUS = (100, 200, 400, 600, 800)

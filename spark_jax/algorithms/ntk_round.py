@@ -27,10 +27,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_jax import comm, guard, ntk, parallel, schedules, sketch as sketching, sketched_ntk
+from spark_jax import guard, ntk, parallel
+from spark_jax.algorithms import schedules
+from spark_jax.ntk import sketch as sketching, sketched_ntk
+from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.dtypes import compute_dtype
-from spark_jax.models import Model, init_node_params, num_params
+from spark_jax.setting.models import Model, init_node_params, num_params
 from spark_jax.options import ComputeOptions, DistillOptions, EvolutionOptions, MomentumOptions, SketchOptions
 
 HYPERPARAMETERS = ("eta", "lambda", "beta")  # per-round values a caller may override (RoundInputs.hyperparams)

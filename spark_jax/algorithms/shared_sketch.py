@@ -2,7 +2,7 @@
 [1; x] P_0 computed once per sample (SPEC step 3, `ComputeOptions.share_first_layer`).
 
 The first layer's [1; x] P_0 does not depend on the weights, yet each sample sits in (degree + 1)
-neighbourhoods. `share_plan` picks blocks of P's columns within a byte bound (`spark_jax.sketch_share`);
+neighbourhoods. `share_plan` picks blocks of P's columns within a byte bound (`spark_jax.ntk.sketch_share`);
 `shared_kernels` walks them: per block, the products of all samples, then every node's sketch columns
 and partial kernel (kernels add over columns).
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from spark_jax import parallel, sketch as sketching, sketch_share
+from spark_jax import parallel
+from spark_jax.ntk import sketch as sketching, sketch_share
 from spark_jax.dtypes import compute_dtype
 from spark_jax.options import ComputeOptions, SketchOptions
 

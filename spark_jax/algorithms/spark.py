@@ -1,7 +1,7 @@
 """SPARK (SPEC steps 1-11 and "The three stages"): the NTK round (`ntk_round`) with Jacobian sketches,
 annealed distillation and stage-3 Nesterov momentum.
 
-Per round r (eta_r, lambda_r, beta_r traced; see `spark_jax.schedules`):
+Per round r (eta_r, lambda_r, beta_r traced; see `spark_jax.algorithms.schedules`):
   2. w̄_i = sum_j W_r[i, j] w_j (and the velocity, when `MomentumOptions.velocity='mixed'`)
   3. messages at w̄_i: outputs F0, labels, and per layer the sketch J_l P_l
      (P_l from the `sketch` stream, identical at every node) or exact J (`sketch=None`)
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import jax
 
-from spark_jax import comm, config_options, schedules
+from spark_jax import config_options
+from spark_jax.algorithms import schedules
+from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.ntk_dfl import DEFAULT_TAUS
 from spark_jax.algorithms.ntk_round import distillation_targets, ntk_round  # noqa: F401  (re-exported)
 from spark_jax.algorithms.shared_sketch import share_plan  # noqa: F401  (re-exported)
-from spark_jax.models import Model, num_params
+from spark_jax.setting.models import Model, num_params
 from spark_jax.options import (ComputeOptions, DistillOptions, EvolutionOptions, MomentumOptions,
                                SketchOptions)
 from spark_jax.rng import stream_key

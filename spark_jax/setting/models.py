@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spark_jax import data
+from spark_jax.setting import data
 
 # Kaiming-normal (fan-in, ReLU gain) as in PyTorch's kaiming_normal_: an
 # untruncated normal (jax "normal") with std sqrt(2 / fan_in).
@@ -54,7 +54,7 @@ class Model(NamedTuple):
 
     init(key) -> params; apply(params, x [..., H, W, 1]) -> logits [..., C]. `structured`: the
     params are a dense ReLU MLP in flax's Dense_0..Dense_L layout, so the closed-form kernel
-    (`spark_jax.ntk.kernel`) and sketch (`spark_jax.sketch`) "structured" methods apply.
+    (`spark_jax.ntk.kernel`) and sketch (`spark_jax.ntk.sketch`) "structured" methods apply.
     """
 
     init: Callable[[jax.Array], dict]

@@ -1,7 +1,7 @@
 """SPARK's NTK steps in sketch mode, from the sketches J~_g = J_g P_g: the kernel H~ (SPEC step 5) and
 the back-projected weight updates -(eta/N) P_g J~_g^T R_tau (step 8), or P_g P_g^T of an exact update
-(`back_project_update`, used when a round never holds the sketches whole: `spark_jax.sketch_share`).
-The sketches themselves come from `spark_jax.sketch`. Dtypes follow the sketches, P and the updates
+(`back_project_update`, used when a round never holds the sketches whole: `spark_jax.ntk.sketch_share`).
+The sketches themselves come from `spark_jax.ntk.sketch`. Dtypes follow the sketches, P and the updates
 (`spark_jax.dtypes.compute_dtype`: float32, or float64).
 """
 
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from spark_jax.dtypes import compute_dtype
 from spark_jax.ntk.jacobian import mask_rows
 from spark_jax.ntk.update import weight_updates_from_jacobian
-from spark_jax.sketch import _check_projections, _layout  # the sketch layout, shared
+from spark_jax.ntk.sketch import _check_projections, _layout  # the sketch layout, shared
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

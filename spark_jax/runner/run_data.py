@@ -2,7 +2,7 @@
 
 `load(config)` is the host side of `experiment.prepare`: it reads the dataset
 (its files hashed once into a fingerprint, a file of the other dataset refused,
-`spark_jax.data`), builds the partition named by `config.partition` (a
+`spark_jax.setting.data`), builds the partition named by `config.partition` (a
 partition file read once, checked and hashed, its selected nodes non-empty),
 checks that the run fits in memory before anything of the size of the node
 count is allocated (`run_budget`), then draws the first graph (feasibility).
@@ -19,11 +19,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from spark_jax import data, data_checksums, distributed, partition, run_budget, topology
-from spark_jax.models import model_for_run, num_params
+from spark_jax.runner import distributed, run_budget
+from spark_jax.setting import data, data_checksums, partition, topology
+from spark_jax.setting.models import model_for_run, num_params
 from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_io import RunDir
-from spark_jax.validation import ConfigError
+from spark_jax.runner.run_io import RunDir
+from spark_jax.runner.validation import ConfigError
 
 
 class Loaded(NamedTuple):

@@ -6,13 +6,15 @@ config file fails at once): its type, its range, its options. Cross-field
 checks (graph feasibility, sizes against the dataset, sketch k against the
 layer sizes, stage boundaries) apply to the parts the run uses; `ntk.taus` is
 bounded by the evolution work it asks of the integrator (`run_budget`). Data
-files are checked where they are read (`spark_jax.data`, `spark_jax.partition`),
-the memory a run needs once its partition is known (`spark_jax.run_data`).
+files are checked where they are read (`spark_jax.setting.data`, `spark_jax.setting.partition`),
+the memory a run needs once its partition is known (`spark_jax.runner.run_data`).
 """
 
 from __future__ import annotations
 
-from spark_jax import checks, config_options, data, run_budget
+from spark_jax import checks, config_options
+from spark_jax.runner import run_budget
+from spark_jax.setting import data
 
 DATASETS = tuple(data.DATASETS)  # sizes and classes: data.dataset_spec(name)
 NTK_DFL_FILE_NODES = 300  # nodes in the NTK-DFL partition files
@@ -86,7 +88,7 @@ def _validate_partition(config) -> None:
 
 
 def _validate_topology(config) -> None:
-    from spark_jax import topology  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting import topology  # pylint: disable=g-import-not-at-top
 
     tc = config.topology
     _one_of(tc.kind, "topology.kind", TOPOLOGY_KINDS)
@@ -147,7 +149,7 @@ def _require_structured(model_name: str, what: str, asked: bool) -> None:
     """ConfigError when `what` (a 'structured' method, `asked`) meets a model without that fast path."""
     if not asked:
         return
-    from spark_jax import models  # pylint: disable=g-import-not-at-top  # JAX only when asked
+    from spark_jax.setting import models  # pylint: disable=g-import-not-at-top  # JAX only when asked
 
     able = " or ".join(f"model.name={n!r}" for n, spec in models.MODELS.items() if spec.structured)
     _require(models.supports_structured(model_name),
@@ -158,7 +160,8 @@ def _check_k_against_groups(config) -> None:
     """sketch.k may not exceed any group's d_l: that sketch would be larger than the exact Jacobian."""
     import jax  # pylint: disable=g-import-not-at-top
 
-    from spark_jax import models, sketch  # pylint: disable=g-import-not-at-top
+    from spark_jax.ntk import sketch  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting import models
 
     sc = config.sketch
     model = models.model_for_run(config)

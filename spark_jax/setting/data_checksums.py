@@ -63,7 +63,7 @@ PUBLISHED_MD5 = {
               "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
               "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
 }
-# File names of the IDX keys (as spark_jax.data.IDX_FILES; repeated so that this module imports nothing).
+# File names of the IDX keys (as spark_jax.setting.data.IDX_FILES; repeated so that this module imports nothing).
 FILE_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 

@@ -17,7 +17,7 @@ Layout: `SWEEP_DIR/<setting>/seed<N>/` is an ordinary run directory, where
 `no_sketch,sketch.k=128`, or `default` when there are neither; `sweep.json`
 lists the grid and each run's status. Re-running a sweep skips finished runs
 (summary.json), resumes interrupted runs from their last checkpoint
-(`spark_jax.checkpoint`), and re-runs from scratch an interrupted run that has
+(`spark_jax.runner.checkpoint`), and re-runs from scratch an interrupted run that has
 none.
 """
 
@@ -35,10 +35,10 @@ from typing import Any, Callable
 
 import ml_collections
 
-from spark_jax import checkpoint, run_lock, run_signals
-from spark_jax.run_io import CorruptFileError, RunDir, config_differences, write_json_atomic
-from spark_jax.run_signals import Interrupted, SweepInterrupted
-from spark_jax.sweep_presets import PRESETS, Preset
+from spark_jax.runner import checkpoint, run_lock, run_signals
+from spark_jax.runner.run_io import CorruptFileError, RunDir, config_differences, write_json_atomic
+from spark_jax.runner.run_signals import Interrupted, SweepInterrupted
+from spark_jax.lab.sweep_presets import PRESETS, Preset
 
 
 class SweepError(ValueError):
@@ -303,17 +303,17 @@ def run_sweep(grid: list[RunSpec], sweep_dir, runner: Callable | None = None, *,
     """Runs the grid in order, resumably; a failing run is recorded and the sweep goes on.
 
     `runner(config, run_dir, resume=False) -> summary dict` (default
-    `spark_jax.experiment.run`). A run whose directory has summary.json is
+    `spark_jax.runner.experiment.run`). A run whose directory has summary.json is
     skipped; an interrupted one (a directory without it) with a complete
     checkpoint is resumed (`runner(..., resume=True)`); without one, its
     directory is removed and the run redone. sweep.json is rewritten after
-    every run. The sweep holds the lock of `sweep_dir` (`spark_jax.run_lock`)
+    every run. The sweep holds the lock of `sweep_dir` (`spark_jax.runner.run_lock`)
     throughout; each run also locks its own directory. SIGINT (or SIGTERM,
     `run_signals.stop_signals_raise`) stops the sweep with `run_signals.SweepInterrupted`
     naming the run it was in; re-running the sweep resumes it.
     """
     if runner is None:
-        from spark_jax.experiment import run as runner  # pylint: disable=g-import-not-at-top
+        from spark_jax.runner.experiment import run as runner  # pylint: disable=g-import-not-at-top
     sweep_dir = pathlib.Path(sweep_dir)
     with run_lock.hold(sweep_dir):  # one sweep per directory (LockedError names the holder's pid)
         return _run_sweep_locked(grid, sweep_dir, runner, meta, log)

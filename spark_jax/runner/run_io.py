@@ -22,8 +22,8 @@ import tempfile
 import jax
 import numpy as np
 
-from spark_jax import run_signals
-from spark_jax.run_lock import LOCK_NAME, pid_alive
+from spark_jax.runner import run_signals
+from spark_jax.runner.run_lock import LOCK_NAME, pid_alive
 
 
 def to_jsonable(x):
@@ -227,7 +227,7 @@ class RunDir:
     """Owns one run directory; create it only after every input is validated.
 
     writer=False (every process but process 0 of a multi-process run): reads
-    as usual, but creates and writes nothing (`spark_jax.distributed`).
+    as usual, but creates and writes nothing (`spark_jax.runner.distributed`).
     """
 
     def __init__(self, path, writer: bool = True):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from spark_jax.dtypes import compute_dtype
-from spark_jax.sketch import _check_k, _dense_layer_index, _layout  # the sketch layout, shared
+from spark_jax.ntk.sketch import _check_k, _dense_layer_index, _layout  # the sketch layout, shared
 from spark_jax.options import SHARE_MODES  # "auto" = when `plan_shared_first_layer` finds it fits the byte bound
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from spark_jax.readings_stats import BASELINES, TOLERANCE
-from spark_jax.report_tables import format_bytes
+from spark_jax.lab.readings_stats import BASELINES, TOLERANCE
+from spark_jax.lab.report_tables import format_bytes
 
 
 @dataclasses.dataclass

@@ -14,17 +14,18 @@ import dataclasses
 import math
 import pathlib
 import re
+import shlex
 import shutil
 from typing import Any
 
 import numpy as np
 
-from spark_jax import report_tables, sweep_presets
-from spark_jax.report_tables import Run, Setting
-from spark_jax.run_io import atomic_path
+from spark_jax.lab import report_tables, sweep_presets
+from spark_jax.lab.report_tables import Run, Setting
+from spark_jax.runner.run_io import atomic_path
 
 METHOD_KEY = "algorithm"
-HEATMAP = "label_histogram.png"  # written into every run directory by spark_jax.experiment
+HEATMAP = "label_histogram.png"  # written into every run directory by spark_jax.runner.experiment
 
 
 @dataclasses.dataclass
@@ -273,3 +274,16 @@ def section(root, settings: list[Setting], out, target: float, force: bool | Non
                       f"![partition {label}]({dest.name})", ""]
     return {"comparison": comp, "rows": rows, "tables": tables, "text": text,
             "markdown": "\n".join(parts).rstrip() + "\n", "files": files}
+
+
+def write_sweep_report(workdir) -> str:
+    """Writes the report of the sweep in `workdir` (report.md, CSV, plots in `workdir`/report); one line
+    saying where, or why not (a report failure never fails the sweep)."""
+    try:
+        report = report_tables.write_report(workdir, None, None, sections=[section])
+    except (ValueError, OSError) as e:
+        return f"report not written: {e}; try python -m experiments.report {shlex.quote(str(workdir))}"
+    skipped = len(report["skipped"]) + len(report.get("corrupt", []))
+    left_out = f", {skipped} run(s) left out" if skipped else ""
+    return (f"report: {report['files']['md']} ({len(report['rows'])} row(s){left_out}; "
+            f"python -m experiments.report {shlex.quote(str(workdir))} for the tables and options)")

@@ -1,4 +1,4 @@
-"""One experiment from a config: validate, prepare, run the rounds, write files.
+"""One experiment from a config: validate, prepare (`spark_jax.runner.build`), run the rounds, write files.
 
 `run(config, workdir, resume)` is what `experiments/run.py` calls. Every
 fallible step (config checks, data, partition, graph feasibility, the resume
@@ -7,7 +7,7 @@ never leaves a half-written directory behind.
 
 Each round: the jitted round (with the NaN guard's per-node finiteness flags,
 `spark_jax.guard`), evaluation, one metrics.jsonl line, and every
-`config.checkpoint_every` rounds a checkpoint (`spark_jax.checkpoint`). A
+`config.checkpoint_every` rounds a checkpoint (`spark_jax.runner.checkpoint`). A
 round that trips the guard raises `guard.NonFiniteError` before its metrics
 line is written: metrics.jsonl and the checkpoints stay those of the last good
 rounds.
@@ -18,131 +18,25 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from spark_jax import (algorithms, checkpoint, comm, curves, data, distributed, guard, metrics, parallel,
-                       partition, partition_report, run_budget, run_data, run_lock, run_signals,
-                       topology)
-from spark_jax.algorithms.base import RoundInputs
-from spark_jax.models import model_for_run, num_params
-from spark_jax.progress import RoundReporter
-from spark_jax.rng import numpy_rng, stream_key
-from spark_jax.run_checks import agreed_config, check_resumable, check_workdir
-from spark_jax.run_data import build_partition
-from spark_jax.run_io import RunDir, naming, to_jsonable, write_atomic
-from spark_jax.run_signals import Interrupted
-from spark_jax.validation import ConfigError, validate_config
+from spark_jax import algorithms, guard, parallel
+from spark_jax.rng import stream_key
+from spark_jax.runner import checkpoint, curves, distributed, run_budget, run_data, run_lock, run_signals
+from spark_jax.runner.build import Setup, final_models, prepare, round_inputs
+from spark_jax.runner.progress import RoundReporter
+from spark_jax.runner.run_checks import agreed_config, check_resumable, check_workdir
+from spark_jax.runner.run_data import build_partition
+from spark_jax.runner.run_io import RunDir, naming, to_jsonable, write_atomic
+from spark_jax.runner.run_signals import Interrupted
+from spark_jax.runner.validation import ConfigError, validate_config
+from spark_jax.setting import comm, metrics, partition_report, topology
 
-__all__ = ["ConfigError", "Interrupted", "Setup", "prepare", "run", "build_partition", "check_resumable"]
-
-
-class Setup(NamedTuple):
-    """Everything a run needs, built and checked before anything is written."""
-
-    config: Any
-    model: Any
-    algorithm: Any
-    node_data: partition.NodeData  # jax arrays, leading node axis
-    test_x: jax.Array  # [N_test, H, W, 1] (Fashion-MNIST: [10000, 28, 28, 1])
-    test_y: jax.Array  # [N_test]
-    node_test_x: jax.Array  # per-node evaluation set (full or seeded subset)
-    node_test_y: jax.Array
-    topology: topology.TopologyStream
-    num_params: int
-    label_hist: np.ndarray  # [M, C]
-    data_source: str
-    mesh: Any = None  # 'nodes' mesh (config.parallel.devices > 1), else None: one device
-    data_fingerprint: dict | None = None  # per file bytes + sha256 (`run_data`), recorded in config.json
-
-
-def make_mesh(config):
-    """The 'nodes' mesh, or None for one device.
-
-    config.parallel.devices = 0: the most available devices that divide the
-    node count (all of them when they do); N > 0: exactly N devices (error
-    if the node count does not split evenly over them). Several processes
-    (`spark_jax.distributed`): always every process's devices, so the node
-    count must be divisible by the global device count.
-    """
-    num_nodes = config.partition.num_nodes
-    if jax.process_count() > 1:
-        total = jax.device_count()
-        if config.parallel.devices not in (0, total):
-            raise ConfigError(f"parallel.devices={config.parallel.devices}: a run over {jax.process_count()} "
-                              f"processes uses all their {total} devices (parallel.devices=0 or {total})")
-        try:
-            parallel.check_divisible(num_nodes, total)
-        except ValueError as e:
-            raise ConfigError(f"{e} ({jax.process_count()} processes x {jax.local_device_count()})") from None
-        return parallel.node_mesh(total)
-    if config.parallel.devices:
-        devices = config.parallel.devices
-        try:
-            parallel.check_divisible(num_nodes, devices)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    else:
-        devices = max(d for d in range(1, jax.device_count() + 1) if num_nodes % d == 0)
-    return None if devices == 1 else parallel.node_mesh(devices)
-
-
-def prepare(config) -> Setup:
-    """Validates the config and builds data, partition, graphs, model, algorithm.
-
-    With a mesh (several devices) the node data and test sets are replicated on
-    every device: any node's neighbourhood may live on any shard, and a
-    replicated copy placed once costs no per-round all-gather. The node axis
-    of the state is split over the devices in `_run_rounds`.
-    """
-    validate_config(config, algorithms.available())
-    mesh = make_mesh(config)
-    loaded = distributed.run_everywhere("data", lambda: run_data.load(config), run_data.digest)
-    ds, part, topo = loaded.dataset, loaded.partition, loaded.topology
-    train_x = data.normalize_images(ds.train_images, ds.name)
-    nd = partition.make_node_data(train_x, ds.train_labels.astype(np.int32), part)
-    test_x = data.normalize_images(ds.test_images, ds.name)
-    test_y = ds.test_labels.astype(np.int32)
-    subset = config.eval.per_node_test_subset
-    if subset:
-        idx = numpy_rng(stream_key(config.seed, "eval"), 0).choice(len(test_y), subset, replace=False)
-        node_x, node_y = test_x[idx], test_y[idx]
-    else:
-        node_x, node_y = test_x, test_y
-    model = model_for_run(config)  # config.data.dataset is the dataset `ds` loaded
-    algorithm = algorithms.make_algorithm(config, model, mesh)
-    d = num_params(model.init(jax.random.key(0)))
-    place = jnp.asarray if mesh is None else lambda a: parallel.replicate(a, mesh)
-    return Setup(config=config, model=model, algorithm=algorithm,
-                 node_data=jax.tree.map(place, nd), test_x=place(test_x),
-                 test_y=place(test_y), node_test_x=place(node_x),
-                 node_test_y=place(node_y), topology=topo, num_params=d,
-                 label_hist=partition.label_histogram(part, ds.train_labels, model.num_classes),
-                 data_source=ds.source, mesh=mesh, data_fingerprint=loaded.fingerprint)
-
-
-def round_inputs(graph: topology.Graph, round_index: int, train_key: jax.Array) -> RoundInputs:
-    return RoundInputs(neighbors=jnp.asarray(graph.neighbors), weights=jnp.asarray(graph.weights),
-                       mask=jnp.asarray(graph.mask), round_index=jnp.int32(round_index),
-                       key=jax.random.fold_in(train_key, round_index))
-
-
-def final_models(setup: Setup, node_params) -> dict:
-    """Aggregated and NTK-DFL top-m final models on a seeded 50:50 val/test split."""
-    cfg = setup.config
-    n = setup.test_y.shape[0]
-    perm = numpy_rng(stream_key(cfg.seed, "eval"), 1).permutation(n)
-    val, test = perm[: n // 2], perm[n // 2:]
-    m = min(cfg.eval.top_m, cfg.partition.num_nodes)
-    top_params, best = metrics.top_m_model(setup.model.apply, node_params, setup.test_x[val],
-                                           setup.test_y[val], m, cfg.eval.node_chunk)
-    acc = lambda p: metrics.accuracy(setup.model.apply, p, setup.test_x[test], setup.test_y[test])
-    return {"top_m": m, "top_m_nodes": best, "top_m_test_half_accuracy": acc(top_params),
-            "aggregated_test_half_accuracy": acc(metrics.mean_params(node_params))}
+__all__ = ["ConfigError", "Interrupted", "Setup", "prepare", "round_inputs", "final_models", "run", "build_partition",
+           "check_resumable"]
 
 
 def run(config, workdir, resume: bool = False) -> dict:
@@ -156,7 +50,7 @@ def run(config, workdir, resume: bool = False) -> dict:
     'run_status': 'already finished'. A `workdir` that does not exist or is
     empty starts a new run. The returned summary's 'run_status' is 'ran',
     'resumed' or 'already finished'. The run holds the lock of `workdir`
-    (`spark_jax.run_lock`) throughout: a second process on it gets
+    (`spark_jax.runner.run_lock`) throughout: a second process on it gets
     `run_lock.LockedError` naming this one's pid.
     """
     validate_config(config, algorithms.available())
@@ -254,7 +148,7 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
     try:
         state = _rounds(setup, run_dir, state, progress, manager)
         summary = _summary(setup, state, progress)
-        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/curves.py); before
+        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/runner/curves.py); before
             # summary.json, which marks the run finished (a resume would never draw it again)
             curves.plot_curves(progress.history, run_dir.path / "curves.png", setup.config.name,
                                curves.stage_starts(setup.config))
@@ -269,7 +163,7 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
 
 def _rounds(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progress, manager):
     """Runs rounds progress.round .. config.rounds - 1, updating `progress`; returns the final state."""
-    # Bar, cost note on CPU, TensorBoard events (spark_jax/progress.py).
+    # Bar, cost note on CPU, TensorBoard events (spark_jax/runner/progress.py).
     bar = RoundReporter(setup.config, run_dir.path, progress.round, progress.history, run_dir.writer)
     try:
         return _round_loop(setup, run_dir, state, progress, manager, bar)

@@ -1,6 +1,6 @@
 """Reports of a partition's [M, C] label histogram (`partition.label_histogram`): text and heat map.
 
-Called by `spark_jax.experiment`; run directories hold both (partition.txt, label_histogram.png).
+Called by `spark_jax.runner.experiment`; run directories hold both (partition.txt, label_histogram.png).
 """
 
 from __future__ import annotations

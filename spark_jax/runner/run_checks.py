@@ -1,6 +1,6 @@
 """Checks before a run touches its directory: the config, the workdir, a resumed run's config.
 
-Used by `spark_jax.experiment.run` (on every process of a multi-process run,
+Used by `spark_jax.runner.experiment.run` (on every process of a multi-process run,
 through `distributed.run_everywhere`).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from absl import logging
 
 from spark_jax import algorithms
-from spark_jax.run_io import RunDir, config_differences, environment_info, flatten, flatten_config, to_jsonable
-from spark_jax.validation import ConfigError, validate_config
+from spark_jax.runner.run_io import RunDir, config_differences, environment_info, flatten, flatten_config, to_jsonable
+from spark_jax.runner.validation import ConfigError, validate_config
 
 
 def check_resumable(config, run_dir: RunDir) -> None:

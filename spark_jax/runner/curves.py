@@ -1,6 +1,6 @@
 """`curves.png` of one run: accuracy vs round and vs cumulative bytes sent.
 
-Written into every finished run directory by `spark_jax.experiment`; the
+Written into every finished run directory by `spark_jax.runner.experiment`; the
 source is the run's metrics (one record per round, as in metrics.jsonl).
 Left panel: aggregated-model test accuracy and the mean and minimum per-node
 accuracy against the round; right panel: the same against the cumulative
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 from typing import Sequence
 
-from spark_jax.run_io import atomic_path
+from spark_jax.runner.run_io import atomic_path
 
 SERIES = (("test_accuracy", "aggregated model", "-"), ("node_accuracy_mean", "per-node mean", "--"),
           ("node_accuracy_min", "per-node min", ":"))
@@ -24,7 +24,7 @@ def stage_starts(config) -> tuple[int, ...]:
     """The 1-based rounds where SPARK's stages 2 and 3 begin (empty for other algorithms or stages at 0)."""
     if config.algorithm != "spark":
         return ()
-    from spark_jax.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
+    from spark_jax.algorithms.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
 
     b2, b3 = stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
     return tuple(b + 1 for b in dict.fromkeys((b2, b3)) if 0 < b < config.rounds)

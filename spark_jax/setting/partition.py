@@ -14,7 +14,7 @@ A `Partition` is ragged, stored CSR-style: node u owns training-set indices
 
 `read_partition_file` reads one `.npz` once, checks it (every failure names the
 file) and returns its fingerprint entry (size, sha256) for the run's config.json.
-Text and heat-map reports of a partition are in `spark_jax.partition_report`.
+Text and heat-map reports of a partition are in `spark_jax.setting.partition_report`.
 
 `make_node_data` turns a partition into padded arrays plus masks, so that one
 compiled program serves every node (STYLE.md "Ragged data as padding").
@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from spark_jax import data, data_checksums
+from spark_jax.setting import data, data_checksums
 
 BUNDLED_DIR = pathlib.Path(__file__).parent / "partition_files"
 _FILE_PREFIX = {"fashion_mnist": "fmnist", "mnist": "mnist"}

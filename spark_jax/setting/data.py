@@ -7,13 +7,13 @@ four canonical IDX files; `load_dataset` looks, in order, in
    `D/<name>`, `D/<name with - for _>` and `D` itself, `.gz` or uncompressed;
 2. the Debian package location (`apt-get install dataset-fashion-mnist`,
    Fashion-MNIST only);
-3. the download cache `~/.cache/spark_jax/<name>` (`spark_jax.download`; when
+3. the download cache `~/.cache/spark_jax/<name>` (`spark_jax.setting.download`; when
    `$SPARK_JAX_DATA_DIR` is set, downloads go to `$SPARK_JAX_DATA_DIR/<name>`);
 4. an already prepared local TensorFlow Datasets copy, read with
    `tfds.data_source(..., download=False)`: the network is never touched.
 
 Only when none has the files and `download=True` (`config.data.download`) are
-they downloaded, checksummed, by `spark_jax.download`.
+they downloaded, checksummed, by `spark_jax.setting.download`.
 
 Arrays stay uint8 here; `normalize_images` gives the float32 network inputs
 (x/255 - mean)/std with a trailing channel axis.
@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from spark_jax import data_checksums
+from spark_jax.setting import data_checksums
 
 ENV_VAR = "SPARK_JAX_DATA_DIR"
 # Where the Debian/Ubuntu package `dataset-fashion-mnist` installs the files.
@@ -306,8 +306,8 @@ def load_dataset(name: str = "fashion_mnist", data_dir=None, download: bool = Fa
     With `data_dir` only that directory is used. Otherwise tries
     `$SPARK_JAX_DATA_DIR`, the Debian location, the download cache, then a
     prepared local TFDS copy. Raises DataError listing every attempt and how
-    to get the data. With `download` (and `spark_jax.download.enabled()`), a
-    dataset no source has is first downloaded (`spark_jax.download.fetch`,
+    to get the data. With `download` (and `spark_jax.setting.download.enabled()`), a
+    dataset no source has is first downloaded (`spark_jax.setting.download.fetch`,
     from `base_url` or the mirrors) into `data_dir/<name>`, else the cache.
     """
     check_name(name)
@@ -342,20 +342,20 @@ def load_dataset(name: str = "fashion_mnist", data_dir=None, download: bool = Fa
 
 
 def _cache_dir(name: str) -> pathlib.Path:
-    from spark_jax import download  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting import download  # pylint: disable=g-import-not-at-top
 
     return download.cache_dir(name)
 
 
 def _download_enabled() -> bool:
-    from spark_jax import download  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting import download  # pylint: disable=g-import-not-at-top
 
     return download.enabled()
 
 
 def _download_and_load(name: str, dest, base_url) -> Dataset:
-    """Downloads the files of `name` into `dest` (None: the cache) and reads them (spark_jax.download)."""
-    from spark_jax import download  # pylint: disable=g-import-not-at-top
+    """Downloads the files of `name` into `dest` (None: the cache) and reads them (spark_jax.setting.download)."""
+    from spark_jax.setting import download  # pylint: disable=g-import-not-at-top
 
     return load_from_dir(download.fetch(name, dest, base_url), name)
 

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from spark_jax import run_signals
+from spark_jax.runner import run_signals
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"

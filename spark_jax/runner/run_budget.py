@@ -30,7 +30,7 @@ import os
 import pathlib
 import re
 
-from spark_jax import data
+from spark_jax.setting import data
 
 MAX_EVOLUTION_PRODUCTS = 10_000  # kernel products per neighbourhood and round (~4.5 s at N ~ 1,200)
 PRODUCT_SECONDS = 0.45e-3  # one [N, N] x [N, 16] product at N = 1,194 (BUILD.md "Measured round times")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_jax.run_io import (IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path, flatten,
+from spark_jax.runner.run_io import (IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path, flatten,
                               read_metrics_checked, write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK

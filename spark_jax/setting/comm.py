@@ -55,3 +55,13 @@ def ntk_message_bytes(neighbors: np.ndarray, mask: np.ndarray, counts: np.ndarra
     edges = num_directed_edges(neighbors, mask)
     return {"message_bytes": jac + other, "jacobian_bytes": jac,
             "jacobian_bytes_per_edge": jac / max(edges, 1)}
+
+
+def human_bytes(n) -> str:
+    """1234567 -> '1.23 MB' (decimal units, as the metrics count bytes)."""
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"

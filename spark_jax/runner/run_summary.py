@@ -4,8 +4,7 @@
 closing lines of `python -m experiments.run`: final aggregated and mean
 per-node accuracy, best accuracy and its round, rounds and bytes to the target
 (or "not reached"), wall time, the run directory (with curves.png) and the
-report command. `write_sweep_report(workdir)` is the report a sweep writes
-when it ends (`experiments.sweep --report`, the default).
+report command (the report a sweep writes when it ends: `report_compare.write_sweep_report`).
 """
 
 from __future__ import annotations
@@ -13,15 +12,7 @@ from __future__ import annotations
 import pathlib
 import shlex
 
-
-def human_bytes(n) -> str:
-    """1234567 -> '1.23 MB' (decimal units, as the metrics count bytes)."""
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
+from spark_jax.setting.comm import human_bytes  # noqa: F401  (re-exported)
 
 
 def human_seconds(s) -> str:
@@ -64,18 +55,3 @@ def summary_lines(summary: dict, workdir, note: str = "") -> list[str]:
         lines.append(f"  curves: {curves}")
     lines.append(f"  report: python -m experiments.report {shlex.quote(workdir)}")
     return lines
-
-
-def write_sweep_report(workdir) -> str:
-    """Writes the report of the sweep in `workdir` (report.md, CSV, plots in `workdir`/report); one line
-    saying where, or why not (a report failure never fails the sweep)."""
-    from spark_jax import report_compare, report_tables  # pylint: disable=g-import-not-at-top
-
-    try:
-        report = report_tables.write_report(workdir, None, None, sections=[report_compare.section])
-    except (ValueError, OSError) as e:
-        return f"report not written: {e}; try python -m experiments.report {shlex.quote(str(workdir))}"
-    skipped = len(report["skipped"]) + len(report.get("corrupt", []))
-    left_out = f", {skipped} run(s) left out" if skipped else ""
-    return (f"report: {report['files']['md']} ({len(report['rows'])} row(s){left_out}; "
-            f"python -m experiments.report {shlex.quote(str(workdir))} for the tables and options)")

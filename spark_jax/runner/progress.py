@@ -8,7 +8,7 @@ metrics record (`round_done`):
 * on CPU with a paper-scale config (`PAPER_SCALE_NODES` nodes or more), a first line saying that
   the cost is estimated after round 1 and naming the `:small` variant, then after round 1 the
   estimate for all rounds (round 1 includes compilation, so it is an upper estimate);
-* TensorBoard event files (`config.log.tensorboard`, `spark_jax.tensorboard_log`), every metric
+* TensorBoard event files (`config.log.tensorboard`, `spark_jax.runner.tensorboard_log`), every metric
   per round.
 
 Only the writing process (`writer=True`) prints or writes.
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sys
 
-from spark_jax import tensorboard_log
-from spark_jax.run_summary import human_seconds
+from spark_jax.runner import tensorboard_log
+from spark_jax.runner.run_summary import human_seconds
 
 PAPER_SCALE_NODES = 100
 BAR_FORMAT = "{desc}: round {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA, {rate_fmt}{postfix}"

@@ -1,6 +1,6 @@
 """Fetches the four IDX files of a dataset on first use, checksummed (BUILD.md "Data").
 
-`spark_jax.data.load_dataset` calls `fetch` only when no source has the files
+`spark_jax.setting.data.load_dataset` calls `fetch` only when no source has the files
 and downloading is enabled (`enabled`): `config.data.download` (default True)
 and neither `$SPARK_JAX_NO_DOWNLOAD=1` nor `$SPARK_JAX_REQUIRE_DATA` (CI: the
 data must already be there). Files present are never re-requested.
@@ -28,10 +28,10 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from spark_jax.data import DataError, IDX_FILES
-from spark_jax import data_checksums
-from spark_jax.data_checksums import CANONICAL
-from spark_jax.run_summary import human_bytes
+from spark_jax.setting.data import DataError, IDX_FILES
+from spark_jax.setting import data_checksums
+from spark_jax.setting.data_checksums import CANONICAL
+from spark_jax.setting.comm import human_bytes
 
 NO_DOWNLOAD_ENV = "SPARK_JAX_NO_DOWNLOAD"  # =1: never download
 URL_ENV = "SPARK_JAX_DATA_URL"  # one base URL instead of the mirror list (tests, private mirrors)
@@ -64,7 +64,7 @@ def enabled(config_flag: bool = True) -> bool:
 
 def cache_dir(name: str) -> pathlib.Path:
     """Where a download of `name` goes: $SPARK_JAX_DATA_DIR/<name>, else $XDG_CACHE_HOME (~/.cache)/spark_jax/<name>."""
-    from spark_jax.data import ENV_VAR  # pylint: disable=g-import-not-at-top
+    from spark_jax.setting.data import ENV_VAR  # pylint: disable=g-import-not-at-top
 
     if os.environ.get(ENV_VAR):
         return pathlib.Path(os.environ[ENV_VAR]) / name

@@ -17,8 +17,9 @@ import pathlib
 
 import numpy as np
 
-from spark_jax import report_tables, schedules, sweep_presets
-from spark_jax.report_tables import Run
+from spark_jax.algorithms import schedules
+from spark_jax.lab import report_tables, sweep_presets
+from spark_jax.lab.report_tables import Run
 
 BASELINES = ("ntk_dfl", "dfedavg", "dfedavgm")  # the "existing approaches" of claims (b)-(d)
 TOLERANCE = 0.01  # accuracies within one percentage point count as equal (claims a, d; "clearly beats")

@@ -43,11 +43,11 @@ neighbourhoods holding the sample. All samples' Q0 at once is too large
 (M n_max fan_out k floats: 12 GB at 300 nodes, k = 512), but the sketch's
 columns are independent: J P[:, cols] = (J P)[:, cols], and the sketched
 kernel is a sum over columns. So a round walks P's columns in blocks
-(`spark_jax.sketch_share`): per block, Q0 of every
+(`spark_jax.ntk.sketch_share`): per block, Q0 of every
 sample, then every node's partial kernel; only one block's Q0 and the nodes'
 kernels are held. The back-projected update P P^T J^T R needs no sketch:
 `sketched_ntk.back_project_update` projects the exact update instead.
-The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.sketched_ntk`.
+The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.ntk.sketched_ntk`.
 
 Dtypes follow the parameters (`spark_jax.dtypes.compute_dtype`): P_g and the sketches are float32, or
 float64 for float64 parameters (P_g's float64 entries are the float32 draw cast, then scaled in float64:
