@@ -71,6 +71,8 @@ def main(argv=None) -> int:
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     if args.dry_run:
         env["JAX_PLATFORMS"] = "cpu"
+    else:  # the device tests compile with XLA's optimizations, as users' runs do (tests/conftest.py)
+        env["SPARK_JAX_TEST_OPTIMIZE"] = "1"
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="device_suite_") as tmp:
         work = pathlib.Path(tmp)

@@ -74,3 +74,29 @@ def ntk_dfl_reference_round(apply, params, node_data, adj, eta, taus, integrator
         expected.append(new)
         bests.append(best)
     return expected, bests
+
+
+def mixed_neighbourhood(params, node_data, adj, i):
+    """Node i's w̄_i (uniform mixing over its closed neighbourhood, float64 then float32) and its
+    neighbourhood's real rows x, y (self first, then neighbours in ascending order)."""
+    closed = [i] + list(np.flatnonzero(adj[i]))
+    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[j], params))[0], np.float64) for j in closed])
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], params))
+    counts = np.asarray(node_data.mask).sum(1)
+    x = np.concatenate([np.asarray(node_data.x)[j, :counts[j]] for j in closed])
+    y = np.concatenate([np.asarray(node_data.y)[j, :counts[j]] for j in closed])
+    return unravel(jnp.asarray(flat.mean(0), jnp.float32)), x, y
+
+
+def ntk_reference_evolution(apply, w_bar, x, y, eta, taus, num_classes=10):
+    """Float64 H (explicit Jacobian), F0, one-hot Y and F(s_tau) [T, N, C] by scipy's DOP853 (rtol 1e-10)."""
+    jac = jax.jacrev(lambda p: apply(p, jnp.asarray(x)))(w_bar)
+    n, c = len(y), num_classes
+    J = np.concatenate([np.asarray(a, np.float64).reshape(n, c, -1) for a in jax.tree.leaves(jac)], axis=-1)
+    H = np.einsum("icp,jcp->ij", J, J) / c
+    Y = np.eye(c)[y]
+    F0 = np.asarray(apply(w_bar, jnp.asarray(x)), np.float64)
+    rhs = lambda s, f: (-(H @ (softmax(f.reshape(n, c)) - Y)) / n).ravel()
+    grid = eta * np.asarray(taus, np.float64)
+    sol = solve_ivp(rhs, (0.0, grid[-1]), F0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
+    return H, F0, Y, sol.y.T.reshape(-1, n, c)

@@ -2,8 +2,8 @@
 
 Each algorithm (NTK-DFL, SPARK, DFedAvg) runs the tiny config (8 nodes) as
 2 processes x 2 simulated CPU devices, as 1 process x 4 devices (the same
-4-device program: equal up to the order of the cross-process sums, <= 1e-6)
-and on 1 device (float32 reduction order, <= 1e-4). DFedAvg is interrupted
+4-device program: equal up to the order of the cross-process sums, <= 1e-6 relative)
+and on 1 device (float32 reduction order, <= 1e-4 relative). DFedAvg is interrupted
 after its first checkpoint (both processes killed) and resumed over 2
 processes with --resume. Every process is bounded in time and killed with
 its process group (tests/multiprocess.py).
@@ -77,7 +77,8 @@ def runs(real_data_dir, tmp_path_factory):
 def largest_difference(a: list[dict], b: list[dict]) -> float:
     assert [r["round"] for r in a] == [r["round"] for r in b]
     assert [sorted(r) for r in a] == [sorted(r) for r in b]
-    return max(abs(float(x[k]) - float(y[k])) for x, y in zip(a, b) for k in x
+    # relative to the metric's size (at least 1): a float32 ulp of a consensus distance ~170 is 1.5e-5
+    return max(abs(float(x[k]) - float(y[k])) / max(1.0, abs(float(x[k]))) for x, y in zip(a, b) for k in x
                if k not in TIMING and not isinstance(x[k], (list, dict, type(None))))
 
 
@@ -86,7 +87,7 @@ def largest_difference(a: list[dict], b: list[dict]) -> float:
 def test_two_processes_equal_one_process_on_four_devices(runs, algorithm):
     got = runs[algorithm]
     diff = largest_difference(got["two_processes"], got["four_devices"])
-    print(f"{algorithm}: 2 processes vs 1 process x 4 devices: largest metric difference {diff:.3g}")
+    print(f"{algorithm}: 2 processes vs 1 process x 4 devices: largest relative metric difference {diff:.3g}")
     assert diff <= 1e-6
     for a, b in zip(got["two_processes"], got["four_devices"]):
         assert a["bytes_cumulative"] == b["bytes_cumulative"] and a["test_accuracy"] == b["test_accuracy"]
@@ -96,7 +97,7 @@ def test_two_processes_equal_one_process_on_four_devices(runs, algorithm):
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_two_processes_equal_one_device_up_to_reduction_order(runs, algorithm):
     diff = largest_difference(runs[algorithm]["two_processes"], runs[algorithm]["one_device"])
-    print(f"{algorithm}: 2 processes vs 1 device: largest metric difference {diff:.3g}")
+    print(f"{algorithm}: 2 processes vs 1 device: largest relative metric difference {diff:.3g}")
     assert diff <= 1e-4
 
 

@@ -17,7 +17,7 @@ from spark_jax.setting.models import make_model
 from spark_jax.options import ComputeOptions, EvolutionOptions, ImexOptions, SketchOptions
 from spark_jax.setting.topology import padded_graph
 from tests.conftest import NTK_COUNTS, REPO, ntk_adjacency, ntk_config, random_node_data, round_inputs
-from tests.references import ntk_dfl_reference_round
+from tests.references import mixed_neighbourhood, ntk_dfl_reference_round, ntk_reference_evolution
 
 
 def _snippets() -> list[str]:
@@ -110,3 +110,24 @@ def test_the_adapter_gives_the_constructors_the_config_values():
     assert kw["sketch"] is None and kw["compute"].node_chunk == 3 and kw["taus"] == tuple(c.ntk.taus)
     c.sketch.enabled = True
     assert config_options.spark_kwargs(c)["sketch"] == SketchOptions(k=64)
+
+
+def test_diagnosed_nodes_hold_their_kernel_and_evolution():
+    """`diagnose_nodes`: each chosen node's H, F0, Y and F(s_tau) against a float64 NumPy/scipy reference."""
+    model = make_model("mlp", hidden=(8,))
+    nd, adj, taus, chosen = random_node_data(), ntk_adjacency(), (1, 4, 12), (0, 3)
+    alg = ntk_dfl(model, num_nodes=len(NTK_COUNTS), eta0=0.5, taus=taus, diagnose_nodes=chosen, per_node_init=True)
+    state = alg.init(jax.random.key(0), nd)
+    _, metrics = jax.jit(alg.round)(state, jax.tree.map(jnp.asarray, nd),
+                                    round_inputs(padded_graph(adj, "uniform"), 0))
+    d = metrics["node_diagnostics"]
+    assert d["kernel"].shape[0] == len(chosen) and d["evolved_logits"].shape[1] == len(taus)
+    for k, i in enumerate(chosen):
+        w_bar, x, y = mixed_neighbourhood(state.params, nd, adj, i)
+        H, F0, Y, F = ntk_reference_evolution(model.apply, w_bar, x, y, 0.5, taus)
+        real = np.asarray(d["mask"][k])
+        assert real.sum() == len(y)
+        np.testing.assert_allclose(np.asarray(d["kernel"][k])[real][:, real], H, rtol=1e-4, atol=1e-4 * np.abs(H).max())
+        np.testing.assert_allclose(np.asarray(d["initial_logits"][k])[real], F0, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(d["targets"][k])[real], Y)
+        np.testing.assert_allclose(np.asarray(d["evolved_logits"][k])[:, real], F, rtol=1e-4, atol=1e-4)

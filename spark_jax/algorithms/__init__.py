@@ -12,8 +12,6 @@ from typing import Callable
 
 from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
-from spark_jax.algorithms.ntk_dfl import ntk_dfl as ntk_dfl_algorithm
-from spark_jax.algorithms.spark import spark as spark_algorithm
 
 _REGISTRY: dict[str, Callable] = {}
 

@@ -28,12 +28,12 @@ DEFAULT_TAUS = (100, 200, 400, 600, 800)
 def ntk_dfl(model: Model, *, num_nodes: int, eta0: float = 0.01, decay: float = 0.07, taus=DEFAULT_TAUS,
             tau_criterion: str = "network", evolution: EvolutionOptions = EvolutionOptions(),
             compute: ComputeOptions = ComputeOptions(), per_node_init: bool = False, diagnostics: bool = False,
-            mesh=None) -> Algorithm:
+            diagnose_nodes: tuple[int, ...] = (), mesh=None) -> Algorithm:
     """NTK-DFL for `num_nodes` nodes of `model` (see the module docstring; `ntk_round.ntk_round` for the
     arguments). With a 'nodes' `mesh`, each device runs its own nodes (`parallel.node_map`)."""
     return ntk_round(model, name="ntk_dfl", num_nodes=num_nodes, eta0=eta0, decay=decay, taus=taus,
                      tau_criterion=tau_criterion, evolution=evolution, compute=compute, per_node_init=per_node_init,
-                     diagnostics=diagnostics, mesh=mesh)
+                     diagnostics=diagnostics, diagnose_nodes=diagnose_nodes, mesh=mesh)
 
 
 def from_config(config, model: Model, mesh=None) -> Algorithm:

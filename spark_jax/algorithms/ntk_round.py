@@ -243,12 +243,16 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
               distill: DistillOptions | None = None, momentum: MomentumOptions | None = None,
               stages: tuple[int, int] = (0, 0), evolution: EvolutionOptions = EvolutionOptions(),
               compute: ComputeOptions = ComputeOptions(), sketch_key: jax.Array | None = None,
-              per_node_init: bool = False, diagnostics: bool = False, mesh=None) -> Algorithm:
+              per_node_init: bool = False, diagnostics: bool = False, diagnose_nodes: tuple[int, ...] = (),
+              mesh=None) -> Algorithm:
     """The NTK round of these parts as an `Algorithm` (see the module docstring).
 
     sketch_key: the `sketch` PRNG stream (P_l drawn from it, identical at every node); needed with a
     sketch. diagnostics: the round's metrics also hold per node `tau_index` [M] and `tau_losses` [M, T]
-    (the selection's losses of every candidate). mesh: a 'nodes' mesh (`parallel.node_mesh`) or None.
+    (the selection's losses of every candidate). diagnose_nodes: node indices whose neighbourhood the
+    metrics also hold as `node_diagnostics` (leaves [K, ...]: kernel H [N, N], initial_logits F0 and
+    targets Y^ [N, C], evolved_logits F(s_tau) [T, N, C], mask [N]), recomputed for those K nodes after
+    the round (the same phases on the same w̄ and P). mesh: a 'nodes' mesh (`parallel.node_mesh`) or None.
     """
     from spark_jax.algorithms import shared_sketch  # pylint: disable=g-import-not-at-top  # SPARK's schedule
 
@@ -287,6 +291,16 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
         evo = ph.evolve(h, f0, y_hat, mask, eta)
         delta, best, losses = ph.update_and_select(w_bar, x, mask, own_rows, sk, P, y_hat, evo, eta)
         return delta, best, losses, (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
+
+    def diagnose(i, w_bar, node_data, inputs, own_logits, eta, lam, P) -> dict:
+        """Node i's neighbourhood through steps 3-7 again: H, F0, Y^, F(s_tau) (`diagnose_nodes`)."""
+        w = jax.tree.map(lambda a: a[i], w_bar)
+        x, labels, mask = gather_neighbourhood(node_data, inputs.neighbors[i], inputs.mask[i])
+        teacher = own_logits[inputs.neighbors[i]].reshape(x.shape[0], num_classes) if own_logits is not None else None
+        f0, y_hat = ph.targets(w, x, labels, mask, teacher, lam)
+        h = ph.kernel(w, x, mask, ph.messages(w, x, mask, P, None))
+        evo = ph.evolve(h, f0, y_hat, mask, eta)
+        return {"kernel": h, "initial_logits": f0, "targets": y_hat, "evolved_logits": evo.logits, "mask": mask}
 
     def round_fn(state, node_data, inputs: RoundInputs):
         r = inputs.round_index
@@ -335,6 +349,10 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
             metrics["beta"] = beta
         if diagnostics:
             metrics.update(tau_index=best, tau_losses=losses)
+        if diagnose_nodes:
+            metrics["node_diagnostics"] = jax.lax.map(
+                lambda i: diagnose(i, w_bar, node_data, inputs, own_logits, eta, lam, P),
+                jnp.asarray(diagnose_nodes, jnp.int32))
         metrics.update(zip(("finite_kernel", "finite_evolution", "finite_update"), finite))
         return parallel.constrain_nodes(new_state, mesh), metrics
 

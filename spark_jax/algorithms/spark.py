@@ -40,7 +40,8 @@ def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tu
           sketch: SketchOptions | None = SketchOptions(), distill: DistillOptions | None = DistillOptions(),
           momentum: MomentumOptions | None = MomentumOptions(), evolution: EvolutionOptions = EvolutionOptions(),
           compute: ComputeOptions = ComputeOptions(), sketch_key: jax.Array | None = None, seed: int = 0,
-          per_node_init: bool = False, diagnostics: bool = False, mesh=None) -> Algorithm:
+          per_node_init: bool = False, diagnostics: bool = False, diagnose_nodes: tuple[int, ...] = (),
+          mesh=None) -> Algorithm:
     """SPARK for `num_nodes` nodes of `model` (see the module docstring and `ntk_round.ntk_round`).
 
     stages: (b2, b3), the first rounds (0-based) of stages 2 and 3; or None with `rounds`: the SPEC
@@ -57,7 +58,8 @@ def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tu
     algorithm = ntk_round(model, name="spark", num_nodes=num_nodes, eta0=eta0, decay=decay, taus=taus,
                           tau_criterion=tau_criterion, sketch=sketch, distill=distill, momentum=momentum,
                           stages=stages, evolution=evolution, compute=compute, sketch_key=sketch_key,
-                          per_node_init=per_node_init, diagnostics=diagnostics, mesh=mesh)
+                          per_node_init=per_node_init, diagnostics=diagnostics,
+                          diagnose_nodes=diagnose_nodes, mesh=mesh)
     d = num_params(model.init(jax.random.key(0)))
 
     def message_bytes(neighbors, mask, counts) -> dict:
