@@ -125,7 +125,7 @@ def test_compare_preset_covers_methods_alphas_topologies(config):
     from spark_jax.runner.validation import validate_config
 
     grid = grid_of(config, preset="compare_fmnist")
-    assert len(grid) == 6 * 3 * 2
+    assert len(grid) == 7 * 3 * 2  # methods (SPARK, NTK-DFL and the five baselines) x alphas x topologies
     seen = {(r.config.algorithm, r.config.partition.alpha, r.config.topology.kind) for r in grid}
     assert seen == {(m, a, t) for m in sweep_presets.COMPARE_METHODS for a in (0.1, 0.3, 0.5)
                     for t in ("regular", "ring")}

@@ -37,7 +37,7 @@ PRESETS["device_slice"] = Preset(
     settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {}, "spark_exact": {"sketch.enabled": False},
               "dfedavgm": {"algorithm": "dfedavgm"}})
 
-COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam")
+COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")
 
 
 def _comparison_settings(alphas, topologies) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def _comparison_settings(alphas, topologies) -> dict[str, dict[str, Any]]:
 
 
 PRESETS["compare_fmnist"] = Preset(
-    description="SPARK, NTK-DFL, DFedAvg, DFedAvgM, D-PSGD, DFedSAM x alpha {0.1, 0.3, 0.5} x "
+    description="SPARK, NTK-DFL, DFedAvg, DFedAvgM, D-PSGD, DFedSAM, DisPFL x alpha {0.1, 0.3, 0.5} x "
                 "{dynamic 5-regular, ring} on the same partitions, graphs and evaluation",
     settings=_comparison_settings((0.1, 0.3, 0.5), ("regular", "ring")))
 
