@@ -22,7 +22,8 @@ def _rounds(run_dir) -> list[dict]:
 
 
 def _flat(value) -> list[float]:
-    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+    values = value if isinstance(value, list) else [value]
+    return [float("nan") if v is None else float(v) for v in values]
 
 
 def compare(a, b) -> tuple[bool, str]:
@@ -36,7 +37,8 @@ def compare(a, b) -> tuple[bool, str]:
         for key in x:
             if key in CLOCK or x[key] == y[key]:
                 continue
-            gap = max(abs(p - q) for p, q in zip(_flat(x[key]), _flat(y[key])))
+            a, b = _flat(x[key]), _flat(y[key])
+            gap = float("inf") if len(a) != len(b) else max(abs(p - q) for p, q in zip(a, b))
             old = diffs.get(key, (0.0, x["round"]))
             diffs[key] = (max(old[0], gap), old[1])
     if not diffs:

@@ -12,7 +12,7 @@ algorithm constructors (`spark_jax.algorithms.ntk_dfl.ntk_dfl`, `spark_jax.algor
 
 The option lists are defined here, once; the modules that implement them import them. A bad value
 raises `checks.OptionError` naming the field (`integrator='rk5' is not one of ...`); the run
-config's adapter (`spark_jax.algorithms.from_config`) re-words it with the config path.
+config's adapter (`spark_jax.config_options`) re-words it with the config path.
 """
 
 from __future__ import annotations

@@ -82,3 +82,18 @@ def test_runs_started_before_a_field_was_added_still_resume():
     assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "highest"}}) == [
         "ntk.matmul_precision"]
     assert config_differences(old, {"ntk": {"eta0": 0.02, "matmul_precision": "float32"}}) == ["ntk.eta0"]
+
+
+def test_a_committed_run_record_from_before_the_dispfl_section_still_resumes():
+    """docs/results' run records predate the `dispfl` section: their configs differ from today's schema in
+    nothing but that section, which compares as its defaults (run_io.ADDED_FIELDS), and the report groups
+    them with new runs."""
+    from experiments.configs import fmnist_regular  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
+    record = REPO / "docs" / "results" / "readings_cpu" / "core" / "spark_v1,alpha=0.1" / "seed0" / "config.json"
+    old = json.loads(record.read_text())["config"]
+    assert "dispfl" not in old
+    new = json.loads(fmnist_regular.get_config("study").to_json())
+    assert config_differences(old, new) == []
+    new["dispfl"]["lr"] = 0.2
+    assert config_differences(old, new) == ["dispfl.lr"]

@@ -77,6 +77,14 @@ def test_hyperparameters_given_as_round_inputs_replace_the_schedules():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['gamma'\]"):
         _one_round(alg, 0, {"gamma": 1.0})
+    plain = ntk_dfl(model, num_nodes=m, eta0=0.5, taus=(1, 4), evolution=EvolutionOptions(integrator="euler"))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['beta', 'lambda'\]; this round's hyper-parameters "
+                                         r"are \('eta',\)"):
+        _one_round(plain, 0, {"lambda": 0.5, "beta": 0.9})
+    with pytest.raises(ValueError, match=r"diagnose_nodes=\(6,\) must be node indices in \[0, 6\)"):
+        ntk_dfl(model, num_nodes=m, diagnose_nodes=(6,))
+    with pytest.raises(ValueError, match=r"stages=\(0.3, 0.6\) must be the first rounds"):
+        spark(model, num_nodes=m, stages=(0.3, 0.6))
 
 
 def test_options_check_themselves_and_the_adapter_names_the_config_path():

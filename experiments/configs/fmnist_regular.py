@@ -11,7 +11,7 @@ NTK-DFL partition fmnist300/alpha0.1/seed0, SPEC defaults.
       ~3 min per exact-Jacobian run and ~7 min per sketched run with two sweeps sharing 2 cores.
   python -m experiments.sweep --config=fmnist_regular:cpu --preset=compare_fmnist \
       --seeds=0,1,2 --workdir=results/compare_cpu
-      the method comparison (6 methods x alpha {0.1, 0.3, 0.5} x {5-regular, ring}) at
+      the method comparison (7 methods x alpha {0.1, 0.3, 0.5} x {5-regular, ring}) at
       CPU size: 20 nodes x 60 samples, 10 rounds; about an hour on 2 CPU cores.
       Without ':cpu' it is the 300-node paper-scale comparison (a GPU job).
 """

@@ -217,12 +217,19 @@ def round_schedules(eta0: float, decay: float, stages: tuple[int, int], distill:
     return RoundSchedules(eta, lam, beta)
 
 
+def _check_hyperparameters(inputs: RoundInputs, sched: RoundSchedules) -> None:
+    """Every key of inputs.hyperparams names a value this round has (no 'lambda' without distillation, no
+    'beta' without momentum): an override that would do nothing is an error, not ignored."""
+    given = set(inputs.hyperparams or {})
+    known = [name for name, s in zip(HYPERPARAMETERS, sched) if s is not None]
+    if given - set(known):
+        raise ValueError(f"RoundInputs.hyperparams has unknown key(s) {sorted(given - set(known))}; this round's "
+                         f"hyper-parameters are {tuple(known)}")
+
+
 def _hyperparameter(inputs: RoundInputs, name: str, schedule: Callable, dtype):
     """inputs.hyperparams[name] when given (cast to dtype), else the schedule's value at the round."""
     given = inputs.hyperparams or {}
-    unknown = set(given) - set(HYPERPARAMETERS)
-    if unknown:
-        raise ValueError(f"RoundInputs.hyperparams has unknown key(s) {sorted(unknown)}; known: {HYPERPARAMETERS}")
     if name in given:
         return jnp.asarray(given[name], dtype)
     return schedule(inputs.round_index, dtype)
@@ -257,6 +264,8 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
     from spark_jax.algorithms import shared_sketch  # pylint: disable=g-import-not-at-top  # SPARK's schedule
 
     taus = ntk.check_taus(taus)
+    if any(not 0 <= i < num_nodes for i in diagnose_nodes):
+        raise ValueError(f"diagnose_nodes={tuple(diagnose_nodes)} must be node indices in [0, {num_nodes})")
     if sketch is not None and sketch_key is None:
         raise ValueError("a sketched round needs sketch_key (the 'sketch' PRNG stream)")
     ph = node_phases(model, taus=taus, tau_criterion=tau_criterion, sketch=sketch, distill=distill,
@@ -304,6 +313,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
 
     def round_fn(state, node_data, inputs: RoundInputs):
         r = inputs.round_index
+        _check_hyperparameters(inputs, sched)
         dtype = compute_dtype(state.params, node_data.x)  # float32, or float64 for float64 params / data
         eta = _hyperparameter(inputs, "eta", sched.eta, dtype)
         lam = _hyperparameter(inputs, "lambda", sched.lam, dtype) if distill is not None else jnp.zeros((), dtype)

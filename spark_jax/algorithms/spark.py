@@ -53,6 +53,10 @@ def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tu
         if rounds is None:
             raise ValueError("spark needs stages=(b2, b3) or rounds (for the default thirds)")
         stages = schedules.stage_boundaries(DEFAULT_STAGES, "fraction", rounds)
+    if len(stages) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in stages) \
+            or not 0 <= stages[0] <= stages[1]:
+        raise ValueError(f"stages={stages!r} must be the first rounds of stages 2 and 3, ints 0 <= b2 <= b3 "
+                         "(fractions of the run: schedules.stage_boundaries(fractions, 'fraction', rounds))")
     if sketch is not None and sketch_key is None:
         sketch_key = stream_key(seed, "sketch")
     algorithm = ntk_round(model, name="spark", num_nodes=num_nodes, eta0=eta0, decay=decay, taus=taus,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from spark_jax.runner.run_io import (IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path, flatten,
-                              read_metrics_checked, write_atomic)
+from spark_jax.runner.run_io import (ADDED_FIELDS, IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path,
+                                     flatten, read_metrics_checked, write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
 _MISSING = "<missing>"
@@ -102,13 +102,14 @@ def sweep_setting_names(root) -> dict[str, str]:
 def group_settings(runs: list[Run], root=None) -> list[Setting]:
     """Runs (with readable configs) grouped by the config keys that differ between them (seed
     excluded), in value order."""
-    configs = [r.config for r in runs]
+    # a field added to the schema later reads, in an older run's config, as the value it ran under
+    configs = [{**ADDED_FIELDS, **r.config} for r in runs]
     keys = sorted(set().union(*configs)) if configs else []
     varying = [k for k in keys if k not in IGNORED
                and len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
     groups: dict[tuple, Setting] = {}
-    for run in runs:
-        values = {k: run.config.get(k, _MISSING) for k in varying}
+    for run, config in zip(runs, configs):
+        values = {k: config.get(k, _MISSING) for k in varying}
         key = tuple(repr(v) for v in values.values())
         label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
         groups.setdefault(key, Setting(label, values, [])).runs.append(run)

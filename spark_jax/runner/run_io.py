@@ -208,7 +208,12 @@ def flatten_config(config_dict: dict) -> dict:
 # before `ntk.matmul_precision` ran on CPUs, where 'float32' is what every product computed.)
 # (data.download, data.base_url and log.tensorboard, added later, are also ignored in the resume check.)
 ADDED_FIELDS = {"ntk.matmul_precision": "float32", "data.download": True, "data.base_url": "",
-                "log.tensorboard": False}
+                "log.tensorboard": False,
+                # the DisPFL section (2026-11-30): read only by algorithm 'dispfl', so every earlier run
+                # computed what it did under any value; its defaults (experiments/configs/base.py)
+                "dispfl.lr": 0.1, "dispfl.lr_decay": 0.998, "dispfl.momentum": 0.0, "dispfl.weight_decay": 5e-4,
+                "dispfl.grad_clip": 10.0, "dispfl.batch_size": 50, "dispfl.local_epochs": 5,
+                "dispfl.dense_ratio": 0.5, "dispfl.anneal_factor": 0.5}
 
 
 # The data a run read are not config fields: they are recorded beside the config, as config.json's 'data'
