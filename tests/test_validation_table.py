@@ -198,10 +198,7 @@ def test_option_lists_are_defined_once():
     from spark_jax import ntk, options, parallel
     from spark_jax.algorithms import schedules
     from spark_jax.ntk import sketch, sketch_share
-    from spark_jax.runner import validation
-    from spark_jax.setting import models
     from spark_jax.algorithms import base
-    assert validation.MODELS == tuple(models.MODELS)
     assert ntk.INTEGRATORS is options.INTEGRATORS
     assert ntk.CRITERIA is options.TAU_CRITERIA
     assert parallel.NODE_BATCHING is options.NODE_BATCHING
@@ -217,3 +214,17 @@ def test_options_and_the_config_adapter_need_no_jax():
             "config_options.check_all(fmnist_ring.get_config()); print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_a_model_registered_in_models_is_a_valid_model_name(monkeypatch):
+    """model.name is checked against the MODELS registry itself: adding a model touches models.py only."""
+    from spark_jax import algorithms
+    from spark_jax.runner.validation import validate_config
+    from spark_jax.setting import models
+
+    c = tiny.get_config()
+    c.model.name = "wide_mlp"
+    with pytest.raises(experiment.ConfigError, match=r"model.name='wide_mlp' is not one of 'mlp', 'cnn'"):
+        validate_config(c, algorithms.available())
+    monkeypatch.setitem(models.MODELS, "wide_mlp", models.ModelSpec(models.MODELS["mlp"].build, structured=True))
+    validate_config(c, algorithms.available())

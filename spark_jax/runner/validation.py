@@ -21,7 +21,6 @@ NTK_DFL_FILE_NODES = 300  # nodes in the NTK-DFL partition files
 PARTITION_KINDS = ("ntk_dfl_file", "ntk_dfl", "dirichlet_hsu", "iid")
 TOPOLOGY_KINDS = ("ring", "regular", "er", "torus", "complete")
 MIXINGS = ("uniform", "metropolis")
-MODELS = ("mlp", "cnn")
 
 # A config value that cannot work; the message names the field (an OptionError: the option dataclasses
 # and the config adapter raise the same).
@@ -103,7 +102,9 @@ def _validate_topology(config) -> None:
 
 
 def _validate_model(mc) -> None:
-    _one_of(mc.name, "model.name", MODELS)
+    from spark_jax.setting import models  # pylint: disable=g-import-not-at-top  # the registry, read here
+
+    _one_of(mc.name, "model.name", tuple(models.MODELS))
     _require(isinstance(mc.hidden, (tuple, list)) and len(mc.hidden) >= 1
              and all(_is_int(h) and h >= 1 for h in mc.hidden),
              f"model.hidden={mc.hidden!r} must be a non-empty tuple of positive widths")
