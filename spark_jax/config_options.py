@@ -20,7 +20,7 @@ from __future__ import annotations
 from spark_jax import checks
 from spark_jax.checks import OptionError
 from spark_jax.options import (TAU_CRITERIA, ComputeOptions, DistillOptions, EvolutionOptions, ImexOptions,
-                               MomentumOptions, SketchOptions, stage_boundaries)
+                               LocalTrainingOptions, MomentumOptions, SketchOptions, stage_boundaries)
 
 
 def _build(cls, prefix: str, renames: dict | None = None, **values):
@@ -109,3 +109,11 @@ def check_all(config) -> None:
     distill_options(config)
     momentum_options(config.momentum)
     stages(config)
+
+
+def local_training_options(section, name: str) -> LocalTrainingOptions:
+    """A local-training baseline's section (`config.<name>`: lr, batch_size, local_epochs and, where the
+    section has them, momentum, weight_decay, lr_decay) as `LocalTrainingOptions`, errors naming `name.field`."""
+    optional = {k: section[k] for k in ("momentum", "weight_decay", "lr_decay") if k in section}
+    return _build(LocalTrainingOptions, f"{name}.", lr=section.lr, batch_size=section.batch_size,
+                  local_epochs=section.local_epochs, **optional)

@@ -188,6 +188,27 @@ class MomentumOptions:
         checks.one_of(self.velocity, "velocity", VELOCITIES)
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalTrainingOptions:
+    """The local-training baselines (SPEC "Baselines"): SGD on each node's own data for `local_epochs`
+    epochs of `batch_size`, learning rate lr (times lr_decay^r), heavy-ball momentum, coupled weight decay."""
+
+    lr: float
+    batch_size: int
+    local_epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0
+
+    def __post_init__(self):
+        checks.number(self.lr, "lr", 0.0, lo_open=True)
+        checks.integer(self.batch_size, "batch_size")
+        checks.integer(self.local_epochs, "local_epochs")
+        checks.number(self.momentum, "momentum", 0.0, 1.0, hi_open=True)
+        checks.number(self.weight_decay, "weight_decay", 0.0)
+        checks.number(self.lr_decay, "lr_decay", 0.0, 1.0, lo_open=True)
+
+
 def stage_boundaries(boundaries, unit: str, rounds: int) -> tuple[int, int]:
     """(b2, b3): first rounds of stages 2 and 3, from fractions of `rounds` or round numbers.
 

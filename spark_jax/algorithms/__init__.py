@@ -14,12 +14,24 @@ from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spar
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
 _REGISTRY: dict[str, Callable] = {}
+_CONFIG_CHECKS: dict[str, Callable] = {}
 
 
-def register(name: str, factory: Callable) -> None:
+def register(name: str, factory: Callable, check_config: Callable | None = None) -> None:
+    """factory(config, model[, mesh]) -> Algorithm; check_config(config) raises `checks.OptionError`
+    naming the first bad field of the algorithm's own config section (run by `check_configs`)."""
     if name in _REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
     _REGISTRY[name] = factory
+    if check_config is not None:
+        _CONFIG_CHECKS[name] = check_config
+
+
+def check_configs(config) -> None:
+    """Every registered algorithm's own config section, whichever algorithm runs (a typo in a sweep or a
+    config file fails at once), in registration order."""
+    for check in _CONFIG_CHECKS.values():
+        check(config)
 
 
 def available() -> list[str]:
@@ -40,12 +52,12 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
     return _REGISTRY[name](config, model, mesh=mesh)
 
 
-register("dfedavg", dfedavg.make)
-register("ntk_dfl", ntk_dfl.from_config)
+register("dfedavg", dfedavg.make, dfedavg.check_config)
+register("ntk_dfl", ntk_dfl.from_config)  # its sections (ntk, ...) are shared: config_options.check_all
 register("spark", spark.from_config)
-register("dfedavgm", local_baselines.make_dfedavgm)
-register("dpsgd", local_baselines.make_dpsgd)
-register("dfedsam", local_baselines.make_dfedsam)
-register("dispfl", dispfl.make)
+register("dfedavgm", local_baselines.make_dfedavgm, local_baselines.check_section("dfedavgm"))
+register("dpsgd", local_baselines.make_dpsgd, local_baselines.check_section("dpsgd"))
+register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam)
+register("dispfl", dispfl.make, dispfl.check_config)
 
-__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm"]
+__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm", "check_configs"]

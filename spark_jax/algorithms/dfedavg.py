@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_jax import guard, parallel
+from spark_jax import config_options, guard, parallel
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
@@ -127,3 +127,8 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
 def make(config, model: Model, mesh=None) -> Algorithm:
     """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs)."""
     return make_local_training("dfedavg", config, model, mesh, lambda r, dtype: optax.sgd(config.dfedavg.lr))
+
+
+def check_config(config) -> None:
+    """`config.dfedavg` (lr, batch_size, local_epochs) as `LocalTrainingOptions`."""
+    config_options.local_training_options(config.dfedavg, "dfedavg")

@@ -75,7 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spark_jax import guard, parallel
+from spark_jax import checks, config_options, guard, parallel
 from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm, RoundInputs
 from spark_jax.algorithms.dfedavg import epoch_batches, local_sgd
@@ -275,3 +275,13 @@ def make(config, model: Model, mesh=None) -> Algorithm:
 
     return Algorithm(name="dispfl", init=init, round=round_fn, message_bytes=message_bytes,
                      sends_dense_weights=False)
+
+
+def check_config(config) -> None:
+    """`config.dispfl`: the local training options, then grad_clip >= 0, dense_ratio in (0, 1] and
+    anneal_factor in [0, 1]."""
+    dp = config.dispfl
+    config_options.local_training_options(dp, "dispfl")
+    checks.number(dp.grad_clip, "dispfl.grad_clip", 0.0, why=" (0 = no clipping)")
+    checks.number(dp.dense_ratio, "dispfl.dense_ratio", 0.0, 1.0, lo_open=True, why=" (overall mask density)")
+    checks.number(dp.anneal_factor, "dispfl.anneal_factor", 0.0, 1.0, why=" (the drop fraction of round 0)")

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spark_jax import checks, config_options
 from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.dfedavg import make_local_training
 from spark_jax.setting.models import Model
@@ -72,3 +73,14 @@ def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
         return dfedsam_optimizer(lr, cfg.momentum, cfg.weight_decay)
 
     return make_local_training("dfedsam", config, model, mesh, make_optimizer, value_and_grad=sam_value_and_grad(cfg.rho))
+
+
+def check_section(name: str):
+    """check_config(config) of a plain local-training baseline: `config.<name>` as `LocalTrainingOptions`."""
+    return lambda config: config_options.local_training_options(config[name], name)
+
+
+def check_dfedsam(config) -> None:
+    """`config.dfedsam`: the local training options and the SAM radius rho >= 0."""
+    config_options.local_training_options(config.dfedsam, "dfedsam")
+    checks.number(config.dfedsam.rho, "dfedsam.rho", 0.0)

@@ -113,22 +113,11 @@ def _validate_model(mc) -> None:
 
 
 def _validate_baselines(config) -> None:
-    """dfedavg, dfedavgm, dpsgd, dfedsam, dispfl: every section, whichever algorithm runs."""
-    for name in ("dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl"):
-        bc = config[name]
-        _number(bc.lr, f"{name}.lr", 0.0, lo_open=True)
-        _positive_int(bc.batch_size, f"{name}.batch_size")
-        _positive_int(bc.local_epochs, f"{name}.local_epochs")
-        if name in ("dfedavgm", "dfedsam", "dispfl"):
-            _number(bc.momentum, f"{name}.momentum", 0.0, 1.0, hi_open=True)
-        if name in ("dfedsam", "dispfl"):
-            _number(bc.weight_decay, f"{name}.weight_decay", 0.0)
-            _number(bc.lr_decay, f"{name}.lr_decay", 0.0, 1.0, lo_open=True)
-    _number(config.dfedsam.rho, "dfedsam.rho", 0.0)
-    dp = config.dispfl
-    _number(dp.grad_clip, "dispfl.grad_clip", 0.0, why=" (0 = no clipping)")
-    _number(dp.dense_ratio, "dispfl.dense_ratio", 0.0, 1.0, lo_open=True, why=" (overall mask density)")
-    _number(dp.anneal_factor, "dispfl.anneal_factor", 0.0, 1.0, why=" (the drop fraction of round 0)")
+    """The baselines' own sections (each registered algorithm checks its section: `algorithms.register`'s
+    check_config), every section whichever algorithm runs."""
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+    algorithms.check_configs(config)
 
 
 def _validate_ntk(config) -> None:
