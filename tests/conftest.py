@@ -95,15 +95,15 @@ def ntk_config(integrator="euler", kernel="structured", node_chunk=4):
     return c
 
 
-def random_node_data(n_max=None, garbage=0.0, seed=0, counts=NTK_COUNTS, num_classes=10):
-    """Random padded 28x28x1 node data with `counts` real rows per node (padding rows hold `garbage`)."""
+def random_node_data(n_max=None, garbage=0.0, seed=0, counts=NTK_COUNTS, num_classes=10, dtype="float32"):
+    """Random padded 28x28x1 node data with `counts` real rows per node (padding rows hold `garbage`); x in `dtype`."""
     import numpy as np  # pylint: disable=g-import-not-at-top
 
     from spark_jax.setting.partition import NodeData  # pylint: disable=g-import-not-at-top
 
     rng = np.random.default_rng(seed)
     m, n_max = len(counts), n_max or max(counts)
-    x = np.full((m, n_max, 28, 28, 1), garbage, np.float32)
+    x = np.full((m, n_max, 28, 28, 1), garbage, dtype)
     y = np.zeros((m, n_max), np.int32)
     mask = np.zeros((m, n_max), bool)
     for i, n in enumerate(counts):

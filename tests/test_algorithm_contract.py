@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from spark_jax import algorithms
+from spark_jax.lab.sweep_grid import set_field
 from spark_jax.setting.models import make_model
 from spark_jax.setting.topology import TopologyStream
 from tests.conftest import NTK_COUNTS, ntk_config, random_node_data, round_inputs
@@ -42,11 +43,7 @@ def _config(overrides):
     for name in BASELINES:  # one short epoch of small batches: the contract, not the training
         c[name].local_epochs, c[name].batch_size = 1, 4
     for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        section = c
-        for p in parents:
-            section = section[p]
-        section[leaf] = value
+        set_field(c, path, value)
     return c
 
 

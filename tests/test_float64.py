@@ -20,7 +20,6 @@ from spark_jax import ntk, rng as spark_rng
 from spark_jax.ntk import sketch
 from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.setting.models import make_model
-from spark_jax.setting.partition import NodeData
 from spark_jax.setting.topology import padded_graph
 from tests.conftest import NTK_COUNTS as COUNTS, NTK_TAUS as TAUS, ntk_adjacency as _adjacency, ntk_config as _config, \
     random_node_data as _node_data, round_inputs as _inputs
@@ -58,16 +57,8 @@ def _float_ops(jaxpr, dtype, found=None):
 
 def _node_data_f64(seed=0):
     """Padded float64 node data (values not float32-representable); padding rows hold garbage."""
-    rng = np.random.default_rng(seed)
-    m, n_max = len(COUNTS), max(COUNTS)
-    x = np.full((m, n_max, 28, 28, 1), 3.0)
-    y = np.zeros((m, n_max), np.int32)
-    mask = np.zeros((m, n_max), bool)
-    for i, n in enumerate(COUNTS):
-        x[i, :n] = rng.normal(size=(n, 28, 28, 1)) * 0.5
-        y[i, :n] = rng.integers(0, C, n)
-        mask[i, :n] = True
-    return NodeData(x=jnp.asarray(x), y=jnp.asarray(y), mask=jnp.asarray(mask), counts=np.array(COUNTS, np.int32))
+    nd = _node_data(garbage=3.0, seed=seed, counts=COUNTS, num_classes=C, dtype=np.float64)
+    return nd._replace(x=jnp.asarray(nd.x), y=jnp.asarray(nd.y), mask=jnp.asarray(nd.mask))
 
 
 def _to_f64(tree, seed):

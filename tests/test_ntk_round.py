@@ -48,10 +48,10 @@ def test_library_snippet_drives_a_round_that_matches_the_float64_reference():
     assert all(ns[k].name == "spark" for k in ("v1", "v2", "teacher"))
 
 
-def _one_round(alg, r, hyperparams=None, graph=None):
+def _one_round(alg, r, hyperparams=None):
     nd = jax.tree.map(jnp.asarray, random_node_data())
     state = alg.init(jax.random.key(0), nd)
-    inputs = round_inputs(graph or padded_graph(ntk_adjacency(), "uniform"), r)._replace(hyperparams=hyperparams)
+    inputs = round_inputs(padded_graph(ntk_adjacency(), "uniform"), r)._replace(hyperparams=hyperparams)
     return jax.jit(alg.round)(state, nd, inputs)
 
 

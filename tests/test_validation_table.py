@@ -15,6 +15,7 @@ import pytest
 
 from experiments.configs import tiny
 from spark_jax.runner import experiment
+from spark_jax.lab.sweep_grid import set_field
 from spark_jax.setting.data import DataError
 from tests.conftest import REPO
 
@@ -106,11 +107,7 @@ def _config(overrides, data_dir):
     c = tiny.get_config()
     c.data.data_dir = data_dir
     for path, value in overrides.items():
-        *parents, last = path.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[last] = value
+        set_field(c, path, value)
     return c
 
 

@@ -52,11 +52,11 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
     return _REGISTRY[name](config, model, mesh=mesh)
 
 
-register("dfedavg", dfedavg.make, dfedavg.check_config)
+register("dfedavg", dfedavg.make, dfedavg.check_local_training("dfedavg"))
 register("ntk_dfl", ntk_dfl.from_config)  # its sections (ntk, ...) are shared: config_options.check_all
 register("spark", spark.from_config)
-register("dfedavgm", local_baselines.make_dfedavgm, local_baselines.check_section("dfedavgm"))
-register("dpsgd", local_baselines.make_dpsgd, local_baselines.check_section("dpsgd"))
+register("dfedavgm", local_baselines.make_dfedavgm, dfedavg.check_local_training("dfedavgm"))
+register("dpsgd", local_baselines.make_dpsgd, dfedavg.check_local_training("dpsgd"))
 register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam)
 register("dispfl", dispfl.make, dispfl.check_config)
 

@@ -129,6 +129,6 @@ def make(config, model: Model, mesh=None) -> Algorithm:
     return make_local_training("dfedavg", config, model, mesh, lambda r, dtype: optax.sgd(config.dfedavg.lr))
 
 
-def check_config(config) -> None:
-    """`config.dfedavg` (lr, batch_size, local_epochs) as `LocalTrainingOptions`."""
-    config_options.local_training_options(config.dfedavg, "dfedavg")
+def check_local_training(name: str):
+    """check_config(config) of a local-training baseline: `config.<name>` as `LocalTrainingOptions`."""
+    return lambda config: config_options.local_training_options(config[name], name)

@@ -75,10 +75,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spark_jax import checks, config_options, guard, parallel
+from spark_jax import checks, guard, parallel
+from spark_jax.algorithms import schedules
 from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm, RoundInputs
-from spark_jax.algorithms.dfedavg import epoch_batches, local_sgd
+from spark_jax.algorithms.dfedavg import check_local_training, epoch_batches, local_sgd
 from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
 from spark_jax.setting.models import Model, init_node_params, num_params
@@ -226,6 +227,11 @@ def screen_gradient(apply, params, x, y, mask, key, batch_size: int):
     return jax.grad(lambda p: masked_mean_cross_entropy(apply(p, x[idx]), y[idx], valid))(params)
 
 
+def apply_masks(params, masks):
+    """m ⊙ w per leaf, in the weights' dtype (exact zeros off the mask)."""
+    return jax.tree.map(lambda w, m: jnp.where(m, w, 0).astype(w.dtype), params, masks)
+
+
 def make(config, model: Model, mesh=None) -> Algorithm:
     """DisPFL from `config.dispfl` (lr, lr_decay, momentum, weight_decay, grad_clip, batch_size,
     local_epochs, dense_ratio, anneal_factor); R = config.rounds sets the drop schedule."""
@@ -241,13 +247,12 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         del node_data
         params = init_node_params(model, key, num_nodes, config.model.per_node_init)
         masks = draw_masks(key)
-        return State(params=jax.tree.map(lambda w, m: jnp.where(m, w, 0).astype(w.dtype), params, masks),
-                     masks=masks)
+        return State(params=apply_masks(params, masks), masks=masks)
 
     def node_round(args, round_index):
         params, masks, x, y, mask, key = args
         dtype = compute_dtype(params)
-        lr = cfg.lr * jnp.power(jnp.asarray(cfg.lr_decay, dtype), round_index.astype(dtype))
+        lr = schedules.geometric(cfg.lr, cfg.lr_decay, round_index, dtype)
         optimizer = masked_sgd(masks, lr, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
         train_key, grad_key = jax.random.split(key)
         trained, loss = local_sgd(model.apply, optimizer, params, x, y, mask, train_key, cfg.local_epochs,
@@ -255,8 +260,7 @@ def make(config, model: Model, mesh=None) -> Algorithm:
         grads = screen_gradient(model.apply, trained, x, y, mask, grad_key, cfg.batch_size)
         new_masks = update_masks(masks, trained, grads, counts, drop_fraction(round_index, rounds,
                                                                               cfg.anneal_factor, dtype))
-        new_params = jax.tree.map(lambda w, m: jnp.where(m, w, 0).astype(w.dtype), trained, new_masks)
-        return new_params, new_masks, loss, guard.all_finite(trained)
+        return apply_masks(trained, new_masks), new_masks, loss, guard.all_finite(trained)
 
     def round_fn(state: State, node_data, inputs: RoundInputs):
         params = sparse_aggregate(state.params, state.masks, inputs.neighbors, inputs.mask)
@@ -281,7 +285,7 @@ def check_config(config) -> None:
     """`config.dispfl`: the local training options, then grad_clip >= 0, dense_ratio in (0, 1] and
     anneal_factor in [0, 1]."""
     dp = config.dispfl
-    config_options.local_training_options(dp, "dispfl")
+    check_local_training("dispfl")(config)
     checks.number(dp.grad_clip, "dispfl.grad_clip", 0.0, why=" (0 = no clipping)")
     checks.number(dp.dense_ratio, "dispfl.dense_ratio", 0.0, 1.0, lo_open=True, why=" (overall mask density)")
     checks.number(dp.anneal_factor, "dispfl.anneal_factor", 0.0, 1.0, why=" (the drop fraction of round 0)")

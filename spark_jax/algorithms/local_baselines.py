@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_jax import checks, config_options
+from spark_jax import checks
+from spark_jax.algorithms import schedules
 from spark_jax.algorithms.base import Algorithm
-from spark_jax.algorithms.dfedavg import make_local_training
+from spark_jax.algorithms.dfedavg import check_local_training, make_local_training
 from spark_jax.setting.models import Model
 
 
@@ -69,18 +70,13 @@ def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
     cfg = config.dfedsam
 
     def make_optimizer(r, dtype):  # lr_r in the params' dtype (float32, or float64)
-        lr = cfg.lr * jnp.power(jnp.asarray(cfg.lr_decay, dtype), r.astype(dtype))
+        lr = schedules.geometric(cfg.lr, cfg.lr_decay, r, dtype)
         return dfedsam_optimizer(lr, cfg.momentum, cfg.weight_decay)
 
     return make_local_training("dfedsam", config, model, mesh, make_optimizer, value_and_grad=sam_value_and_grad(cfg.rho))
 
 
-def check_section(name: str):
-    """check_config(config) of a plain local-training baseline: `config.<name>` as `LocalTrainingOptions`."""
-    return lambda config: config_options.local_training_options(config[name], name)
-
-
 def check_dfedsam(config) -> None:
     """`config.dfedsam`: the local training options and the SAM radius rho >= 0."""
-    config_options.local_training_options(config.dfedsam, "dfedsam")
+    check_local_training("dfedsam")(config)
     checks.number(config.dfedsam.rho, "dfedsam.rho", 0.0)

@@ -271,7 +271,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
     ph = node_phases(model, taus=taus, tau_criterion=tau_criterion, sketch=sketch, distill=distill,
                      evolution=evolution, compute=compute)
     sched = round_schedules(eta0, decay, stages, distill, momentum)
-    template = model.init(jax.random.key(0))
+    template = jax.eval_shape(model.init, jax.random.key(0))  # one model's shapes (layouts, sizes)
     d = num_params(template)
     k_total = sketch.k * len(sketching.group_sizes(template, sketch.grouping)) if sketch else 0
     apply, num_classes = model.apply, model.num_classes

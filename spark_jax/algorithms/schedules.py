@@ -36,3 +36,8 @@ def momentum_beta(round_index: jax.Array, b3: int, beta: float, dtype=jnp.float3
 def learning_rate(eta0: float, decay: float, round_index: jax.Array, dtype=jnp.float32) -> jax.Array:
     """eta_r = eta_0 * exp(-decay * r) (SPEC "Setting"), computed and returned in `dtype`."""
     return (eta0 * jnp.exp(-decay * jnp.asarray(round_index, dtype))).astype(dtype)
+
+
+def geometric(lr: float, decay: float, round_index: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """lr_r = lr * decay^r in `dtype` (DFedSAM's and DisPFL's per-round learning rate)."""
+    return lr * jnp.power(jnp.asarray(decay, dtype), jnp.asarray(round_index).astype(dtype))

@@ -64,7 +64,7 @@ def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tu
                           stages=stages, evolution=evolution, compute=compute, sketch_key=sketch_key,
                           per_node_init=per_node_init, diagnostics=diagnostics,
                           diagnose_nodes=diagnose_nodes, mesh=mesh)
-    d = num_params(model.init(jax.random.key(0)))
+    d = num_params(jax.eval_shape(model.init, jax.random.key(0)))
 
     def message_bytes(neighbors, mask, counts) -> dict:
         out = algorithm.message_bytes(neighbors, mask, counts)
