@@ -6,9 +6,16 @@ rounds whose graph is re-drawn (and, for SPARK, across its stage boundaries):
   * the state keeps its tree, shapes and dtypes, every leaf with the leading node axis;
   * every metric and every state leaf is finite;
   * padding is inert: garbage in the padding rows (x and labels) gives a bit-identical round.
-The independent references (float64 loops, closed forms) live in each algorithm's own test file;
-the multi-device equality in tests/test_sharding.py and tests/dispfl_mesh_check.py.
+  * sharded == unsharded: the node axis over 2 simulated devices (3 nodes each, neighbours on the
+    other shard) gives the same rounds (`tests/contract_mesh_check.py`, in a subprocess).
+The rows are `tests/contract_cases.py`; the independent references (float64 loops, closed forms)
+live in each algorithm's own test file.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,36 +23,9 @@ import numpy as np
 import pytest
 
 from spark_jax import algorithms
-from spark_jax.lab.sweep_grid import set_field
 from spark_jax.setting.models import make_model
-from spark_jax.setting.topology import TopologyStream
-from tests.conftest import NTK_COUNTS, ntk_config, random_node_data, round_inputs
-
-ROUNDS = 3
-BASELINES = ("dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")
-SPARK = {"algorithm": "spark", "sketch.k": 8, "stages.unit": "round", "stages.boundaries": (1, 2)}
-
-# name -> dotted config overrides. Every registered algorithm appears at least once.
-CASES = {
-    "ntk_dfl": {"algorithm": "ntk_dfl"},
-    "spark_v1": SPARK,
-    "spark_v2": {**SPARK, "sketch.enabled": False},
-    "spark_own_exact_teacher_neighbors_velocity_mixed": {
-        **SPARK, "sketch.update_mode": "own_exact", "distill.teacher": "neighbors", "momentum.velocity": "mixed"},
-    "spark_roundtrip_fixed_P": {**SPARK, "sketch.update_mode": "roundtrip", "sketch.redraw": False},
-    **{name: {"algorithm": name} for name in BASELINES},
-}
-
-
-def _config(overrides):
-    c = ntk_config(integrator="imex")
-    c.rounds = ROUNDS
-    for name in BASELINES:  # one short epoch of small batches: the contract, not the training
-        c[name].local_epochs, c[name].batch_size = 1, 4
-    for path, value in overrides.items():
-        set_field(c, path, value)
-    return c
-
+from tests.conftest import NTK_COUNTS, REPO, random_node_data, round_inputs
+from tests.contract_cases import CASES, case_config, redrawn_graphs
 
 def _signature(state):
     return jax.tree.structure(state), [(a.shape, a.dtype) for a in jax.tree.leaves(state)]
@@ -65,7 +45,7 @@ SLOW = ("spark_own_exact_teacher_neighbors_velocity_mixed", "spark_roundtrip_fix
 @pytest.mark.device
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])
 def test_contract(case):
-    config = _config(CASES[case])
+    config = case_config(case)
     model = make_model("mlp", hidden=(8,))
     alg = algorithms.make_algorithm(config, model)
     assert alg.name == config.algorithm
@@ -74,8 +54,7 @@ def test_contract(case):
     state = alg.init(jax.random.key(1), nd)
     signature = _signature(state)
     assert all(a.shape[0] == m for a in jax.tree.leaves(state))
-    stream = TopologyStream("regular", m, degree=3, dynamic=True, seed_rng_fn=lambda r: np.random.default_rng(r))
-    graphs = [stream.graph(r) for r in range(ROUNDS)]
+    graphs = redrawn_graphs()
     assert len({g.neighbors.tobytes() for g in graphs}) > 1  # the graph really changes
     round_fn = jax.jit(alg.round)
     data = jax.tree.map(jnp.asarray, nd)
@@ -92,3 +71,25 @@ def test_contract(case):
             for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again)):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=case)
     assert round_fn._cache_size() == 1, case
+
+
+@pytest.fixture(scope="module")
+def mesh_check():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "tests.contract_mesh_check"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_mesh_check_has_cross_shard_neighbours(mesh_check):
+    assert all(mesh_check["cross_shard_neighbours"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sharded_equals_unsharded(mesh_check, case):
+    got = mesh_check[case]
+    assert got["devices"] == [2], got  # every state leaf is split over both devices
+    assert got["state"] <= 1e-5 and got["metrics"] <= 1e-5, got

@@ -6,9 +6,6 @@ a per-node loop with a hand-written optimizer (float64 under x64) on `jax.grad` 
 """
 
 import math
-import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -26,7 +23,6 @@ from spark_jax.algorithms.base import RoundInputs
 from spark_jax.setting.models import make_model
 from spark_jax.setting.partition import NodeData
 from spark_jax.runner.validation import ConfigError, validate_config
-from tests.conftest import REPO
 
 COUNTS = [7, 12, 3, 10, 9]
 N_MAX, IMAGE = 12, (4, 4, 1)  # 4x4 images: a 16-8-10 MLP (d = 226), small enough for coordinate loops
@@ -359,14 +355,3 @@ def test_registered_and_validated():
         with pytest.raises(ConfigError, match=None) as e:
             validate_config(bad, available())
         assert str(e.value).startswith(message), str(e.value)
-
-
-
-@pytest.mark.slow
-def test_mesh_round_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "tests.dispfl_mesh_check"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    diff, same_masks, loss_diff = proc.stdout.split()[-3:]
-    assert float(diff) < 1e-5 and same_masks == "True" and float(loss_diff) < 1e-5

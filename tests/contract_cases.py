@@ -1,0 +1,45 @@
+"""The table that drives the algorithm contract: one row per setting, every registered algorithm at least once.
+
+Used by `tests/test_algorithm_contract.py` (one device) and `tests/contract_mesh_check.py` (the node
+axis over 2 simulated devices, in a subprocess). A new algorithm adds one row here.
+"""
+
+import numpy as np
+
+from spark_jax.lab.sweep_grid import set_field
+from spark_jax.setting.topology import TopologyStream
+from tests.conftest import NTK_COUNTS, ntk_config
+
+ROUNDS = 3
+BASELINES = ("dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")
+SPARK = {"algorithm": "spark", "sketch.k": 8, "stages.unit": "round", "stages.boundaries": (1, 2)}
+
+# name -> dotted config overrides.
+CASES = {
+    "ntk_dfl": {"algorithm": "ntk_dfl"},
+    "spark_v1": SPARK,
+    "spark_v2": {**SPARK, "sketch.enabled": False},
+    "spark_own_exact_teacher_neighbors_velocity_mixed": {
+        **SPARK, "sketch.update_mode": "own_exact", "distill.teacher": "neighbors", "momentum.velocity": "mixed"},
+    "spark_roundtrip_fixed_P": {**SPARK, "sketch.update_mode": "roundtrip", "sketch.redraw": False},
+    **{name: {"algorithm": name} for name in BASELINES},
+}
+
+
+def case_config(case: str):
+    """The run config of row `case`: six nodes of `conftest.NTK_COUNTS` samples, the imex integrator,
+    `ROUNDS` rounds, baselines with one short epoch of small batches (the contract, not the training)."""
+    c = ntk_config(integrator="imex")
+    c.rounds = ROUNDS
+    for name in BASELINES:
+        c[name].local_epochs, c[name].batch_size = 1, 4
+    for path, value in CASES[case].items():
+        set_field(c, path, value)
+    return c
+
+
+def redrawn_graphs():
+    """`ROUNDS` padded graphs of a dynamic 3-regular topology on the six nodes (re-drawn every round)."""
+    stream = TopologyStream("regular", len(NTK_COUNTS), degree=3, dynamic=True,
+                            seed_rng_fn=lambda r: np.random.default_rng(r))
+    return [stream.graph(r) for r in range(ROUNDS)]
