@@ -86,8 +86,8 @@ def test_runs_started_before_a_field_was_added_still_resume():
 
 def test_a_committed_run_record_from_before_the_dispfl_section_still_resumes():
     """docs/results' run records predate the `dispfl` section: their configs differ from today's schema in
-    nothing but that section, which compares as its defaults (run_io.ADDED_FIELDS), and the report groups
-    them with new runs."""
+    nothing but that section, which only algorithm 'dispfl' reads, so it is left out of the comparison
+    (run_io.without_other_algorithms_sections) whatever its values; the run's own fields still count."""
     from experiments.configs import fmnist_regular  # pylint: disable=g-import-not-at-top
     from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
     record = REPO / "docs" / "results" / "readings_cpu" / "core" / "spark_v1,alpha=0.1" / "seed0" / "config.json"
@@ -95,5 +95,9 @@ def test_a_committed_run_record_from_before_the_dispfl_section_still_resumes():
     assert "dispfl" not in old
     new = json.loads(fmnist_regular.get_config("study").to_json())
     assert config_differences(old, new) == []
-    new["dispfl"]["lr"] = 0.2
-    assert config_differences(old, new) == ["dispfl.lr"]
+    new["dispfl"]["lr"], new["dfedavg"]["lr"] = 0.2, 0.3  # other algorithms' sections: no result changes
+    assert config_differences(old, new) == []
+    new["sketch"]["k"] += 1
+    assert config_differences(old, new) == ["sketch.k"]
+    dfedavg_run = {**old, "algorithm": "dfedavg"}  # a run of dfedavg does read its own section
+    assert config_differences(dfedavg_run, {**new, "algorithm": "dfedavg"}) == ["dfedavg.lr", "sketch.k"]

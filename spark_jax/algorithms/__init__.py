@@ -19,7 +19,10 @@ _CONFIG_CHECKS: dict[str, Callable] = {}
 
 def register(name: str, factory: Callable, check_config: Callable | None = None) -> None:
     """factory(config, model[, mesh]) -> Algorithm; check_config(config) raises `checks.OptionError`
-    naming the first bad field of the algorithm's own config section (run by `check_configs`)."""
+    naming the first bad field of the algorithm's own config section (run by `check_configs`).
+
+    A config section named `name` (if any) is the algorithm's own: no other algorithm reads it, so runs
+    of the others leave it out when configs are compared (`runner.run_io.flatten_config`)."""
     if name in _REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
     _REGISTRY[name] = factory

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from spark_jax.runner.run_io import (ADDED_FIELDS, IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path,
-                                     flatten, read_metrics_checked, write_atomic)
+                                     flatten, read_metrics_checked, without_other_algorithms_sections,
+                                     write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
 _MISSING = "<missing>"
@@ -61,7 +62,8 @@ def load_run(path) -> Run:
     path = pathlib.Path(path)
     run_dir = RunDir(path)
     try:
-        config = flatten(run_dir.read_config())
+        config = run_dir.read_config()
+        config = None if config is None else without_other_algorithms_sections(flatten(config))
         records = read_metrics_checked(path)
         run_dir.read_summary()
     except (CorruptFileError, OSError) as e:

@@ -197,23 +197,35 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def without_other_algorithms_sections(flat: dict) -> dict:
+    """A flat config without the sections of the algorithms it does not run.
+
+    A section named after a registered algorithm (`dfedavg`, `dispfl`, ...) is
+    read by that algorithm alone (`spark_jax.algorithms.register`), so its
+    values change no result of any other algorithm's run; a run recorded
+    before such a section existed compares equal to today's configs.
+    """
+    from spark_jax.algorithms import available  # pylint: disable=g-import-not-at-top
+
+    others = set(available()) - {flat.get("algorithm")}
+    return {k: v for k, v in flat.items() if k.split(".", 1)[0] not in others}
+
+
 def flatten_config(config_dict: dict) -> dict:
-    """`flatten` of a (nested) config dict without the fields that change no result."""
+    """`flatten` of a (nested) config dict without the fields that change no result (the ignored fields
+    and the sections of other algorithms)."""
     flat = flatten(to_jsonable(config_dict))
-    return {k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK}
+    return without_other_algorithms_sections({k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK})
 
 
 # Fields added to the config schema after runs may have started, each with the value under which such a
 # run computed what it did: a saved config without the field compares as holding that value. (All runs
 # before `ntk.matmul_precision` ran on CPUs, where 'float32' is what every product computed.)
 # (data.download, data.base_url and log.tensorboard, added later, are also ignored in the resume check.)
+# A new algorithm's own section needs no entry: other algorithms' sections are left out of the comparison
+# (`without_other_algorithms_sections`).
 ADDED_FIELDS = {"ntk.matmul_precision": "float32", "data.download": True, "data.base_url": "",
-                "log.tensorboard": False,
-                # the DisPFL section (2026-11-30): read only by algorithm 'dispfl', so every earlier run
-                # computed what it did under any value; its defaults (experiments/configs/base.py)
-                "dispfl.lr": 0.1, "dispfl.lr_decay": 0.998, "dispfl.momentum": 0.0, "dispfl.weight_decay": 5e-4,
-                "dispfl.grad_clip": 10.0, "dispfl.batch_size": 50, "dispfl.local_epochs": 5,
-                "dispfl.dense_ratio": 0.5, "dispfl.anneal_factor": 0.5}
+                "log.tensorboard": False}
 
 
 # The data a run read are not config fields: they are recorded beside the config, as config.json's 'data'
