@@ -103,8 +103,8 @@ class ComputeOptions:
     """How a round is computed (speed and memory; the maths is the same whichever is chosen).
 
     node_chunk: nodes processed at once (bounds memory); node_batching: 'auto' | 'vectorized' |
-    'sequential' (`parallel.with_node_batching`); product_columns: pad H @ r to this many columns
-    (0 = never); kernel: 'auto' (structured for models with the fast path) | 'structured' |
+    'sequential' (`parallel.with_node_batching`); product_columns: pad the classes of a kernel product
+    to this many (0 = never; slower on XLA:CPU since the evolution runs class-major); kernel: 'auto' (structured for models with the fast path) | 'structured' |
     'contraction' | 'ntvp'; jacobian_mode: 'rev' | 'fwd' (contraction kernel); sample_chunk: samples
     per Jacobian chunk (0 = all); matmul_precision: float32 products ('float32' | 'tensorfloat32' |
     'bfloat16' | 'default'); sketch_method: 'auto' | 'structured' | 'forward' | 'materialize';
@@ -114,7 +114,7 @@ class ComputeOptions:
 
     node_chunk: int = 8
     node_batching: str = "auto"
-    product_columns: int = 16
+    product_columns: int = 0
     kernel: str = "auto"
     jacobian_mode: str = "rev"
     sample_chunk: int = 0

@@ -174,7 +174,7 @@ def test_adaptive_failure_is_nan_not_a_hang(method):
 @pytest.mark.parametrize("method", ntk.INTEGRATORS)
 @pytest.mark.slow
 def test_padded_product_columns_change_nothing(method):
-    """`columns` pads the right-hand side of H @ r with zero columns: a speed option only."""
+    """`columns` pads the classes of a kernel product with zeros: a speed option only."""
     H, F0, Y = _problem(6)
     taus = (3, 40)
     args = (*_f32(H, F0, Y), jnp.ones(N, bool), jnp.float32(0.05))

@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     # GPU/TPU) | 'vectorized' (one batched program) | 'sequential' (node by node: plain GEMMs, each
     # node its own adaptive steps). Values are the same; only speed differs.
     c.ntk.node_batching = "auto"
-    c.ntk.product_columns = 16  # pad H @ r to this many columns (speed only, XLA:CPU; BUILD.md)
+    c.ntk.product_columns = 0  # pad the classes of a kernel product to this many (speed only; 0 = never: BUILD.md)
     c.ntk.kernel = "auto"  # 'auto' (structured for MLPs) | 'structured' | 'contraction' | 'ntvp'
     c.ntk.jacobian_mode = "rev"  # 'rev' | 'fwd' (contraction kernel)
     c.ntk.sample_chunk = 0  # samples per Jacobian chunk (0 = all at once)

@@ -42,11 +42,13 @@ Integrators ([choice] `method`):
   * "euler": F_{t+1} = F_t - (eta/N) H (softmax(F_t) - Y^), i.e. exact
     gradient descent on the linearised model.
 
-Kernel products `H @ r` (`[N, N] x [N, C]`) are memory-bound for C = 10; with
-`columns` > C the right-hand side is zero-padded to that many columns first:
-XLA:CPU runs the fixed-step integrators 1.2-1.6x faster with C = 10 -> 16
-(`benchmarks/evolution.py`, "+pad" rows; no measurable gain for "dopri5").
-The padding changes no value.
+Layout: inside, every state is class-major, `[C, N]` (F^T, r^T, ...), and a kernel product is
+r H = (H r^T)^T (`[C, N] x [N, N]`; H is symmetrised first, which leaves the symmetric kernels of
+step 5 bit for bit unchanged). On XLA:CPU the softmax and elementwise work over rows of C = 10
+entries ran ~4x slower than over `[C, N]`, and `[10, N] x [N, N]` ~1.4x faster than `[N, N] x
+[N, 16]`; only the inputs and outputs are `[N, C]` (BUILD.md "Performance"). With `columns` > C
+the product's left operand is zero-padded to that many rows first (speed only: no value changes;
+slower on XLA:CPU in this layout, so the run configs' default is 0).
 
 Dtype: everything (H, Y^, eta, the states, residual sums, and the adaptive drivers' time t and step h)
 is computed in `compute_dtype(H, F0)`: float32 unless H or F0 is float64 (x64 enabled), then float64
@@ -132,25 +134,26 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"need rtol > 0 and atol > 0, got {rtol}, {atol}")
     dtype = compute_dtype(H, F0)
-    real = mask[:, None]
+    num_rows, num_classes = F0.shape
+    real = mask[None, :]  # the states are class-major [C, N] (module docstring)
     zero = jnp.zeros((), dtype)
     H = H.astype(dtype)
-    Y_hat = Y_hat.astype(dtype)
+    H = 0.5 * (H + H.T)  # bit for bit H for the symmetric kernels of step 5; `product` relies on it
+    Y_hat = Y_hat.astype(dtype).T
     eta = jnp.asarray(eta, dtype)
     inv_n = 1.0 / num_true(mask, dtype)
 
-    def residual(F):  # softmax(F) - Y^, zero on padding  [N, C]
-        return jnp.where(real, jax.nn.softmax(F, axis=-1) - Y_hat, zero)
+    def residual(F):  # softmax(F) - Y^ over the classes, zero on padding  [C, N]
+        return jnp.where(real, jax.nn.softmax(F, axis=0) - Y_hat, zero)
 
-    num_classes = F0.shape[-1]
     pad = max(columns - num_classes, 0)
 
-    def product(r):  # H @ r  [N, C]; r zero-padded to `columns` columns (faster on XLA:CPU)
+    def product(r):  # (H r^T)^T = r H (H symmetric)  [C, N]; r zero-padded to `columns` rows if asked
         if pad:
-            return jnp.matmul(H, jnp.pad(r, ((0, 0), (0, pad))), precision=_HIGHEST)[:, :num_classes]
-        return jnp.matmul(H, r, precision=_HIGHEST)
+            return jnp.matmul(jnp.pad(r, ((0, pad), (0, 0))), H, precision=_HIGHEST)[:num_classes]
+        return jnp.matmul(r, H, precision=_HIGHEST)
 
-    def velocity_from_residual(r):  # dF/ds  [N, C]
+    def velocity_from_residual(r):  # dF/ds  [C, N]
         return jnp.where(real, -inv_n * product(r), zero)
 
     velocity = lambda F: velocity_from_residual(residual(F))
@@ -208,34 +211,38 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
             return carry
         return jax.lax.scan(step, carry, jnp.arange(num_steps, dtype=jnp.int32))[0]
 
-    F0 = jnp.where(real, F0.astype(dtype), zero)  # padding rows may hold anything, even NaN
+    F0 = jnp.where(real, F0.astype(dtype).T, zero)  # padding rows may hold anything, even NaN
     R0 = jnp.zeros_like(F0)
     stack = lambda a: jnp.broadcast_to(a, (len(taus),) + a.shape)
+
+    def evolution(R_taus, F_taus, products):  # [T, C, N] -> [T, N, C]
+        return Evolution(jnp.swapaxes(R_taus, 1, 2), jnp.swapaxes(F_taus, 1, 2), products)
+
     if method == "dopri5":
-        deriv = lambda F: eta * velocity(F)  # dF/dt in grid units  [N, C]
+        deriv = lambda F: eta * velocity(F)  # dF/dt in grid units  [C, N]
         attempt = _dopri5_attempt(deriv, real, rtol, atol)
         R_taus, F_taus, products = adaptive.integrate(attempt, deriv(F0), F0, residual, taus, max_stride,
                                                       error_order=4)
-        return Evolution(residual_sums=R_taus, logits=F_taus, products=1 + products)
+        return evolution(R_taus, F_taus, 1 + products)
     if method == "imex":
         a = eta * inv_n
 
         def block_product(V):  # H @ V  [N, p], padding rows zero
-            return jnp.where(real, jnp.matmul(H, V, precision=_HIGHEST), zero)
+            return jnp.where(mask[:, None], jnp.matmul(H, V, precision=_HIGHEST), zero)
 
         if split_modes:
             U, lam = stiff_split.dominant_subspace(block_product, mask, split_modes, split_iterations, dtype)
             blocks = -(-split_modes // max(columns, num_classes))  # products of the width of an evolution product
             eigen_products = (split_iterations + 1) * blocks
         else:
-            U, lam, eigen_products = jnp.zeros((F0.shape[0], 0), dtype), jnp.zeros((0,), dtype), 0
-        probabilities = lambda F: jnp.where(real, jax.nn.softmax(F, axis=-1), zero)
+            U, lam, eigen_products = jnp.zeros((num_rows, 0), dtype), jnp.zeros((0,), dtype), 0
+        probabilities = lambda F: jnp.where(real, jax.nn.softmax(F, axis=0), zero)
         hr = lambda r: jnp.where(real, product(r), zero)
         attempt, carry_at = stiff_split.imex_attempt(hr, residual, probabilities, U, lam, a, mask, rtol, atol)
         aux0 = carry_at(F0)
         R_taus, F_taus, products = adaptive.integrate(attempt, aux0, F0, residual, taus, max_stride,
                                                       error_order=3)
-        return Evolution(residual_sums=R_taus, logits=F_taus, products=1 + eigen_products + products)
+        return evolution(R_taus, F_taus, 1 + eigen_products + products)
     if method == "rk4_hermite":
         # The stiff transient of the first `warmup` intervals at stride 1 (plain RK4), then `stride`.
         first = min(warmup, taus[-1])
@@ -243,11 +250,11 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
         carry = (F0, velocity(F0), R0, stack(R0), stack(F0))
         carry = hermite_steps(carry, 0, first, 1)
         _, _, _, R_taus, F_taus = hermite_steps(carry, first, steps, stride)
-        return Evolution(residual_sums=R_taus, logits=F_taus, products=jnp.int32(4 * (first + steps) + 1))
+        return evolution(R_taus, F_taus, jnp.int32(4 * (first + steps) + 1))
     init = (F0, R0, stack(R0), stack(F0))
     (_, _, R_taus, F_taus), _ = jax.lax.scan(grid_step, init, jnp.arange(taus[-1], dtype=jnp.int32))
     products = taus[-1] if method == "euler" else 4 * substeps * taus[-1]
-    return Evolution(residual_sums=R_taus, logits=F_taus, products=jnp.int32(products))
+    return evolution(R_taus, F_taus, jnp.int32(products))
 
 
 # Dormand-Prince 5(4): nodes c, stages a, 5th-order weights b, error weights e = b - b*, and the
@@ -274,7 +281,7 @@ def _dopri5_attempt(deriv, real, rtol: float, atol: float):
 
     6 kernel products per attempt (stages 2-7; the 7th is the next step's first)."""
 
-    def attempt(F, k1, h):
+    def attempt(F, k1, h):  # F, k1 [C, N] (class-major), real [1, N]
         ks = [k1]
         for row in _DP_A:
             ks.append(deriv(F + h * adaptive.combine(row, ks)))
@@ -283,9 +290,9 @@ def _dopri5_attempt(deriv, real, rtol: float, atol: float):
         ks.append(k7)
         scale = atol + rtol * jnp.maximum(jnp.abs(F), jnp.abs(F_new))
         err = jnp.where(real, h * adaptive.combine(_DP_E, ks) / scale, 0.0)
-        count = jnp.maximum(jnp.sum(real) * F.shape[-1], 1)
+        count = jnp.maximum(jnp.sum(jnp.broadcast_to(real, F.shape)), 1)
         err_norm = jnp.sqrt(jnp.sum(err * err) / count)
-        Q = [adaptive.combine([p[j] for p in _DP_P], ks) for j in range(4)]  # [N, C] each
+        Q = [adaptive.combine([p[j] for p in _DP_P], ks) for j in range(4)]  # [C, N] each
 
         def dense(theta):  # 4th-order dense output (Hairer et al.)
             return F + h * (theta * (Q[0] + theta * (Q[1] + theta * (Q[2] + theta * Q[3]))))

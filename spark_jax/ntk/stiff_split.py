@@ -122,10 +122,12 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
                  lam: jax.Array, a: jax.Array, real: jax.Array, rtol: float, atol: float) -> Callable:
     """One KenCarp4 IMEX step of the split evolution, for `adaptive.integrate`.
 
+    The states are class-major, `[C, N]` = F^T (`ntk.evolution` "Layout"); U and V stay `[N, k]`.
+
     Args:
-      product: r `[N, C]` -> H @ r `[N, C]` (rows of padding zero); one kernel product.
-      residual: F -> softmax(F) - Y^ `[N, C]` (zero on padding).
-      probabilities: F -> softmax(F) `[N, C]` (zero on padding).
+      product: r `[C, N]` -> (H r^T)^T `[C, N]` (padding columns zero); one kernel product.
+      residual: F -> softmax(F) - Y^ over the classes `[C, N]` (zero on padding).
+      probabilities: F -> softmax(F) `[C, N]` (zero on padding).
       U, lam: `[N, k]`, `[k]` the implicit part U diag(lam) U^T (k may be 0: plain ERK); their dtype
         (the evolution's, float32 or float64) is that of every float computed here.
       a: scalar eta / N.
@@ -134,36 +136,40 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
 
     Returns:
       (attempt, carry_at): `attempt(F, aux, h)` for `adaptive.integrate`, its carry
-      (aux) being (f_E(F), f_I(F)) `[N, C]` each, and `carry_at(F)` that carry at F (one
+      (aux) being (f_E(F), f_I(F)) `[C, N]` each, and `carry_at(F)` that carry at F (one
       kernel product). 6 kernel products per attempt (stages 2-6 and the new point, the
       next step's first stage).
     """
     k = U.shape[1]
     V = U * jnp.sqrt(lam)[None, :]  # the implicit part is V V^T  [N, k]
     count = jnp.maximum(jnp.sum(real.astype(U.dtype)), 1.0)
+    columns = real[None, :]  # the real rows of the neighbourhood are the columns of a [C, N] state
+    Vt = V.T  # [k, N]
 
-    def split(r, Hr):  # (f_E, f_I) from r and H r
-        f_i = -a * jnp.matmul(U, lam[:, None] * jnp.matmul(U.T, r, precision=_HIGHEST), precision=_HIGHEST)
+    def split(r, Hr):  # (f_E, f_I) from r and (H r^T)^T  [C, N]: f_I = -a (U diag(lam) U^T r^T)^T
+        f_i = -a * jnp.matmul(jnp.matmul(r, U, precision=_HIGHEST) * lam[None, :], U.T, precision=_HIGHEST)
         return -a * Hr - f_i, f_i
 
     def carry_at(F):  # (f_E(F), f_I(F)): one kernel product
         r = residual(F)
         return split(r, product(r))
 
-    def scaled_norm(x, ref):
-        z = jnp.where(real[:, None], x / (atol + rtol * jnp.abs(ref)), 0.0)
-        return jnp.sqrt(jnp.sum(z * z) / (count * x.shape[-1]))
+    def in_W(r):  # V^T r^T  [k, C]
+        return jnp.matmul(r, V, precision=_HIGHEST).T
+
+    def from_W(W):  # (V W)^T  [C, N]
+        return jnp.matmul(W.T, Vt, precision=_HIGHEST)
 
     def attempt(F, aux, h):
         f_e1, f_i1 = aux
-        C = F.shape[-1]
+        C = F.shape[0]
         c = h * GAMMA * a
         if k:
             # Newton in W = Lambda^(-1/2) Y: G(W) = W + c Lambda^(1/2) U^T r(A + U Lambda^(1/2) W) has the
             # symmetric positive definite Jacobian I + c V^T S V (V = U Lambda^(1/2)), S the softmax
             # curvature (per row diag(p) - p p^T), here at the step's start; Cholesky-factorised once per
             # attempt and shared by the 5 implicit stages (simplified Newton).
-            P = probabilities(F)
+            P = probabilities(F).T  # [N, C]
             G = V[:, :, None] * P[:, None, :]  # [N, k, C]
             diag = jnp.einsum("nai,nb->aib", G, V, precision=_HIGHEST)
             curvature = (diag[:, :, :, None] * jnp.eye(C, dtype=F.dtype)[None, :, None, :]).reshape(k * C, k * C)
@@ -181,13 +187,13 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
             Wanner IV.8), is below NEWTON_TOLERANCE of the error tolerance; fails on divergence. The
             update's size |V d| is measured in W-space (|V d|^2 = sum_a lambda_a |d_a|^2, U orthonormal)
             against the stage's RMS tolerance: one N-sized product pair per iteration."""
-            scale = (atol + rtol * jnp.sqrt(jnp.sum(jnp.where(real[:, None], A * A, 0.0)) / (count * C))) ** 2
+            scale = (atol + rtol * jnp.sqrt(jnp.sum(jnp.where(columns, A * A, 0.0)) / (count * C))) ** 2
             denominator = count * C * scale
 
             def body(carry):
                 W, it, _, _, previous = carry
-                r = residual(A + jnp.matmul(V, W, precision=_HIGHEST))
-                d = -newton_solve(W + c * jnp.matmul(V.T, r, precision=_HIGHEST))
+                r = residual(A + from_W(W))
+                d = -newton_solve(W + c * in_W(r))
                 size = jnp.sqrt(jnp.sum(lam[:, None] * d * d) / denominator)
                 rate = size / jnp.where(previous > 0, previous, 1.0)
                 estimate = jnp.where(it > 0, rate / jnp.maximum(1.0 - rate, 1e-6), 1.0) * size
@@ -201,13 +207,13 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
 
             init = (W0, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.zeros((), W0.dtype))
             W, _, done, _, _ = jax.lax.while_loop(more, body, init)
-            return jnp.matmul(V, W, precision=_HIGHEST), done & jnp.all(jnp.isfinite(W)), W
+            return from_W(W), done & jnp.all(jnp.isfinite(W)), W
 
         f_e, f_i = [f_e1], [f_i1]
         converged = jnp.bool_(True)
         # Newton starts from W linearly extrapolated in time over the last two stages (stage 1: the
         # value W = -c V^T r(F) the stage would have at Z = F).
-        Ws = [-c * jnp.matmul(V.T, residual(F), precision=_HIGHEST)] if k else []
+        Ws = [-c * in_W(residual(F))] if k else []
         for stage, (row_e, row_i) in enumerate(zip(A_EXPLICIT, A_IMPLICIT), start=1):
             A = F + h * (adaptive.combine(row_e, f_e) + adaptive.combine(row_i[:len(f_i)], f_i))
             if k:
@@ -232,7 +238,7 @@ def imex_attempt(product: Callable, residual: Callable, probabilities: Callable,
         # Max norm: the local error of every logit within tolerance (an RMS over N C entries lets a few
         # rows of a trained model's neighbourhood, where the error concentrates, exceed it ~sqrt(N C)-fold).
         scale = atol + rtol * jnp.maximum(jnp.abs(F), jnp.abs(F_new))
-        error = jnp.max(jnp.where(real[:, None], jnp.abs(h * adaptive.combine(ERROR, f)) / scale, 0.0))
+        error = jnp.max(jnp.where(columns, jnp.abs(h * adaptive.combine(ERROR, f)) / scale, 0.0))
         error = jnp.where(converged | ~jnp.isfinite(error), error, NEWTON_FAILED)
 
         # Dense output F + h (theta q2 + theta^2 q1 + theta^3 q0), q_j = sum_i d_ij f_i: 3 arrays per step.
