@@ -47,12 +47,12 @@ def combine(weights, vectors):
 class Attempt(NamedTuple):
     """One attempted step from (F, aux) of length h grid intervals.
 
-    F_new: `[N, C]` solution at t + h.
+    F_new: the solution at t + h (the state's shape: `[C, N]` in `ntk.evolution`, class-major).
     aux_new: the method's carry at t + h (used only if the step is accepted).
     error: scalar scaled error norm (accept iff < 1; non-finite = failure;
       a large finite value = reject and shrink, e.g. a Newton iteration that
       did not converge).
-    dense: theta -> F(t + theta * h) `[N, C]` for theta in [0, 1].
+    dense: theta -> F(t + theta * h) for theta in [0, 1].
     products: int32 scalar, kernel products spent by the attempt.
     """
 
@@ -68,17 +68,18 @@ def integrate(attempt: Callable, aux0, F0: jax.Array, residual: Callable, taus: 
     """Runs the adaptive integration over [0, tau_max] grid intervals.
 
     Args:
-      attempt: (F [N, C], aux, h scalar) -> `Attempt`; pure, traceable.
+      attempt: (F, aux, h scalar) -> `Attempt`; pure, traceable. The driver is layout-agnostic:
+        any state shape (`ntk.evolution` passes class-major `[C, N]`).
       aux0: the method's carry at t = 0 (a pytree of arrays).
-      F0: `[N, C]` initial logits (zero on padding rows); its dtype is that of t, h and the outputs.
-      residual: F -> softmax(F) - Y^ `[N, C]`, zero on padding rows.
+      F0: the initial state (zero on padding); its dtype is that of t, h and the outputs.
+      residual: F -> softmax(F) - Y^ (F's shape), zero on padding.
       taus: static strictly ascending candidate step counts.
       max_stride: static largest step, in grid intervals.
       error_order: static order q of the embedded error estimate (exponent 1/(q+1)).
       h0: static first proposed step, in grid intervals.
 
     Returns:
-      (R_taus `[T, N, C]`, F_taus `[T, N, C]`, products int32 scalar); NaN in
+      (R_taus `[T, *F0.shape]`, F_taus `[T, *F0.shape]`, products int32 scalar); NaN in
       both outputs if the integration failed.
     """
     dtype = F0.dtype  # float32, or float64 for a float64 evolution

@@ -75,7 +75,7 @@ class Evolution(NamedTuple):
 
     residual_sums: R_tau `[T, N, C]` (SPEC step 8).
     logits: F(s_tau) `[T, N, C]` (for the `linearized` tau criterion, step 9).
-    products: int32 scalar, the `[N, N] x [N, C]` kernel products made (for
+    products: int32 scalar, the kernel products (H r^T)^T `[C, N] x [N, N]` made (for
       "dopri5" it depends on the data; a diagnostic for benchmarks).
     """
 
@@ -99,7 +99,8 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     """SPEC step 7 (and the residual sums of step 8).
 
     Args:
-      H: `[N, N]` kernel (step 5); padding rows/columns are ignored.
+      H: `[N, N]` kernel (step 5); padding rows/columns are ignored. Its symmetric part (H + H^T) / 2
+        is used (H itself for the kernels of step 5 up to round-off in a few: see "Layout").
       F0: `[N, C]` logits of the averaged model f(X; w̄_i). With H, sets the compute dtype
         (`spark_jax.dtypes.compute_dtype(H, F0)`: float32, or float64 if either is).
       Y_hat: `[N, C]` one-hot or soft targets (step 6), cast to the compute dtype.
