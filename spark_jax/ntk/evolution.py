@@ -43,8 +43,8 @@ Integrators ([choice] `method`):
     gradient descent on the linearised model.
 
 Layout: inside, every state is class-major, `[C, N]` (F^T, r^T, ...), and a kernel product is
-r H = (H r^T)^T (`[C, N] x [N, N]`; H is symmetrised first, which leaves the symmetric kernels of
-step 5 bit for bit unchanged). On XLA:CPU the softmax and elementwise work over rows of C = 10
+r H = (H r^T)^T (`[C, N] x [N, N]`; H is symmetrised first, which leaves a symmetric H bit for bit
+unchanged). On XLA:CPU the softmax and elementwise work over rows of C = 10
 entries ran ~4x slower than over `[C, N]`, and `[10, N] x [N, N]` ~1.4x faster than `[N, N] x
 [N, 16]`; only the inputs and outputs are `[N, C]` (BUILD.md "Performance"). With `columns` > C
 the product's left operand is zero-padded to that many rows first (speed only: no value changes;
@@ -100,7 +100,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
 
     Args:
       H: `[N, N]` kernel (step 5); padding rows/columns are ignored. Its symmetric part (H + H^T) / 2
-        is used (H itself for the kernels of step 5 up to round-off in a few: see "Layout").
+        is used: bit for bit H when H is symmetric, as the kernel of step 5 is up to round-off ("Layout").
       F0: `[N, C]` logits of the averaged model f(X; w̄_i). With H, sets the compute dtype
         (`spark_jax.dtypes.compute_dtype(H, F0)`: float32, or float64 if either is).
       Y_hat: `[N, C]` one-hot or soft targets (step 6), cast to the compute dtype.
@@ -139,7 +139,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
     real = mask[None, :]  # the states are class-major [C, N] (module docstring)
     zero = jnp.zeros((), dtype)
     H = H.astype(dtype)
-    H = 0.5 * (H + H.T)  # bit for bit H for the symmetric kernels of step 5; `product` relies on it
+    H = 0.5 * (H + H.T)  # bit for bit H if H is symmetric; `product` relies on symmetry
     Y_hat = Y_hat.astype(dtype).T
     eta = jnp.asarray(eta, dtype)
     inv_n = 1.0 / num_true(mask, dtype)
