@@ -1,7 +1,10 @@
 """Shared test setup: strict rank promotion, and where the real data is."""
 
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -36,6 +39,20 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-te
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 jax.config.update("jax_compilation_cache_dir", None)
+
+
+def simulated_devices_env(devices: int) -> dict:
+    """This environment with `devices` simulated CPU devices (XLA_FLAGS is read when jax is imported, so
+    only a subprocess started with it sees them)."""
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+
+
+def run_device_check(module: str, devices: int, timeout: float) -> dict:
+    """Runs `python -m module` on `devices` simulated CPU devices; the JSON of its last stdout line."""
+    proc = subprocess.run([sys.executable, "-m", module], cwd=REPO, env=simulated_devices_env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def without_compile_cache(env: dict) -> dict:

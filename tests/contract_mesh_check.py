@@ -12,36 +12,15 @@ over the rounds, and the number of devices the final state's leaves span.
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from spark_jax import algorithms, parallel
 from spark_jax.setting.models import make_model
-from tests.conftest import random_node_data, round_inputs
+from tests.conftest import random_node_data
 from tests.contract_cases import CASES, case_config, redrawn_graphs
+from tests.sharding_checks import max_diff, run_rounds
 
 DEVICES = 2
-
-
-def _rounds(case, nd, graphs, mesh):
-    alg = algorithms.make_algorithm(case_config(case), make_model("mlp", hidden=(8,)), mesh=mesh)
-    state = alg.init(jax.random.key(1), nd)
-    data = jax.tree.map(jnp.asarray, nd)
-    if mesh is not None:
-        state, data = parallel.shard_nodes(state, mesh), parallel.replicate(data, mesh)
-    round_fn = jax.jit(alg.round, donate_argnums=0)
-    out = []
-    for r, graph in enumerate(graphs):
-        inputs = round_inputs(graph, r, key=r)
-        state, metrics = round_fn(state, data, inputs if mesh is None else parallel.replicate(inputs, mesh))
-        out.append(jax.device_get((state, metrics)))
-    devices = sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(state)})
-    return out, devices
-
-
-def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def main():
@@ -51,11 +30,13 @@ def main():
     cross = [bool(np.any((g.neighbors // 3 != np.arange(6)[:, None] // 3) & g.mask)) for g in graphs]
     out = {"cross_shard_neighbours": cross}
     for case in sorted(CASES):
-        ref, _ = _rounds(case, nd, graphs, None)
-        got, devices = _rounds(case, nd, graphs, mesh)
-        out[case] = {"state": max(_max_diff(a[0], b[0]) for a, b in zip(ref, got)),
-                     "metrics": max(_max_diff(a[1], b[1]) for a, b in zip(ref, got)),
-                     "devices": devices}
+        make = lambda m, case=case: algorithms.make_algorithm(case_config(case), make_model("mlp", hidden=(8,)),
+                                                              mesh=m)
+        ref_states, ref_metrics, _, _ = run_rounds(make, nd, graphs, None, key=1)
+        states, metrics, last, _ = run_rounds(make, nd, graphs, mesh, key=1)
+        out[case] = {"state": max(map(max_diff, ref_states, states)),
+                     "metrics": max(map(max_diff, ref_metrics, metrics)),
+                     "devices": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(last)})}
     print(json.dumps(out))
 
 

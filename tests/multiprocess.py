@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, without_compile_cache
+from tests.conftest import REPO, simulated_devices_env, without_compile_cache
 
 
 def free_port() -> int:
@@ -27,8 +27,7 @@ def free_port() -> int:
 
 
 def env_for(devices: int, data_dir: str | None = None) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1")
+    env = dict(simulated_devices_env(devices), PYTHONUNBUFFERED="1")
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(name, None)
     if data_dir:

@@ -51,13 +51,13 @@ def configs() -> dict:
     return {"ntk_dfl": (ntk_dfl, ntk), "spark": (spark, sp)}
 
 
-def run_rounds(module, config, nd, graphs, mesh):
-    """ROUNDS jitted rounds (state donated, as in the runner).
+def run_rounds(make, nd, graphs, mesh, key: int = 3):
+    """One jitted round per graph (state donated, as in the runner) of the algorithm `make(mesh)` builds.
 
     Returns (host copies of the states and metrics per round, the last state, the jitted round).
     """
-    alg = module.from_config(config, make_model("mlp", hidden=(8,)), mesh=mesh)
-    state = alg.init(jax.random.key(3), nd)
+    alg = make(mesh)
+    state = alg.init(jax.random.key(key), nd)
     data = jax.tree.map(jnp.asarray, nd)
     if mesh is not None:
         state, data = parallel.shard_nodes(state, mesh), parallel.replicate(nd, mesh)
@@ -85,8 +85,10 @@ def main():
            "degrees": sorted({int(d) for g in graphs for d in g.mask.sum(1)}),
            "distinct_graphs": len({g.neighbors.tobytes() for g in graphs})}
     for name, (module, config) in configs().items():
-        ref_states, ref_metrics, _, _ = run_rounds(module, config, nd, graphs, None)
-        states, metrics, last, round_fn = run_rounds(module, config, nd, graphs, mesh)
+        model = make_model("mlp", hidden=(8,))
+        make = lambda m, module=module, config=config: module.from_config(config, model, mesh=m)
+        ref_states, ref_metrics, _, _ = run_rounds(make, nd, graphs, None)
+        states, metrics, last, round_fn = run_rounds(make, nd, graphs, mesh)
         leaves = jax.tree.leaves(last)
         out[name] = {
             "state_diff": [max_diff(a, b) for a, b in zip(ref_states, states)],

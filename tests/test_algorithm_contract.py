@@ -12,11 +12,6 @@ The rows are `tests/contract_cases.py`; the independent references (float64 loop
 live in each algorithm's own test file.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +19,7 @@ import pytest
 
 from spark_jax import algorithms
 from spark_jax.setting.models import make_model
-from tests.conftest import NTK_COUNTS, REPO, random_node_data, round_inputs
+from tests.conftest import NTK_COUNTS, random_node_data, round_inputs, run_device_check
 from tests.contract_cases import CASES, case_config, redrawn_graphs
 
 def _signature(state):
@@ -75,11 +70,7 @@ def test_contract(case):
 
 @pytest.fixture(scope="module")
 def mesh_check():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "tests.contract_mesh_check"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_device_check("tests.contract_mesh_check", devices=2, timeout=600)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,18 +17,15 @@ from experiments.configs import tiny
 from spark_jax import parallel
 from spark_jax.algorithms import available
 from spark_jax.runner.validation import ConfigError, validate_config
-from tests.conftest import REPO
+from tests.conftest import REPO, run_device_check, simulated_devices_env
 
 DEVICES = 8
-ENV = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}", JAX_PLATFORMS="cpu")
+ENV = simulated_devices_env(DEVICES)
 
 
 @pytest.fixture(scope="module")
 def checks():
-    proc = subprocess.run([sys.executable, "-m", "tests.sharding_checks"], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_device_check("tests.sharding_checks", devices=DEVICES, timeout=300)
 
 
 @pytest.mark.slow

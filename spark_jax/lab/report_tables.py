@@ -62,8 +62,7 @@ def load_run(path) -> Run:
     path = pathlib.Path(path)
     run_dir = RunDir(path)
     try:
-        config = run_dir.read_config()
-        config = None if config is None else without_other_algorithms_sections(flatten(config))
+        config = without_other_algorithms_sections(flatten(run_dir.read_config()))
         records = read_metrics_checked(path)
         run_dir.read_summary()
     except (CorruptFileError, OSError) as e:
