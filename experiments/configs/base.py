@@ -1,10 +1,14 @@
 """The full config schema with defaults; named configs start from here.
 
 Not a runnable config on its own (no `get_config`): every field a run reads
-is declared here, so overrides of unknown keys fail and types are checked.
+is declared here, so overrides of unknown keys fail and types are checked. The
+baselines' own sections (`dfedavg`, ..., `dispfl`) are declared in their algorithm
+files and come in through the registry (`spark_jax.algorithms.config_sections`).
 """
 
 import ml_collections
+
+from spark_jax import algorithms
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,46 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.channels = (8, 16)
     c.model.per_node_init = False  # SPEC default: the same initial w at every node
 
-    c.dfedavg = ml_collections.ConfigDict()
-    c.dfedavg.lr = 0.1
-    c.dfedavg.batch_size = 25
-    c.dfedavg.local_epochs = 20
-
-    # Baselines (SPEC "Baselines"); momentum restarts every round (local_baselines.py).
-    c.dfedavgm = ml_collections.ConfigDict()
-    c.dfedavgm.lr = 0.01
-    c.dfedavgm.momentum = 0.9  # heavy ball
-    c.dfedavgm.batch_size = 50
-    c.dfedavgm.local_epochs = 20
-
-    c.dpsgd = ml_collections.ConfigDict()
-    c.dpsgd.lr = 0.1
-    c.dpsgd.batch_size = 10
-    c.dpsgd.local_epochs = 1
-
-    c.dfedsam = ml_collections.ConfigDict()
-    c.dfedsam.lr = 0.01  # lr_r = lr * lr_decay^r
-    c.dfedsam.lr_decay = 0.95
-    c.dfedsam.momentum = 0.99
-    c.dfedsam.weight_decay = 5e-4
-    c.dfedsam.rho = 0.01  # SAM radius
-    c.dfedsam.batch_size = 32
-    c.dfedsam.local_epochs = 5
-
-    # DisPFL (Dai et al., ICML 2022; spark_jax/algorithms/dispfl.py): sparse personalised models on ERK
-    # masks, uniform mean over the neighbours holding a coordinate, RigL-style prune/regrow each round.
-    c.dispfl = ml_collections.ConfigDict()
-    c.dispfl.lr = 0.1  # paper; lr_r = lr * lr_decay^r
-    c.dispfl.lr_decay = 0.998  # paper
-    c.dispfl.momentum = 0.0  # paper's code (plain SGD)
-    c.dispfl.weight_decay = 5e-4  # paper (PyTorch-style, coupled)
-    c.dispfl.grad_clip = 10.0  # global-norm clip of the paper's code (0 = off)
-    # Paper: 128 on ~500 samples per client = 4 steps per epoch; 50 keeps 4 steps per epoch (20 local
-    # steps per round) on the ~200 samples per node of the NTK-DFL partition.
-    c.dispfl.batch_size = 50
-    c.dispfl.local_epochs = 5  # paper
-    c.dispfl.dense_ratio = 0.5  # paper: overall density of every mask (ERK per layer)
-    c.dispfl.anneal_factor = 0.5  # paper: drop fraction alpha_r = anneal_factor/2 (1 + cos(pi r / rounds))
+    # The baselines' own sections (`config.dfedavg`, `config.dispfl`, ...): each algorithm file declares
+    # its defaults (`CONFIG` in spark_jax/algorithms/dfedavg.py, local_baselines.py, dispfl.py) and
+    # registers them with the algorithm (`spark_jax.algorithms.register`).
+    for name, section in algorithms.config_sections().items():
+        c[name] = ml_collections.ConfigDict(section)
 
     c.ntk = ml_collections.ConfigDict()
     c.ntk.eta0 = 0.01  # eta_r = eta0 * exp(-decay * r)

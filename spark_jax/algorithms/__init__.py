@@ -2,8 +2,10 @@
 
 The NTK algorithms are also plain constructors with keyword options (`ntk_dfl.ntk_dfl`, `spark.spark`,
 options in `spark_jax.options`); their factories map the run config's sections onto them
-(`spark_jax.config_options`). A new algorithm: one file with its constructor and `from_config`, and
-one `register` line here.
+(`spark_jax.config_options`). A new algorithm: one file with its factory, its `check_config` and its
+config section's defaults (`CONFIG`, a dict), and one `register` line here; every run config then has
+that section (`config_sections`, read by `experiments/configs/base.py`), so `--config.<name>.<key>=...`
+works at once.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
 _REGISTRY: dict[str, Callable] = {}
 _CONFIG_CHECKS: dict[str, Callable] = {}
+_CONFIG_SECTIONS: dict[str, dict] = {}
 
 
-def register(name: str, factory: Callable, check_config: Callable | None = None) -> None:
+def register(name: str, factory: Callable, check_config: Callable | None = None,
+             config: dict | None = None) -> None:
     """factory(config, model[, mesh]) -> Algorithm; check_config(config) raises `checks.OptionError`
-    naming the first bad field of the algorithm's own config section (run by `check_configs`).
+    naming the first bad field of the algorithm's own config section (run by `check_configs`);
+    config: that section's defaults (plain values), added to every run config as `config.<name>`.
 
     A config section named `name` (if any) is the algorithm's own: no other algorithm reads it, so runs
     of the others leave it out when configs are compared (`runner.run_io.flatten_config`)."""
@@ -28,6 +33,13 @@ def register(name: str, factory: Callable, check_config: Callable | None = None)
     _REGISTRY[name] = factory
     if check_config is not None:
         _CONFIG_CHECKS[name] = check_config
+    if config is not None:
+        _CONFIG_SECTIONS[name] = dict(config)
+
+
+def config_sections() -> dict[str, dict]:
+    """name -> defaults of the algorithms' own config sections, in registration order (copies)."""
+    return {name: dict(section) for name, section in _CONFIG_SECTIONS.items()}
 
 
 def check_configs(config) -> None:
@@ -55,12 +67,14 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
     return _REGISTRY[name](config, model, mesh=mesh)
 
 
-register("dfedavg", dfedavg.make, dfedavg.check_local_training("dfedavg"))
+register("dfedavg", dfedavg.make, dfedavg.check_local_training("dfedavg"), dfedavg.CONFIG)
 register("ntk_dfl", ntk_dfl.from_config)  # its sections (ntk, ...) are shared: config_options.check_all
 register("spark", spark.from_config)
-register("dfedavgm", local_baselines.make_dfedavgm, dfedavg.check_local_training("dfedavgm"))
-register("dpsgd", local_baselines.make_dpsgd, dfedavg.check_local_training("dpsgd"))
-register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam)
-register("dispfl", dispfl.make, dispfl.check_config)
+register("dfedavgm", local_baselines.make_dfedavgm, dfedavg.check_local_training("dfedavgm"),
+         local_baselines.CONFIG_DFEDAVGM)
+register("dpsgd", local_baselines.make_dpsgd, dfedavg.check_local_training("dpsgd"), local_baselines.CONFIG_DPSGD)
+register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam, local_baselines.CONFIG_DFEDSAM)
+register("dispfl", dispfl.make, dispfl.check_config, dispfl.CONFIG)
 
-__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm", "check_configs"]
+__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm", "check_configs",
+           "config_sections"]

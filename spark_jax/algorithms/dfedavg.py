@@ -25,6 +25,9 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
 from spark_jax.setting.models import Model, init_node_params
 
+# The run config's `dfedavg` section (`algorithms.register(..., config=CONFIG)` adds it to every config).
+CONFIG = dict(lr=0.1, batch_size=25, local_epochs=20)
+
 
 @flax.struct.dataclass
 class State:

@@ -84,6 +84,22 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
 from spark_jax.setting.models import Model, init_node_params, num_params
 
+# The run config's `dispfl` section (`algorithms.register(..., config=CONFIG)` adds it to every config):
+# the paper's values (and its code's momentum 0 and clip 10), except the batch: the paper's 128 on ~500
+# samples per client is 4 steps per epoch, and 50 keeps 4 steps per epoch (20 local steps per round) on
+# the ~200 samples per node of the NTK-DFL partition.
+CONFIG = dict(
+    lr=0.1,  # lr_r = lr * lr_decay^r
+    lr_decay=0.998,
+    momentum=0.0,  # plain SGD
+    weight_decay=5e-4,  # PyTorch-style, coupled
+    grad_clip=10.0,  # global-norm clip (0 = off)
+    batch_size=50,
+    local_epochs=5,
+    dense_ratio=0.5,  # overall density of every mask (ERK per layer)
+    anneal_factor=0.5,  # drop fraction alpha_r = anneal_factor/2 (1 + cos(pi r / rounds))
+)
+
 MASK_FOLD = 0x6D61736B  # init-key fold for the masks ('mask'): beyond any node index of per-node params
 
 

@@ -33,6 +33,14 @@ from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.dfedavg import check_local_training, make_local_training
 from spark_jax.setting.models import Model
 
+# The run config's sections (`algorithms.register(..., config=...)` adds them to every config).
+CONFIG_DFEDAVGM = dict(lr=0.01, momentum=0.9, batch_size=50, local_epochs=20)  # momentum: heavy ball
+CONFIG_DPSGD = dict(lr=0.1, batch_size=10, local_epochs=1)
+CONFIG_DFEDSAM = dict(lr=0.01,  # lr_r = lr * lr_decay^r
+                      lr_decay=0.95, momentum=0.99, weight_decay=5e-4,
+                      rho=0.01,  # SAM radius
+                      batch_size=32, local_epochs=5)
+
 
 def sam_value_and_grad(rho: float):
     """(f, p) -> (f(p), grad f(p + rho g / ||g||)) with g = grad f(p); e = 0 if ||g|| = 0."""
