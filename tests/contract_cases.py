@@ -1,38 +1,41 @@
 """The table that drives the algorithm contract: one row per setting, every registered algorithm at least once.
 
 Used by `tests/test_algorithm_contract.py` (one device) and `tests/contract_mesh_check.py` (the node
-axis over 2 simulated devices, in a subprocess). A new algorithm adds one row here.
+axis over 2 simulated devices, in a subprocess). Every registered algorithm gets a row with its
+defaults (`algorithms.available()`), so a new algorithm is under the contract as soon as its
+`register` line exists; add rows here only for further settings of it.
 """
 
 import numpy as np
 
+from spark_jax import algorithms
 from spark_jax.lab.sweep_grid import set_field
 from spark_jax.setting.topology import TopologyStream
 from tests.conftest import NTK_COUNTS, ntk_config
 
 ROUNDS = 3
-BASELINES = ("dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")
 SPARK = {"algorithm": "spark", "sketch.k": 8, "stages.unit": "round", "stages.boundaries": (1, 2)}
 
-# name -> dotted config overrides.
+# name -> dotted config overrides: every registered algorithm with its defaults, then further settings.
 CASES = {
-    "ntk_dfl": {"algorithm": "ntk_dfl"},
+    **{name: {"algorithm": name} for name in algorithms.available() if name != "spark"},
     "spark_v1": SPARK,
     "spark_v2": {**SPARK, "sketch.enabled": False},
     "spark_own_exact_teacher_neighbors_velocity_mixed": {
         **SPARK, "sketch.update_mode": "own_exact", "distill.teacher": "neighbors", "momentum.velocity": "mixed"},
     "spark_roundtrip_fixed_P": {**SPARK, "sketch.update_mode": "roundtrip", "sketch.redraw": False},
-    **{name: {"algorithm": name} for name in BASELINES},
 }
 
 
 def case_config(case: str):
     """The run config of row `case`: six nodes of `conftest.NTK_COUNTS` samples, the imex integrator,
-    `ROUNDS` rounds, baselines with one short epoch of small batches (the contract, not the training)."""
+    `ROUNDS` rounds, local-training algorithms with one short epoch of small batches (the contract, not
+    the training)."""
     c = ntk_config(integrator="imex")
     c.rounds = ROUNDS
-    for name in BASELINES:
-        c[name].local_epochs, c[name].batch_size = 1, 4
+    for name, section in algorithms.config_sections().items():
+        if {"local_epochs", "batch_size"} <= set(section):
+            c[name].local_epochs, c[name].batch_size = 1, 4
     for path, value in CASES[case].items():
         set_field(c, path, value)
     return c

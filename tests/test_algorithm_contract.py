@@ -31,7 +31,9 @@ def _all_finite(tree) -> bool:
 
 
 def test_every_registered_algorithm_has_a_row():
+    """Built from the registry, so a new algorithm is under the contract with its `register` line."""
     assert set(algorithms.available()) <= {case["algorithm"] for case in CASES.values()}
+    assert {"dispfl", "dfedsam", "ntk_dfl", "spark"} <= set(algorithms.available())
 
 
 SLOW = ("spark_own_exact_teacher_neighbors_velocity_mixed", "spark_roundtrip_fixed_P")  # ~7 s each
