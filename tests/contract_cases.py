@@ -16,14 +16,19 @@ from tests.conftest import NTK_COUNTS, ntk_config
 ROUNDS = 3
 SPARK = {"algorithm": "spark", "sketch.k": 8, "stages.unit": "round", "stages.boundaries": (1, 2)}
 
-# name -> dotted config overrides: every registered algorithm with its defaults, then further settings.
-CASES = {
-    **{name: {"algorithm": name} for name in algorithms.available() if name != "spark"},
+# Further settings, name -> dotted config overrides (SPARK's parts at a sketch size the test MLP allows).
+SETTINGS = {
     "spark_v1": SPARK,
     "spark_v2": {**SPARK, "sketch.enabled": False},
     "spark_own_exact_teacher_neighbors_velocity_mixed": {
         **SPARK, "sketch.update_mode": "own_exact", "distill.teacher": "neighbors", "momentum.velocity": "mixed"},
     "spark_roundtrip_fixed_P": {**SPARK, "sketch.update_mode": "roundtrip", "sketch.redraw": False},
+}
+# Every registered algorithm with its defaults, unless further settings cover it; then those settings.
+CASES = {
+    **{name: {"algorithm": name} for name in algorithms.available()
+       if name not in {row["algorithm"] for row in SETTINGS.values()}},
+    **SETTINGS,
 }
 
 
