@@ -37,16 +37,13 @@ def check_config(config):
 '''
 
 RUN = textwrap.dedent('''
-    import sys
+    import runpy, sys
     sys.path.insert(0, {plugin!r})
     from spark_jax import algorithms
     import nesterov
     algorithms.register("nesterov", nesterov.make, nesterov.check_config, nesterov.CONFIG)  # the one line
-    from absl import app
-    from experiments import run
-    from experiments.config_names import parse_flags, rewrite_argv
-    sys.argv = rewrite_argv(["run"] + {args!r})
-    app.run(run.main, flags_parser=parse_flags)
+    sys.argv = ["experiments.run"] + {args!r}
+    runpy.run_module("experiments.run", run_name="__main__")  # the command line, as `python -m` runs it
 ''')
 
 

@@ -10,14 +10,18 @@ works at once.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
 
-_REGISTRY: dict[str, Callable] = {}
-_CONFIG_CHECKS: dict[str, Callable] = {}
-_CONFIG_SECTIONS: dict[str, dict] = {}
+class _Entry(NamedTuple):
+    factory: Callable  # (config, model[, mesh]) -> Algorithm
+    check_config: Callable | None  # (config) -> None, raises checks.OptionError
+    config: dict | None  # the defaults of the algorithm's own config section
+
+
+_REGISTRY: dict[str, _Entry] = {}
 
 
 def register(name: str, factory: Callable, check_config: Callable | None = None,
@@ -30,23 +34,20 @@ def register(name: str, factory: Callable, check_config: Callable | None = None,
     of the others leave it out when configs are compared (`runner.run_io.flatten_config`)."""
     if name in _REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
-    _REGISTRY[name] = factory
-    if check_config is not None:
-        _CONFIG_CHECKS[name] = check_config
-    if config is not None:
-        _CONFIG_SECTIONS[name] = dict(config)
+    _REGISTRY[name] = _Entry(factory, check_config, None if config is None else dict(config))
 
 
 def config_sections() -> dict[str, dict]:
     """name -> defaults of the algorithms' own config sections, in registration order (copies)."""
-    return {name: dict(section) for name, section in _CONFIG_SECTIONS.items()}
+    return {name: dict(e.config) for name, e in _REGISTRY.items() if e.config is not None}
 
 
 def check_configs(config) -> None:
     """Every registered algorithm's own config section, whichever algorithm runs (a typo in a sweep or a
     config file fails at once), in registration order."""
-    for check in _CONFIG_CHECKS.values():
-        check(config)
+    for e in _REGISTRY.values():
+        if e.check_config is not None:
+            e.check_config(config)
 
 
 def available() -> list[str]:
@@ -62,9 +63,8 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
     name = config.algorithm
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
-    if mesh is None:
-        return _REGISTRY[name](config, model)
-    return _REGISTRY[name](config, model, mesh=mesh)
+    factory = _REGISTRY[name].factory
+    return factory(config, model) if mesh is None else factory(config, model, mesh=mesh)
 
 
 register("dfedavg", dfedavg.make, dfedavg.check_local_training("dfedavg"), dfedavg.CONFIG)
