@@ -118,7 +118,7 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
                 w = jax.tree.map(lambda a: a[i], w_bar)
                 x, labels, mask = gather_neighbourhood(setup.node_data, inputs.neighbors[i], inputs.mask[i])
                 real = np.asarray(mask)
-                H = kernel(w, x, mask, None)[real][:, real]
+                H = kernel(w, x, mask, None, None)[real][:, real]
                 stiffness = eta * float(np.linalg.eigvalsh(np.asarray(H, np.float64))[-1]) / real.sum()
                 if best is None or stiffness > best[0]:
                     f0, y = ph.targets(w, x, labels, mask, None, 0.0)

@@ -67,7 +67,7 @@ def phase_functions(setup):
         def kernel(w_bar, nd, inputs):
             def one(w, n, s):
                 x, _, mask = gather_neighbourhood(nd, n, s)
-                return consume(ph.kernel(w, x, mask, None))
+                return consume(ph.kernel(w, x, mask, None, None))
             return over_nodes(one, w_bar, inputs.neighbors, inputs.mask)
         return kernel
 

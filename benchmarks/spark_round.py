@@ -10,9 +10,11 @@ fused jitted round is timed on all M nodes (the figure that counts). Phases
   projections  P_l for this round (3; drawn once per round, shared by all nodes)
   first_layer  [1; x] P_0 for every sample (3; only when the first layer is shared,
                `sketch.share_first_layer`: timed on one block of P's columns, times the blocks)
-  sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4; shared: one block's columns,
-               times the blocks)
-  kernel       H~ = (1/C) sum J~ J~^T (5; shared: the same, per block)
+  sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4; shared: one block's columns of
+               the hidden layers' groups, times the blocks)
+  kernel       H~ = (1/C) sum J~ J~^T (5): the output layer's part in closed form
+               (`spark_jax.ntk.sketch_output_layer`) + the Gram of the other groups' sketches
+               (shared: the closed form once, row output_kernel, and the Gram per block)
   evolution    F(s) and R_tau (6-7)
   update       back-projected Delta_tau for every tau (8)
   selection    tau* by the network's loss (9)
@@ -53,10 +55,14 @@ def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
     first = 2 * rows * (sizes[0] + 1) * sizes[1] * k
     rest = sum(2 * rows * (fi + 1) * fo * k for fi, fo in zip(sizes[1:-1], sizes[2:]))
     backprop = sum(2 * rows * c * fo * k for fo in sizes[1:])
-    kernel = 2 * rows * rows * c * k * (len(sizes) - 1) * 2 / 3  # symmetric: 3 x 3 blocks, 6 computed
+    # Gram of the hidden layers' sketches (symmetric: 3 x 3 blocks, 6 computed); the output layer's part in
+    # closed form, [N, F] x [F, F] x [F, N] with F = fan_in + 1 (`sketch_output_layer`)
+    output_kernel = 2 * rows * (sizes[-2] + 1) * (rows + sizes[-2] + 1)
+    kernel = 2 * rows * rows * c * k * (len(sizes) - 2) * 2 / 3 + output_kernel
     evolution = phase_flops(config, 1, rows, products=[float(jnp.mean(products))])["evolution"]
     return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
-            "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel, "evolution": evolution}
+            "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel - (output_kernel if shared else 0),
+            "output_kernel": output_kernel, "evolution": evolution}
 
 
 def main(argv):
@@ -114,17 +120,19 @@ def main(argv):
                                  first, P_b, repeats=repeats)
         rows.append(("sketch", t, c, b, blocks))
         f0, y = per_node(lambda w, n, s: ph.targets(w, *gathered(n, s)[:3], None, 0.0))(w_bar, nbr, smask)
-        t, c, h = timed_compiled(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
+        t, c, h = timed_compiled(per_node(ph.output_kernel, (0, 0, 0, None)), w_bar, x, masks, P, repeats=repeats)
+        rows.append(("output_kernel", t, c, b, 1))
+        t, c, h = timed_compiled(per_node(ph.gram), sk, masks, repeats=repeats)
         rows.append(("kernel", t, c, b, blocks))
         del first, sk, h
         # The whole kernel of this chunk for the later phases (not timed; the round builds it per block).
-        h = per_node(lambda w, x, m: ph.kernel(w, x, m, ph.messages(w, x, m, P, None)))(w_bar, x, masks)
+        h = per_node(lambda w, x, m: ph.kernel(w, x, m, ph.messages(w, x, m, P, None), P))(w_bar, x, masks)
         sk = None
     else:
         t, c, (f0, y, sk) = timed_compiled(per_node(messages, (0, 0, 0, None, None)), w_bar, nbr, smask, P, None,
                                   repeats=repeats)
         rows.append(("sketch", t, c, b, 1))
-        t, c, h = timed_compiled(per_node(ph.kernel), w_bar, x, masks, sk, repeats=repeats)
+        t, c, h = timed_compiled(per_node(ph.kernel, (0, 0, 0, 0, None)), w_bar, x, masks, sk, P, repeats=repeats)
         rows.append(("kernel", t, c, b, 1))
     t, c, evo = timed_compiled(per_node(ph.evolve, (0, 0, 0, 0, None)), h, f0, y, masks, eta, repeats=repeats)
     rows.append(("evolution", t, c, b, 1))
@@ -152,7 +160,7 @@ def main(argv):
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}; "
           f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution kernel products per node: "
           f"mean {float(jnp.mean(evo.products)):.0f}, max {int(jnp.max(evo.products))}")
-    print(f"{'phase':<12}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
+    print(f"{'phase':<14}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     scaled = [(name, t * times / nodes, t * times / nodes * m if nodes > 1 else t * times, c)
               for name, t, c, nodes, times in rows]
     total = sum(s for _, _, s, _ in scaled)
@@ -161,10 +169,10 @@ def main(argv):
                 else flops.get(name, 0) * m)
         rate = f"{work / s / 1e9:>10.1f}{work / s / peak:>9.1%}" if work else ""
         per_txt = f"{per:>9.3f}" if name not in ("projections", "first_layer") else f"{'-':>9}"
-        print(f"{name:<12}{per_txt}{s:>10.3f}{s / total:>8.1%}{c:>11.1f}{rate}")
-    print(f"{'sum':<12}{'':>9}{total:>10.3f}")
+        print(f"{name:<14}{per_txt}{s:>10.3f}{s / total:>8.1%}{c:>11.1f}{rate}")
+    print(f"{'sum':<14}{'':>9}{total:>10.3f}")
     if _FUSED.value:
-        print(f"{'fused round':<12}{'':>9}{t_round:>10.3f}{'':>8}{c_round:>11.1f}   (all {m} nodes, "
+        print(f"{'fused round':<14}{'':>9}{t_round:>10.3f}{'':>8}{c_round:>11.1f}   (all {m} nodes, "
               f"without evaluation)")
     print(f"peak memory: {peak_memory_bytes() / 2**30:.2f} GiB")
 

@@ -29,7 +29,7 @@ import optax
 
 from spark_jax import guard, ntk, parallel
 from spark_jax.algorithms import schedules
-from spark_jax.ntk import sketch as sketching, sketched_ntk
+from spark_jax.ntk import sketch as sketching, sketch_output_layer, sketched_ntk
 from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix, with_matmul_precision
 from spark_jax.dtypes import compute_dtype
@@ -86,8 +86,13 @@ class NodePhases(NamedTuple):
       messages(w_bar, x, mask, P, first_layer) -> sketches J~_l [N, C, k], or None (exact)   step 3
       shared_messages(w_bar, neighbors, slot_mask, node_data, first_all, P_b) -> (x, mask, sketches)
         the same for one block P_b of P's columns, gathering the neighbourhood's rows of the shared
-        first-layer products first_all [M, n_max, fan_out, block] (`shared_sketch`)
-      kernel(w_bar, x, mask, sketches) -> H [N, N]                                  step 5
+        first-layer products first_all [M, n_max, fan_out, block] (`shared_sketch`); only the groups
+        whose kernel part is a Gram of sketches (not `output_kernel`'s)
+      kernel(w_bar, x, mask, sketches, P) -> H [N, N]                               step 5
+      gram(sketches, mask) -> (1/C) sum J~ J~^T of the given sketches [N, N] (the shared schedule's
+        part per block of columns)
+      output_kernel(w_bar, x, mask, P) -> the part of H~ [N, N] given in closed form (the output
+        layer's, `spark_jax.ntk.sketch_output_layer`; zeros where none is)
       evolve(H, F0, Y^, mask, eta) -> ntk.Evolution                                 step 7
       update(w_bar, x, mask, own_rows, sketches, P, evolution, eta) -> Delta_tau leaves [T, ...]  step 8
         (sketches None in sketch mode: the shared-first-layer schedule, P P^T of the exact update)
@@ -100,6 +105,8 @@ class NodePhases(NamedTuple):
     messages: Callable
     shared_messages: Callable
     kernel: Callable
+    gram: Callable
+    output_kernel: Callable
     evolve: Callable
     update: Callable
     select: Callable
@@ -142,13 +149,22 @@ def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions
     def shared_messages(w_bar, neighbors, slot_mask, node_data, first_all, P_b):
         x, _, mask = gather_neighbourhood(node_data, neighbors, slot_mask)
         first = first_all[neighbors].reshape((x.shape[0],) + first_all.shape[2:])  # padding rows are masked
-        return x, mask, sketching.sketch_jacobian(apply, w_bar, x, mask, P_b, grouping=sketch.grouping,
+        groups = sketch_output_layer.gram_groups(w_bar, sketch.grouping, sketch_method)
+        return x, mask, sketching.sketch_jacobian(apply, w_bar, x, mask, P_b, grouping=sketch.grouping, groups=groups,
                                                   method=sketch_method, sample_chunk=chunk, first_layer=first)
 
     @batched
-    def kernel(w_bar, x, mask, sk):
+    def output_kernel(w_bar, x, mask, P):
+        return sketch_output_layer.closed_form_kernel(w_bar, x, mask, P, sketch.grouping, sketch_method)
+
+    @batched
+    def gram(sk, mask):
+        return sketched_ntk.sketched_kernel(sk, mask)
+
+    @batched
+    def kernel(w_bar, x, mask, sk, P):
         if sk is not None:
-            return sketched_ntk.sketched_kernel(sk, mask)
+            return sketch_output_layer.sketched_kernel(w_bar, x, mask, sk, P, sketch.grouping, sketch_method)
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=compute.jacobian_mode)
 
@@ -192,8 +208,8 @@ def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions
         best, losses = select(w_bar, x, mask, y_hat, deltas, evo)
         return jax.tree.map(lambda dl: dl[best], deltas), best, losses
 
-    return NodePhases(targets, messages, shared_messages, kernel, evolve, batched(update), batched(select),
-                      update_and_select)
+    return NodePhases(targets, messages, shared_messages, kernel, gram, output_kernel, evolve, batched(update),
+                      batched(select), update_and_select)
 
 
 class RoundSchedules(NamedTuple):
@@ -296,7 +312,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
         sk = None
         if h is None:
             sk = ph.messages(w_bar, x, mask, P, None)
-            h = ph.kernel(w_bar, x, mask, sk)
+            h = ph.kernel(w_bar, x, mask, sk, P)
         evo = ph.evolve(h, f0, y_hat, mask, eta)
         delta, best, losses = ph.update_and_select(w_bar, x, mask, own_rows, sk, P, y_hat, evo, eta)
         return delta, best, losses, (guard.all_finite(h), guard.all_finite(evo), guard.all_finite(delta))
@@ -307,7 +323,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
         x, labels, mask = gather_neighbourhood(node_data, inputs.neighbors[i], inputs.mask[i])
         teacher = own_logits[inputs.neighbors[i]].reshape(x.shape[0], num_classes) if own_logits is not None else None
         f0, y_hat = ph.targets(w, x, labels, mask, teacher, lam)
-        h = ph.kernel(w, x, mask, ph.messages(w, x, mask, P, None))
+        h = ph.kernel(w, x, mask, ph.messages(w, x, mask, P, None), P)
         evo = ph.evolve(h, f0, y_hat, mask, eta)
         return {"kernel": h, "initial_logits": f0, "targets": y_hat, "evolved_logits": evo.logits, "mask": mask}
 

@@ -10,10 +10,10 @@ and partial kernel (kernels add over columns).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from spark_jax import parallel
-from spark_jax.ntk import sketch as sketching, sketch_share
+from spark_jax.algorithms import ntk_round
+from spark_jax.ntk import sketch as sketching, sketch_output_layer, sketch_share
 from spark_jax.dtypes import compute_dtype
 from spark_jax.options import ComputeOptions, SketchOptions
 
@@ -31,8 +31,9 @@ def share_plan(sketch: SketchOptions | None, compute: ComputeOptions, params, nu
     mode = sketch_share.check_share_mode(compute.share_first_layer)
     if sketch is None:  # exact messages: nothing to share
         return sketch_share.SharePlan(0, 0, 0)
-    if sketching.resolve_method(compute.sketch_method, structured) != "structured":
-        mode = "off"
+    method = sketching.resolve_method(compute.sketch_method, structured)
+    if method != "structured" or not sketch_output_layer.gram_groups(params, sketch.grouping, method):
+        mode = "off"  # nothing to share: no structured sketch, or no hidden layer (the kernel in closed form)
     rows = slots * n_max
     return sketch_share.plan_shared_first_layer(mode, params, sketch.grouping, sketch.k, samples=num_nodes * n_max,
                                                 fixed_bytes=2 * num_nodes * rows * rows * compute_dtype(params).itemsize,
@@ -43,10 +44,12 @@ def shared_kernels(ph, template, grouping: str, w_bar, node_data, neighbors, slo
                    mesh=None):
     """Every node's sketched kernel H~ `[M, N, N]` with [1; x] P_0 computed once per sample.
 
-    ph: the round's `ntk_round.NodePhases` (shared_messages, kernel); template: one model's params.
-    Walks P's columns in `plan.num_blocks` blocks: per block, the first-layer products of all samples
-    `[M, n_max, fan_out, block]`, then every node's sketch columns and partial kernel. Holds one block of
-    products and the kernels (updated in place on one device; with a mesh, the node map's input and output).
+    ph: the round's `ntk_round.NodePhases` (shared_messages, gram, output_kernel); template: one model's
+    params. Starts from the part of H~ given in closed form (the output layer's, from all of P;
+    `output_kernel`), then walks P's columns in `plan.num_blocks` blocks: per block, the first-layer
+    products of all samples `[M, n_max, fan_out, block]`, then every node's sketch columns of the other
+    groups and their Gram. Holds one block of products and the kernels (updated in place on one device;
+    with a mesh, the node map's input and output).
     """
     m, n_max = node_data.x.shape[:2]
     flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
@@ -54,8 +57,13 @@ def shared_kernels(ph, template, grouping: str, w_bar, node_data, neighbors, slo
 
     def add_block(args, node_data, first_all, P_b):
         w, nbr, smask, h = args
-        x, mask, sk = ph.shared_messages(w, nbr, smask, node_data, first_all, P_b)
-        return h + ph.kernel(w, x, mask, sk)
+        x, mask, sk = ph.shared_messages(w, nbr, smask, node_data, first_all, P_b)  # the Gram groups' sketches
+        return h + ph.gram(sk, mask)
+
+    def closed_form_part(args, node_data, P):  # the output layer's part, from all of P at once
+        w, nbr, smask = args
+        x, _, mask = ntk_round.gather_neighbourhood(node_data, nbr, smask)
+        return ph.output_kernel(w, x, mask, P)
 
     def add_in_place(h, shared):
         """h[i] += node i's partial kernel, chunk by chunk, updating the carry in place (one copy of all
@@ -80,5 +88,6 @@ def shared_kernels(ph, template, grouping: str, w_bar, node_data, neighbors, slo
         return parallel.node_map(add_block, (w_bar, neighbors, slot_mask, h), batch_size=batch, mesh=mesh,
                                  shared=(node_data, first_all, P_b))
 
-    h0 = parallel.constrain_nodes(jnp.zeros((m, rows, rows), compute_dtype(P)), mesh)
-    return jax.lax.fori_loop(0, plan.num_blocks, block, h0)
+    h0 = parallel.node_map(closed_form_part, (w_bar, neighbors, slot_mask), batch_size=batch, mesh=mesh,
+                           shared=(node_data, P))
+    return jax.lax.fori_loop(0, plan.num_blocks, block, parallel.constrain_nodes(h0, mesh))

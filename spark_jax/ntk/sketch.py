@@ -319,13 +319,15 @@ def first_layer_products(params, x: jax.Array, P: Sequence[jax.Array], grouping:
     raise ValueError("no group holds the first layer's kernel")
 
 
-def _structured(params, x, P, layout, first_layer=None):
+def _structured(params, x, P, layout, first_layer=None, groups=None):
     layer_of = _dense_layer_index(params)
     inputs, backprops = mlp_activations_and_backprops(params, x)  # [B, fan_in], [B, C, fan_out]
     n, c = backprops[-1].shape[:2]
     dtype = compute_dtype(backprops, P, first_layer)
     out = []
-    for p, group in zip(P, layout):
+    for g, (p, group) in enumerate(zip(P, layout)):
+        if groups is not None and g not in groups:
+            continue
         k = p.shape[1]
         s = jnp.zeros((n, c, k), dtype)
         for l, blk in _layer_blocks(p, group, layer_of).items():
@@ -341,8 +343,8 @@ def _structured(params, x, P, layout, first_layer=None):
 
 def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, P: Sequence[jax.Array], *,
                     grouping: str, method: str = "structured", direction_chunk: int = 128,
-                    sample_chunk: int | None = None,
-                    first_layer: jax.Array | None = None) -> tuple[jax.Array, ...]:
+                    sample_chunk: int | None = None, first_layer: jax.Array | None = None,
+                    groups: Sequence[int] | None = None) -> tuple[jax.Array, ...]:
     """SPEC step 3 (sketch mode): J~_g = J_g P_g for every group g.
 
     Args:
@@ -359,10 +361,13 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
       first_layer: "structured" only: `first_layer_products(params, x, P,
         grouping)` `[N, fan_out, k]` precomputed for these rows (e.g. shared by
         all neighbourhoods); None = computed here.
+      groups: the indices of the groups to sketch (None = all); "structured"
+        skips the others' work (e.g. the output layer's, whose part of the
+        kernel `spark_jax.ntk.sketch_output_layer` gives in closed form).
 
     Returns:
-      tuple over groups of J~_g `[N, C, k]` (float32, or float64 for float64 params / samples / P);
-      padding rows are zero.
+      tuple over the (chosen) groups, in group order, of J~_g `[N, C, k]` (float32, or float64 for
+      float64 params / samples / P); padding rows are zero.
     """
     layout = _layout(params, grouping)
     _check_projections(P, layout)
@@ -372,7 +377,7 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
         raise ValueError(f"first_layer products are only used by method 'structured', not {method!r}")
     if method == "structured":
         _dense_layer_index(params)
-        fn = lambda xq: _structured(params, xq[0], P, layout, xq[1])
+        fn = lambda xq: _structured(params, xq[0], P, layout, xq[1], groups)
     elif method == "forward":
         fn = lambda xq: _forward(apply, params, xq[0], P, layout, direction_chunk)
     elif method == "materialize":
@@ -381,4 +386,6 @@ def sketch_jacobian(apply: Apply, params, x: jax.Array, mask: jax.Array | None, 
         raise ValueError(f"unknown sketch method {method!r}; choose one of {METHODS} (or resolve 'auto' "
                          f"with resolve_method)")
     sketches = _map_sample_chunks(fn, (zero_padding(x, mask), first_layer), sample_chunk)
+    if groups is not None and method != "structured":
+        sketches = tuple(s for g, s in enumerate(sketches) if g in groups)
     return tuple(mask_rows(sketches, mask))
