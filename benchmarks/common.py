@@ -11,7 +11,12 @@ from spark_jax.setting import data
 
 
 def timed(fn, *args, repeats: int):
-    """(median seconds over `repeats` runs after one compile+warm-up run, output)."""
+    """(median seconds over `repeats` runs after one compile+warm-up run, output).
+
+    Waits for the inputs first: JAX dispatches asynchronously, so an input still being computed (e.g. an
+    untimed phase's output) would otherwise be charged to this one (with `repeats=0` all of it).
+    """
+    jax.block_until_ready(args)
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     compile_s = time.perf_counter() - t0
