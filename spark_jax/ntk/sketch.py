@@ -47,7 +47,8 @@ kernel is a sum over columns. So a round walks P's columns in blocks
 sample, then every node's partial kernel; only one block's Q0 and the nodes'
 kernels are held. The back-projected update P P^T J^T R needs no sketch:
 `sketched_ntk.back_project_update` projects the exact update instead.
-The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.ntk.sketched_ntk`.
+The kernel and updates from sketches (SPEC steps 5, 8) are in `spark_jax.ntk.sketched_ntk`; the output
+layer's part of the kernel in closed form (no sketch needed) in `spark_jax.ntk.sketch_output_layer`.
 
 Dtypes follow the parameters (`spark_jax.dtypes.compute_dtype`): P_g and the sketches are float32, or
 float64 for float64 parameters (P_g's float64 entries are the float32 draw cast, then scaled in float64:
