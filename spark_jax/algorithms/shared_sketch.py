@@ -3,8 +3,9 @@
 
 The first layer's [1; x] P_0 does not depend on the weights, yet each sample sits in (degree + 1)
 neighbourhoods. `share_plan` picks blocks of P's columns within a byte bound (`spark_jax.ntk.sketch_share`);
-`shared_kernels` walks them: per block, the products of all samples, then every node's sketch columns
-and partial kernel (kernels add over columns).
+`shared_kernels` starts every node's kernel from the output layer's part in closed form
+(`spark_jax.ntk.sketch_output_layer`) and walks the blocks: per block, the products of all samples, then
+every node's hidden-layer sketch columns and their Gram (kernels add over columns).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def shared_kernels(ph, template, grouping: str, w_bar, node_data, neighbors, slo
     """
     m, n_max = node_data.x.shape[:2]
     flat_x = node_data.x.reshape((m * n_max,) + node_data.x.shape[2:])
-    rows = neighbors.shape[1] * n_max
 
     def add_block(args, node_data, first_all, P_b):
         w, nbr, smask, h = args
