@@ -58,10 +58,10 @@ def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
     # Gram of the hidden layers' sketches (symmetric: 3 x 3 blocks, 6 computed); the output layer's part in
     # closed form, [N, F] x [F, F] x [F, N] with F = fan_in + 1 (`sketch_output_layer`)
     output_kernel = 2 * rows * (sizes[-2] + 1) * (rows + sizes[-2] + 1)
-    kernel = 2 * rows * rows * c * k * (len(sizes) - 2) * 2 / 3 + output_kernel
+    gram = 2 * rows * rows * c * k * (len(sizes) - 2) * 2 / 3
     evolution = phase_flops(config, 1, rows, products=[float(jnp.mean(products))])["evolution"]
     return {"first_layer_per_sample": 2 * (sizes[0] + 1) * sizes[1] * k,
-            "sketch": (0 if shared else first) + rest + backprop, "kernel": kernel - (output_kernel if shared else 0),
+            "sketch": (0 if shared else first) + rest + backprop, "kernel": gram if shared else gram + output_kernel,
             "output_kernel": output_kernel, "evolution": evolution}
 
 

@@ -93,7 +93,7 @@ def test_sketched_kernel_equals_gram_of_all_sketches(hidden, grouping, method):
                                                        method=method, **kw))(params, xp, MASK, P)
     S = sketch_fn()
     want = sum(np.einsum("ick,jck->ij", np.asarray(s, np.float64), np.asarray(s, np.float64)) for s in S) / C
-    h = np.asarray(jax.jit(out_layer.sketched_kernel, static_argnums=(5, 6))(params, xp, MASK, S, P, grouping, method))
+    h = np.asarray(jax.jit(out_layer.kernel_from_sketches, static_argnums=(5, 6))(params, xp, MASK, S, P, grouping, method))
     np.testing.assert_allclose(h, want, rtol=0, atol=1e-5 * np.abs(want).max())
     rest = out_layer.gram_groups(params, grouping, method)
     assert set(rest) | set(out_layer.closed_form_groups(params, grouping, method)) == set(range(len(P)))

@@ -164,7 +164,7 @@ def node_phases(model: Model, *, taus, tau_criterion: str, sketch: SketchOptions
     @batched
     def kernel(w_bar, x, mask, sk, P):
         if sk is not None:
-            return sketch_output_layer.sketched_kernel(w_bar, x, mask, sk, P, sketch.grouping, sketch_method)
+            return sketch_output_layer.kernel_from_sketches(w_bar, x, mask, sk, P, sketch.grouping, sketch_method)
         return ntk.neighbourhood_kernel(apply, w_bar, x, mask, method=kernel_method, chunk_size=chunk,
                                         jacobian_mode=compute.jacobian_mode)
 

@@ -46,8 +46,8 @@ def output_layer_gram(params, P: Sequence[jax.Array], grouping: str) -> jax.Arra
     """
     layout = _layout(params, grouping)
     _check_projections(P, layout)
-    last = len(_dense_layer_index(params)) - 1
-    fan_in, c = params[f"Dense_{last}"]["kernel"].shape
+    layer_of = _dense_layer_index(params)
+    fan_in, c = params[max(layer_of, key=layer_of.get)]["kernel"].shape  # the last dense layer's
     dtype = compute_dtype(*P)
     m = jnp.zeros((fan_in + 1, fan_in + 1), dtype)
     for g in output_layer_groups(params, grouping):
@@ -94,8 +94,8 @@ def closed_form_kernel(params, x: jax.Array, mask: jax.Array | None, P: Sequence
     return output_layer_kernel(params, x, mask, output_layer_gram(params, P, grouping))  # M: hoisted from node loops
 
 
-def sketched_kernel(params, x: jax.Array, mask: jax.Array | None, sketches: Sequence[jax.Array],
-                    P: Sequence[jax.Array], grouping: str, method: str) -> jax.Array:
+def kernel_from_sketches(params, x: jax.Array, mask: jax.Array | None, sketches: Sequence[jax.Array],
+                         P: Sequence[jax.Array], grouping: str, method: str) -> jax.Array:
     """SPEC step 5 (sketch mode) from every group's sketch J~_g `[N, C, k]`: H~ `[N, N]`, the
     `closed_form_groups` part from `closed_form_kernel`, the rest `sketched_ntk.sketched_kernel`."""
     closed = closed_form_groups(params, grouping, method)
