@@ -138,10 +138,19 @@ def prepare_or_exit(config):
 
 
 def benchmark_config(config, data_dir: str | None):
-    """The --config value with --data_dir applied, absl logging at WARNING (every benchmark's start)."""
+    """The --config value with --data_dir applied, absl logging at WARNING, the CPU split into
+    `config.parallel.cpu_devices` devices as `experiments.run` does (every benchmark's start)."""
+    import sys  # pylint: disable=g-import-not-at-top
+
     from absl import logging  # pylint: disable=g-import-not-at-top
 
+    from spark_jax import parallel  # pylint: disable=g-import-not-at-top
+
     logging.set_verbosity(logging.WARNING)
+    try:
+        parallel.split_cpu(config.parallel.cpu_devices)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if data_dir:
         config.data.data_dir = data_dir
     return config

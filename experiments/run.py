@@ -69,6 +69,13 @@ def main(argv):
                                            _DISTRIBUTED.value, _TIMEOUT.value)
     except distributed.DistributedError as e:
         sys.exit(f"error: {e}")
+    if not options.enabled and _CONFIG.value is not None:  # one process: its CPU as one device per core
+        from spark_jax import parallel
+
+        try:
+            parallel.split_cpu(_CONFIG.value.parallel.cpu_devices)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     distributed.initialize(options)  # before anything touches a device
     from spark_jax.runner import run_signals
 

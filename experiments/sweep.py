@@ -57,13 +57,14 @@ def main(argv):
     except sweep_grid.SweepError as e:
         sys.exit(f"error: {e}")
 
-    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+    from spark_jax import algorithms, parallel  # pylint: disable=g-import-not-at-top
     from spark_jax.runner.validation import ConfigError, validate_config  # pylint: disable=g-import-not-at-top
 
     for spec in grid:
         try:
+            parallel.split_cpu(spec.config.parallel.cpu_devices)  # once per process: runs must agree on it
             validate_config(spec.config, algorithms.available())
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             sys.exit(f"error: run {spec.name}: {e}")
     if _DRY_RUN.value:
         print(sweep_grid.format_grid(grid, _WORKDIR.value))

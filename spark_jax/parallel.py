@@ -26,6 +26,7 @@ devices hold (`_from_host`; BUILD.md "Multiple devices").
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -35,6 +36,48 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from spark_jax.options import NODE_BATCHING  # the option list, defined once
 
 NODES = "nodes"
+CPU_DEVICES_AUTO_MAX = 8  # `split_cpu(0)`: each CPU device holds its own copy of the node data (0.2 GB at 300 nodes)
+_CPU_COUNT_FLAG = "xla_force_host_platform_device_count"
+
+
+def cpu_device_count(requested: int, cores: int | None = None) -> int:
+    """The CPU devices `split_cpu(requested)` makes: `requested`, or for 0 the cores this process may use
+    (`os.sched_getaffinity`), at most `CPU_DEVICES_AUTO_MAX`."""
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ValueError(f"parallel.cpu_devices={requested!r} must be an integer >= 0 (0 = one per core, "
+                         f"at most {CPU_DEVICES_AUTO_MAX}; 1 = the CPU as one device)")
+    if requested:
+        return requested
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, CPU_DEVICES_AUTO_MAX))
+
+
+def split_cpu(requested: int, environ=os.environ) -> int | None:
+    """Splits the host CPU into `cpu_device_count(requested)` XLA devices (`config.parallel.cpu_devices`).
+
+    On XLA:CPU one device runs one op at a time; most of an NTK round's evolution is small ops (softmaxes,
+    Newton iterations) that leave the other cores idle, so the 'nodes' mesh over one device per core runs
+    each core's nodes side by side (BUILD.md "Multiple devices"): same maths, float32 rounding apart.
+    Must come before JAX starts its backends (entry points call it first); the CPU devices are unused
+    when a GPU/TPU is the default backend. Returns the count set, or None when the environment already
+    chose it (`XLA_FLAGS=--xla_force_host_platform_device_count=N` or `JAX_NUM_CPU_DEVICES`): that wins.
+    Raises ValueError if the backends already run with another count.
+    """
+    n = cpu_device_count(requested)
+    if _CPU_COUNT_FLAG in environ.get("XLA_FLAGS", "") or environ.get("JAX_NUM_CPU_DEVICES"):
+        return None
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  # no public "backends started?"
+
+    if xla_bridge.backends_are_initialized():
+        have = len(jax.devices("cpu"))
+    else:
+        have = jax.config.jax_num_cpu_devices  # -1 = not set yet
+    if have not in (-1, n):
+        raise ValueError(f"parallel.cpu_devices={requested} asks for {n} CPU devices, but this process already "
+                         f"has {have}: the CPU is split once per process, before anything uses a device")
+    jax.config.update("jax_num_cpu_devices", n)
+    return n
 
 
 def node_mesh(num_devices: int | None = None) -> Mesh:

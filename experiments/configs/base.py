@@ -133,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.devices = 0  # node-axis devices: 0 = the most that divide the node count, 1 = none (BUILD.md)
+    c.parallel.cpu_devices = 0  # XLA devices the CPU is split into: 0 = one per core (at most 8), 1 = one (BUILD.md)
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = False  # also write TensorBoard event files to <workdir>/tensorboard (metrics.jsonl stays the record)

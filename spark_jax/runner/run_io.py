@@ -144,11 +144,12 @@ JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_par
              "jax_default_prng_impl", "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion",
              "jax_platforms", "jax_compilation_cache_dir")
 
-# Config fields that do not change what a run computes (the speed knobs parallel.devices and
-# ntk.product_columns at most in round-off): a run may resume, and a sweep may reuse a run directory,
-# when only these differ. (ntk.product_columns' default went from 16 to 0 on 2026-11-30.)
+# Config fields that do not change what a run computes (the speed knobs parallel.devices,
+# parallel.cpu_devices and ntk.product_columns at most in round-off): a run may resume, and a sweep may
+# reuse a run directory, when only these differ. (ntk.product_columns' default went from 16 to 0 on
+# 2026-11-30; parallel.cpu_devices came that night, runs before it ran on one CPU device.)
 IGNORED_IN_RESUME_CHECK = ("data.data_dir", "data.download", "data.base_url", "log.tensorboard", "progress",
-                           "parallel.devices", "checkpoint_every", "ntk.product_columns")
+                           "parallel.devices", "parallel.cpu_devices", "checkpoint_every", "ntk.product_columns")
 
 
 def environment_info() -> dict:

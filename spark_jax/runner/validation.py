@@ -56,6 +56,7 @@ def _validate(config, algorithm_names) -> None:
              f"data.base_url={config.data.base_url!r} must be '' (the public mirrors) or an http(s):// URL")
     _bool(config.log.tensorboard, "log.tensorboard")
     _validate_devices(config.parallel.devices)
+    _int(config.parallel.cpu_devices, "parallel.cpu_devices", 0, why=" (0 = one per core, at most 8; 1 = the CPU as one device)")
     _validate_partition(config)
     _validate_topology(config)
     _validate_model(config.model)
