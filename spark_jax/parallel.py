@@ -93,6 +93,11 @@ def node_mesh(num_devices: int | None = None) -> Mesh:
     return jax.make_mesh((n,), (NODES,), axis_types=(AxisType.Auto,))
 
 
+def size(mesh: Mesh | None) -> int:
+    """Devices the node axis is split over (1 without a mesh)."""
+    return 1 if mesh is None else mesh.size
+
+
 def check_divisible(num_nodes: int, num_devices: int) -> None:
     """ValueError unless the node axis splits evenly over the devices."""
     if num_nodes % num_devices:

@@ -48,6 +48,9 @@ def configs() -> dict:
     sp.stages.boundaries = (0, 1)  # distillation from round 0, momentum from round 1
     sp.distill.teacher = "neighbors"  # every node's own logits, gathered across shards
     sp.momentum.velocity = "mixed"
+    # The shared first layer in several column blocks on the mesh (each device holds every sample's
+    # products: 4 blocks of 2 columns over 8 devices), one block on one device.
+    sp.sketch.share_first_layer, sp.sketch.share_bytes = "on", 340_000
     return {"ntk_dfl": (ntk_dfl, ntk), "spark": (spark, sp)}
 
 

@@ -342,7 +342,7 @@ def ntk_round(model: Model, *, name: str, num_nodes: int, eta0: float, decay: fl
         kernels = None
         if sketch is not None:
             plan = shared_sketch.share_plan(sketch, compute, shapes, num_nodes, node_data.x.shape[1],
-                                            inputs.neighbors.shape[1], model.structured)
+                                            inputs.neighbors.shape[1], model.structured, parallel.size(mesh))
             if plan.block:
                 kernels = shared_sketch.shared_kernels(ph, template, sketch.grouping, w_bar, node_data,
                                                        inputs.neighbors, inputs.mask, P, plan, batch, mesh)
