@@ -137,6 +137,32 @@ def prepare_or_exit(config):
         sys.exit(f"error: {e}")
 
 
+def placed_round_start(setup):
+    """(state, inputs) of round 0, placed as the runner places them: the node axis of the state split
+    over the run's 'nodes' mesh and the inputs whole on every device (unchanged without a mesh)."""
+    from spark_jax import parallel  # pylint: disable=g-import-not-at-top
+    from spark_jax.rng import stream_key  # pylint: disable=g-import-not-at-top
+    from spark_jax.runner.experiment import round_inputs  # pylint: disable=g-import-not-at-top
+
+    config = setup.config
+    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
+    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    if setup.mesh is None:
+        return state, inputs
+    return parallel.shard_nodes(state, setup.mesh), parallel.replicate(inputs, setup.mesh)
+
+
+def devices_line(setup, how: str) -> str:
+    """'device: KIND x D (nodes over M mesh devices); HOW' for a benchmark's header."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from spark_jax import parallel  # pylint: disable=g-import-not-at-top
+
+    return (f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, the nodes split over "
+            f"{parallel.size(setup.mesh)} (parallel.cpu_devices={setup.config.parallel.cpu_devices}, "
+            f"parallel.devices={setup.config.parallel.devices}); {how}")
+
+
 def benchmark_config(config, data_dir: str | None):
     """The --config value with --data_dir applied, absl logging at WARNING, the CPU split into
     `config.parallel.cpu_devices` devices as `experiments.run` does (every benchmark's start)."""

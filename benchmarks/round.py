@@ -28,15 +28,14 @@ import jax
 from absl import app, flags
 
 from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, peak_memory_bytes, phase_flops,
-                               prepare_or_exit, timed_compiled)
+                               devices_line, placed_round_start, prepare_or_exit, timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
+from spark_jax import parallel
 from spark_jax.algorithms import schedules
 from spark_jax.setting import metrics
 from spark_jax.algorithms.base import mix
 from spark_jax.algorithms.ntk_round import gather_neighbourhood, resolve_kernel_method
-from spark_jax.runner.experiment import round_inputs
-from spark_jax.rng import stream_key
 
 _CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after one warm-up; 0 = one run "
@@ -46,29 +45,32 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.
 
 
 def phase_functions(setup):
-    """Jitted all-node versions of each phase of `ntk_dfl`; the node data is an argument (a closed-over
-    copy would be embedded in every program as a constant: 187 MB at 300 nodes)."""
-    cfg, model = setup.config, setup.model
+    """Jitted all-node versions of each phase of `ntk_dfl`, over the run's 'nodes' mesh when it has one
+    (`parallel.node_map`, as the round runs); the node data is an argument (a closed-over copy would be
+    embedded in every program as a constant: 187 MB at 300 nodes)."""
+    cfg, model, mesh = setup.config, setup.model, setup.mesh
     ph = node_phases_for(cfg, model)
     chunk = min(cfg.ntk.node_chunk, cfg.partition.num_nodes)
 
-    def over_nodes(fn, *args):
-        return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
+    def over_nodes(fn, per_node, shared):
+        """[fn(*node i's slices of per_node, *shared) for every node i]; shared: whole on every device."""
+        return parallel.node_map(lambda a, *sh: fn(*a, *sh), per_node, batch_size=chunk, mesh=mesh,
+                                 shared=shared)
 
     @jax.jit
     def messages(params, nd, inputs):
         w_bar = mix(params, inputs.neighbors, inputs.weights)
-        f0, y = over_nodes(lambda w, n, s: ph.targets(w, *gather_neighbourhood(nd, n, s), None, 0.0), w_bar,
-                           inputs.neighbors, inputs.mask)
+        f0, y = over_nodes(lambda w, n, s, nd: ph.targets(w, *gather_neighbourhood(nd, n, s), None, 0.0),
+                           (w_bar, inputs.neighbors, inputs.mask), (nd,))
         return w_bar, f0, y
 
     def kernel_at_nodes(consume):
         @jax.jit
         def kernel(w_bar, nd, inputs):
-            def one(w, n, s):
+            def one(w, n, s, nd):
                 x, _, mask = gather_neighbourhood(nd, n, s)
                 return consume(ph.kernel(w, x, mask, None, None))
-            return over_nodes(one, w_bar, inputs.neighbors, inputs.mask)
+            return over_nodes(one, (w_bar, inputs.neighbors, inputs.mask), (nd,))
         return kernel
 
     # The round consumes each node's H inside its chunk and never holds all of them; the timed phase does
@@ -79,16 +81,16 @@ def phase_functions(setup):
 
     @jax.jit
     def evolution(h, f0, y, nd, inputs, eta):
-        def one(hh, f, yy, n, s):
+        def one(hh, f, yy, n, s, nd, eta):
             return ph.evolve(hh, f, yy, gather_neighbourhood(nd, n, s)[2], eta)
-        return over_nodes(one, h, f0, y, inputs.neighbors, inputs.mask)
+        return over_nodes(one, (h, f0, y, inputs.neighbors, inputs.mask), (nd, eta))
 
     @jax.jit
     def selection(w_bar, y, evo, nd, inputs, eta):
-        def one(w, yy, e, n, s):
+        def one(w, yy, e, n, s, nd, eta):
             x, _, mask = gather_neighbourhood(nd, n, s)
             return ph.update_and_select(w, x, mask, None, None, None, yy, e, eta)
-        return over_nodes(one, w_bar, y, evo, inputs.neighbors, inputs.mask)
+        return over_nodes(one, (w_bar, y, evo, inputs.neighbors, inputs.mask), (nd, eta))
 
     return messages, kernel, kernels, evolution, selection
 
@@ -100,8 +102,7 @@ def main(argv):
         sys.exit(f"error: benchmarks.round times NTK algorithms; config.algorithm is {config.algorithm!r}")
     setup = prepare_or_exit(config)
     repeats = _REPEATS.value
-    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
-    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    state, inputs = placed_round_start(setup)
     eta = schedules.learning_rate(config.ntk.eta0, config.ntk.decay, inputs.round_index)
     messages, kernel, kernels, evolution, selection = phase_functions(setup)
     nd = setup.node_data
@@ -120,7 +121,7 @@ def main(argv):
     evo = phase("evolution", evolution, h, f0, y, nd, inputs, eta)
     del h
     phase("selection", selection, w_bar, y, evo, nd, inputs, eta)
-    evaluate = metrics.make_evaluate(setup.model.apply, config.eval.node_chunk)
+    evaluate = metrics.make_evaluate(setup.model.apply, config.eval.node_chunk, setup.mesh)
     phase("evaluation", evaluate, state.params, setup.test_x, setup.test_y, setup.node_test_x, setup.node_test_y)
     if _FUSED.value:
         phase("fused round", jax.jit(setup.algorithm.round), state, nd, inputs)
@@ -134,7 +135,7 @@ def main(argv):
           f"kernel {method}, integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, "
           f"node_chunk {config.ntk.node_chunk}, node_batching {config.ntk.node_batching}")
     how = f"median of {repeats} after warm-up" if repeats else "one run"
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}, compiled ahead of time")
+    print(devices_line(setup, f"{how}, compiled ahead of time"))
     total = sum(r[1] for r in rows)
     flops = (phase_flops(config, config.partition.num_nodes, n_nb, products=evo.products,
                          num_taus=len(config.ntk.taus), slots=slots) if method == "structured" else {})

@@ -5,7 +5,10 @@
 All M nodes' sketches at once would be M x N x C x k_tot floats (300 nodes:
 ~15 GB), so the phases are timed on one node chunk (`config.ntk.node_chunk`
 nodes, vmapped as in the round) and reported per node and scaled to M; the
-fused jitted round is timed on all M nodes (the figure that counts). Phases
+fused jitted round is timed on all M nodes (the figure that counts), placed over the run's 'nodes'
+mesh as the runner places it (`parallel.cpu_devices`: one CPU device per core by default), while the
+phases run on one device (the single-device program; on a split CPU their sum exceeds the fused round,
+which runs each device's nodes side by side). Phases
 (SPEC steps):
   projections  P_l for this round (3; drawn once per round, shared by all nodes)
   first_layer  [1; x] P_0 for every sample (3; only when the first layer is shared,
@@ -29,15 +32,14 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, mlp_layer_sizes, peak_memory_bytes, phase_flops,
-                               prepare_or_exit, timed_compiled)
+from benchmarks.common import (benchmark_config, devices_line, node_phases_for, matmul_throughput, mlp_layer_sizes,
+                               peak_memory_bytes, phase_flops, placed_round_start, prepare_or_exit, timed_compiled)
 from experiments.config_names import rewrite_argv
 from spark_jax.algorithms import schedules
 from spark_jax.ntk import sketch, sketch_share
-from spark_jax import config_options
+from spark_jax import config_options, parallel
 from spark_jax.algorithms.ntk_round import gather_neighbourhood
 from spark_jax.algorithms.shared_sketch import share_plan
-from spark_jax.runner.experiment import round_inputs
 from spark_jax.rng import stream_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
@@ -76,10 +78,10 @@ def main(argv):
     repeats = _REPEATS.value
     template = setup.model.init(jax.random.key(0))
     method = sketch.resolve_method(sc.method, setup.model.structured)
-    state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
-    inputs = round_inputs(setup.topology.graph(0), 0, stream_key(config.seed, "train"))
+    placed_state, placed_inputs = placed_round_start(setup)  # the fused round: as the runner places them
+    # The phases: one chunk on one device (the single-device program), scaled to all nodes.
+    state, inputs, nd = jax.device_put((placed_state, placed_inputs, setup.node_data), jax.devices()[0])
     eta = schedules.learning_rate(nc.eta0, nc.decay, inputs.round_index)
-    nd = setup.node_data
     b = min(nc.node_chunk, config.partition.num_nodes)
     nbr, smask = inputs.neighbors[:b], inputs.mask[:b]
     w_bar = jax.tree.map(lambda a: a[:b], state.params)
@@ -88,7 +90,8 @@ def main(argv):
 
     projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
     plan = share_plan(config_options.sketch_options(sc), config_options.compute_options(config), template,
-                      config.partition.num_nodes, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured)
+                      config.partition.num_nodes, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured,
+                      parallel.size(setup.mesh))  # the fused round's blocks
     blocks = max(plan.num_blocks, 1)
     first_layer = jax.jit(lambda P: sketch.first_layer_products(
         template, nd.x.reshape((-1,) + nd.x.shape[2:]), sketch_share.projection_block(P, 0, plan),
@@ -144,7 +147,7 @@ def main(argv):
     del sk, h, deltas
     if _FUSED.value:
         round_fn = jax.jit(setup.algorithm.round)
-        t_round, c_round, _ = timed_compiled(round_fn, state, nd, inputs, repeats=repeats)
+        t_round, c_round, _ = timed_compiled(round_fn, placed_state, setup.node_data, placed_inputs, repeats=repeats)
 
     m = config.partition.num_nodes
     n_nb = int(inputs.neighbors.shape[1] * nd.mask.shape[1])
@@ -154,12 +157,12 @@ def main(argv):
     print(f"config {config.name}: {m} nodes, topology {config.topology.kind} (slots {inputs.neighbors.shape[1]}), "
           f"n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows; sketch {method}, k = {sc.k} per "
           f"{sc.grouping}, share_first_layer {sc.share_first_layer!r}: {share}; integrator {nc.integrator}, "
-          f"taus {taus}; phases on {b} nodes, scaled to {m}")
+          f"taus {taus}; phases on {b} nodes on one device, scaled to {m}")
     how = (f"median of {repeats} after warm-up" if repeats else "one run") + ", compiled ahead of time"
     peak = matmul_throughput(2048)
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; {how}; "
-          f"measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution kernel products per node: "
-          f"mean {float(jnp.mean(evo.products)):.0f}, max {int(jnp.max(evo.products))}")
+    print(devices_line(setup, f"{how}; measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution "
+                              f"kernel products per node: mean {float(jnp.mean(evo.products)):.0f}, max "
+                              f"{int(jnp.max(evo.products))}"))
     print(f"{'phase':<14}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")
     scaled = [(name, t * times / nodes, t * times / nodes * m if nodes > 1 else t * times, c)
               for name, t, c, nodes, times in rows]

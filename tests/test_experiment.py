@@ -32,6 +32,8 @@ def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
     assert [e["step"] for e in read_events(events)] == [0, 1, 2, 3]
     config = json.loads((workdir / "config.json").read_text())
     assert config["config"]["rounds"] == 3 and config["environment"]["jax"]
+    from spark_jax.parallel import cpu_device_count  # pylint: disable=g-import-not-at-top
+    assert len(config["environment"]["devices"]) == cpu_device_count(0)  # the CPU split, one device per core
     lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [l["round"] for l in lines] == [1, 2, 3]
     for l in lines:
@@ -55,6 +57,7 @@ BAD_INPUTS = [
     (["--config=tiny", "--config.partition.alpha=0.0"], "alpha"),
     (["--config=tiny", "--config.partition.alpha=-1.0"], "alpha"),
     (["--config=tiny", "--config.rounds=0"], "rounds"),
+    (["--config=tiny", "--config.parallel.cpu_devices=-1"], "error: parallel.cpu_devices=-1 must be an integer >= 0"),
     (["--config=tiny", "--config.partition.num_nodes=7", "--config.topology.kind=regular",
       "--config.topology.degree=3"], "even"),
     (["--config=tiny", "--config.topology.kind=regular", "--config.topology.degree=8"], "degree"),

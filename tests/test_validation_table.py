@@ -100,6 +100,7 @@ BAD_CONFIGS = [
     ({"eval.target_accuracy": 1.5}, "eval.target_accuracy=1.5 must be a finite number in (0, 1]"),
     ({"eval.top_m": 0}, "eval.top_m=0 must be an integer >= 1"),
     ({"parallel.devices": 99}, "parallel.devices=99 must be an integer in [0, "),
+    ({"parallel.cpu_devices": -1}, "parallel.cpu_devices=-1 must be an integer >= 0 (0 = one per core"),
 ]
 
 

@@ -182,7 +182,7 @@ def _round_loop(setup: Setup, run_dir: RunDir, state, progress: checkpoint.Progr
     cfg, alg = setup.config, setup.algorithm
     place_inputs = (lambda x: x) if setup.mesh is None else lambda x: parallel.replicate(x, setup.mesh)
     round_fn = jax.jit(guarded_round(alg.round), donate_argnums=0)
-    evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk)
+    evaluate = metrics.make_evaluate(setup.model.apply, cfg.eval.node_chunk, setup.mesh)
     train_key = stream_key(cfg.seed, "train")
     start = time.perf_counter() - progress.wall_time
     counts = distributed.fetch(setup.node_data.counts)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from spark_jax import parallel
+
 
 def mean_params(node_params):
     """The aggregated model: uniform mean over the node axis (leaves [...])."""
@@ -26,9 +28,10 @@ def accuracy(apply, params, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(apply(params, x), axis=-1) == y)
 
 
-def node_accuracies(apply, node_params, x: jax.Array, y: jax.Array, node_chunk: int) -> jax.Array:
-    """Per-node accuracy [M] on the same x [n, ...], `node_chunk` nodes at a time."""
-    return jax.lax.map(lambda p: accuracy(apply, p, x, y), node_params, batch_size=node_chunk)
+def node_accuracies(apply, node_params, x: jax.Array, y: jax.Array, node_chunk: int, mesh=None) -> jax.Array:
+    """Per-node accuracy [M] on the same x [n, ...], `node_chunk` nodes at a time; with a 'nodes' mesh
+    each device evaluates its own nodes (`parallel.node_map`)."""
+    return parallel.node_map(lambda p, x, y: accuracy(apply, p, x, y), node_params, node_chunk, mesh, shared=(x, y))
 
 
 def accuracy_summary(acc: jax.Array) -> dict:
@@ -41,16 +44,16 @@ def accuracy_summary(acc: jax.Array) -> dict:
     }
 
 
-def make_evaluate(apply, node_chunk: int):
+def make_evaluate(apply, node_chunk: int, mesh=None):
     """A jitted `evaluate(node_params, test_x, test_y, node_x, node_y) -> dict`.
 
     test_x/test_y: the aggregated model's test set; node_x/node_y: the (possibly
-    subset) test set for per-node accuracies.
+    subset) test set for per-node accuracies; mesh: the run's 'nodes' mesh or None.
     """
 
     @jax.jit
     def evaluate(node_params, test_x, test_y, node_x, node_y):
-        acc = node_accuracies(apply, node_params, node_x, node_y, node_chunk)
+        acc = node_accuracies(apply, node_params, node_x, node_y, node_chunk, mesh)
         out = {"test_accuracy": accuracy(apply, mean_params(node_params), test_x, test_y),
                "consensus_distance": consensus_distance(node_params)}
         out.update(accuracy_summary(acc))
