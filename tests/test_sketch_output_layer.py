@@ -113,3 +113,20 @@ def test_no_hidden_layer_means_nothing_to_share():
     _, params16, _ = _case((16,))
     assert shared_sketch.share_plan(SketchOptions(k=16), ComputeOptions(share_first_layer="on"), params16, 4, 10, 3,
                                     True).block > 0
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_share_plan_counts_the_products_each_device_holds(devices):
+    """The bound the plan keeps, written out: each of the D devices holds one block of every sample's
+    first-layer products; the kernels are counted twice."""
+    _, params, _ = _case((16,))
+    m, n_max, slots, k, bound = 6, 10, 3, 64, 1.2e5
+    plan = shared_sketch.share_plan(SketchOptions(k=k), ComputeOptions(share_first_layer="on", share_bytes=bound),
+                                    params, m, n_max, slots, True, devices)
+    kernels = m * (slots * n_max) ** 2 * 4
+    per_column = 4 * m * n_max * 16 * devices  # fan_out 16, float32
+    fixed = 2 * kernels
+    widest = int((bound - fixed) // per_column)
+    assert 1 <= widest < k  # the bound binds
+    assert plan.num_blocks == -(-k // widest) and plan.block == -(-k // plan.num_blocks)
+    assert plan.held_bytes == fixed + per_column * plan.block <= bound
