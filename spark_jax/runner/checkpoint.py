@@ -182,11 +182,19 @@ def restore(run_dir, step: int, like: Any = None) -> tuple[Any, Progress]:
 
     like: a state of the same structure (e.g. a freshly initialised one): the
     result has its pytree type, dtypes and shardings. None: nested dicts of
-    arrays (for inspection and tests).
+    arrays whole on this process's first device, whatever devices saved them
+    (a CPU run is split into several, `parallel.cpu_devices`; for inspection
+    and tests).
     """
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    if like is None:
+        saved = ocp.StandardCheckpointer().metadata(checkpoint_dir(run_dir) / str(step) / "state").item_metadata
+        whole = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=whole),
+                                getattr(saved, "tree", saved))
+    else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     with open_manager(run_dir) as manager:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                            meta=ocp.args.JsonRestore()))
