@@ -35,6 +35,11 @@ os.environ.setdefault("SPARK_JAX_NO_DOWNLOAD", "1")
 # a lock unless filelock is installed and a size limit set (measured: no faster). For the same reason a
 # subprocess a test kills or signals runs without the cache (`without_compile_cache`): a kill mid-write
 # would leave a truncated entry that every later reader reports on stderr.
+# The CLI subprocesses run on one CPU device (`parallel.cpu_devices` would split the CPU into one per
+# core: +2 s of compilation per tiny run, ~1 min over the suite): `cpu_split_env` takes the variable
+# out again where a test runs the default (tests/test_experiment.py, tests/test_checkpoint.py); the
+# simulated-device tests set their own count. JAX reads the variable, and it beats XLA_FLAGS.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -44,7 +49,13 @@ jax.config.update("jax_compilation_cache_dir", None)
 def simulated_devices_env(devices: int) -> dict:
     """This environment with `devices` simulated CPU devices (XLA_FLAGS is read when jax is imported, so
     only a subprocess started with it sees them)."""
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return dict(cpu_split_env(os.environ), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_PLATFORMS="cpu")
+
+
+def cpu_split_env(env) -> dict:
+    """`env` without the suite's JAX_NUM_CPU_DEVICES=1: a CLI run splits the CPU as users' runs do."""
+    return {k: v for k, v in env.items() if k != "JAX_NUM_CPU_DEVICES"}
 
 
 def run_device_check(module: str, devices: int, timeout: float) -> dict:

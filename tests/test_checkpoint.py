@@ -21,7 +21,7 @@ from spark_jax import algorithms
 from spark_jax.runner import checkpoint, experiment
 from spark_jax.guard import NonFiniteError
 from spark_jax.runner.run_io import read_metrics
-from tests.conftest import REPO, without_compile_cache
+from tests.conftest import REPO, cpu_split_env, without_compile_cache
 
 ROUNDS = 20
 SPARK = ["--config=tiny", "--config.algorithm=spark", "--config.model.hidden=(8,)", "--config.ntk.taus=(10,20)",
@@ -34,8 +34,8 @@ def _cmd(args, workdir):
     return [sys.executable, "-m", "experiments.run", *args, f"--workdir={workdir}"]
 
 
-def _env(data_dir):
-    return dict(os.environ, SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+def _env(data_dir):  # the CPU split as users run it: checkpoints saved from several devices, read on one here
+    return dict(cpu_split_env(os.environ), SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
 
 
 def run_cli(args, workdir, data_dir):

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cpu_split_env
 from tests.test_run_summary import read_events
 
 
 def run_cli(args, data_dir, tmp_path):
-    env = dict(os.environ, SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+    env = dict(cpu_split_env(os.environ), SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")  # the default split
     return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
