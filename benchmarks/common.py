@@ -153,9 +153,7 @@ def placed_round_start(setup):
 
 
 def devices_line(setup, how: str) -> str:
-    """'device: KIND x D (nodes over M mesh devices); HOW' for a benchmark's header."""
-    import jax  # pylint: disable=g-import-not-at-top
-
+    """'device: KIND x D, the nodes split over M (...); HOW' for a benchmark's header."""
     from spark_jax import parallel  # pylint: disable=g-import-not-at-top
 
     return (f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, the nodes split over "

@@ -62,7 +62,7 @@ def split_cpu(requested: int, environ=os.environ) -> int | None:
     Must come before JAX starts its backends (entry points call it first); the CPU devices are unused
     when a GPU/TPU is the default backend. Returns the count set, or None when the environment already
     chose it (`XLA_FLAGS=--xla_force_host_platform_device_count=N` or `JAX_NUM_CPU_DEVICES`): that wins.
-    Raises ValueError if the backends already run with another count.
+    Raises ValueError if this process already has another count (set, or JAX already started).
     """
     n = cpu_device_count(requested)
     if _CPU_COUNT_FLAG in environ.get("XLA_FLAGS", "") or environ.get("JAX_NUM_CPU_DEVICES"):

@@ -30,10 +30,7 @@ def share_plan(sketch: SketchOptions | None, compute: ComputeOptions, params, nu
     The schedule holds every node's kernel [N, N], N = slots * n_max, counted twice, and one block of
     products for all M * n_max rows on each of the `devices` devices of the 'nodes' mesh (each gathers
     every sample's products: neighbours may live on other shards), in floats of the params' dtype (4 or
-    8 bytes). An estimate, not the process's peak: at 300 nodes, dynamic 5-regular, k = 512, the round's
-    peak was 5.2 GiB on one device (8 blocks of 64 columns) and 6.5 GiB on two (16 blocks of 32) against
-    4.6 GiB here. (Counting the all-gather's own-sample pieces and the kernels once gave 12 blocks of 43
-    columns on two devices: 111.5 s and 7.9 GiB against 100.5 s and 6.5 GiB.)
+    8 bytes). An estimate, not the process's peak (measured against it: BUILD.md "Multiple devices").
     `structured`: the model's capability (`Model.structured`), which decides the sketch method.
     """
     mode = sketch_share.check_share_mode(compute.share_first_layer)
