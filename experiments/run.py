@@ -69,9 +69,10 @@ def main(argv):
                                            _DISTRIBUTED.value, _TIMEOUT.value)
     except distributed.DistributedError as e:
         sys.exit(f"error: {e}")
-    if not options.enabled and _CONFIG.value is not None:  # one process: its CPU as one device per core
-        from spark_jax import parallel
+    from spark_jax import parallel
 
+    parallel.allow_slow_collectives()  # several devices per process wait at collectives for each other
+    if not options.enabled and _CONFIG.value is not None:  # one process: its CPU as one device per core
         try:
             parallel.split_cpu(_CONFIG.value.parallel.cpu_devices)
         except ValueError as e:

@@ -38,6 +38,12 @@ from spark_jax.options import NODE_BATCHING  # the option list, defined once
 NODES = "nodes"
 CPU_DEVICES_AUTO_MAX = 8  # `split_cpu(0)`: each CPU device holds its own copy of the node data (0.2 GB at 300 nodes)
 _CPU_COUNT_FLAG = "xla_force_host_platform_device_count"
+# XLA:CPU aborts the process (SIGABRT and a C++ stack dump) when one device reaches a collective more than
+# 60 s after another: a 20 s warning, then this flag's 40 s. A busy 2-core machine made one device of a
+# 300-node round wait 43 s (BUILD.md "Multiple devices"); an hour covers any real imbalance and still ends a
+# real hang. (The 20 s warning's own flag is not registered in jaxlib 0.10: it stays.)
+COLLECTIVE_TERMINATE_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+COLLECTIVE_TERMINATE_S = 3600
 
 
 def cpu_device_count(requested: int, cores: int | None = None) -> int:
@@ -53,6 +59,22 @@ def cpu_device_count(requested: int, cores: int | None = None) -> int:
     return max(1, min(cores, CPU_DEVICES_AUTO_MAX))
 
 
+def allow_slow_collectives(environ=os.environ) -> None:
+    """Raises XLA:CPU's termination timeout of a collective to `COLLECTIVE_TERMINATE_S` in
+    `environ['XLA_FLAGS']`, unless that already sets it. Effective only before JAX starts its backends
+    (`split_cpu` calls it; so does `experiments.run` for multi-process runs)."""
+    flags = environ.get("XLA_FLAGS", "")
+    if COLLECTIVE_TERMINATE_FLAG not in flags:
+        environ["XLA_FLAGS"] = f"{flags} {COLLECTIVE_TERMINATE_FLAG}={COLLECTIVE_TERMINATE_S}".strip()
+
+
+def recorded_xla_flags(flags: str) -> str:
+    """XLA_FLAGS as a run records them: without `allow_slow_collectives`'s own flag, which changes no
+    number (so resuming a run recorded before it does not warn of another environment)."""
+    ours = f"{COLLECTIVE_TERMINATE_FLAG}={COLLECTIVE_TERMINATE_S}"
+    return " ".join(f for f in flags.split() if f != ours)
+
+
 def split_cpu(requested: int, environ=os.environ) -> int | None:
     """Splits the host CPU into `cpu_device_count(requested)` XLA devices (`config.parallel.cpu_devices`).
 
@@ -63,8 +85,10 @@ def split_cpu(requested: int, environ=os.environ) -> int | None:
     when a GPU/TPU is the default backend. Returns the count set, or None when the environment already
     chose it (`XLA_FLAGS=--xla_force_host_platform_device_count=N` or `JAX_NUM_CPU_DEVICES`): that wins.
     Raises ValueError if this process already has another count (set, or JAX already started).
+    Also `allow_slow_collectives(environ)`: one device per core waits at collectives for the others.
     """
     n = cpu_device_count(requested)
+    allow_slow_collectives(environ)
     if _CPU_COUNT_FLAG in environ.get("XLA_FLAGS", "") or environ.get("JAX_NUM_CPU_DEVICES"):
         return None
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  # no public "backends started?"

@@ -60,3 +60,68 @@ def test_split_once_per_process_before_jax_starts():
 def test_the_environments_explicit_count_wins():
     got = _fresh_process(3, 2, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     assert got["first"] is None and got["devices"] == 4 and "before_start" not in got and "after_start" not in got
+
+
+# ------------------------------------------------------------ devices waiting for each other at collectives
+
+def test_split_raises_the_collective_termination_timeout_and_keeps_the_users():
+    flag = parallel.COLLECTIVE_TERMINATE_FLAG
+    env = {}
+    parallel.allow_slow_collectives(env)
+    assert env["XLA_FLAGS"] == f"{flag}=3600"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # the environment's count wins, flag added
+    assert parallel.split_cpu(2, environ=env) is None
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=4 {flag}=3600"
+    env = {"XLA_FLAGS": f"{flag}=7"}  # the user's own value stays
+    parallel.allow_slow_collectives(env)
+    assert env["XLA_FLAGS"] == f"{flag}=7"
+    env = {}
+    with pytest.raises(ValueError):  # bad input changes nothing
+        parallel.split_cpu(-1, environ=env)
+    assert env == {}
+
+
+def test_runs_record_xla_flags_without_the_timeout():
+    flag = parallel.COLLECTIVE_TERMINATE_FLAG
+    assert parallel.recorded_xla_flags(f"--xla_a=1 {flag}=3600 --xla_b=2") == "--xla_a=1 --xla_b=2"
+    assert parallel.recorded_xla_flags(f"{flag}=7") == f"{flag}=7"  # a user's own value is theirs: recorded
+
+
+_LAGGING_DEVICE = """
+import time
+import jax, jax.numpy as jnp
+from jax.experimental import io_callback
+from jax.sharding import NamedSharding, PartitionSpec as P
+from spark_jax import parallel
+parallel.split_cpu(2)
+mesh = jax.make_mesh((2,), ("nodes",))
+
+def body(x):  # device 0 reaches the psum %(lag)d s after device 1
+    late = lambda x: io_callback(lambda v: (time.sleep(%(lag)d), v)[1], x, x, ordered=False)
+    x = jax.lax.cond(jax.lax.axis_index("nodes") == 0, late, lambda x: x, x)
+    return jax.lax.psum(x, "nodes")
+
+f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("nodes"), out_specs=P("nodes"), check_vma=False))
+x = jax.device_put(jnp.arange(4.0), NamedSharding(mesh, P("nodes")))
+print("sum", float(jax.device_get(f(x))[0]))
+"""
+
+
+@pytest.mark.slow
+def test_xla_honours_the_termination_timeout_flag():
+    """The flag `split_cpu` sets is live in this jaxlib: with 3 s instead of its 3600, a device 26 s late at a
+    psum (XLA warns at 20 s, then counts this timeout) aborts the process; 1 s late it completes. (An
+    unknown XLA flag would abort every run at start-up instead.)"""
+    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+
+    def run(lag):
+        return subprocess.run([sys.executable, "-c", _LAGGING_DEVICE % {"lag": lag}], cwd=REPO, timeout=240,
+                              env=dict(environ, JAX_PLATFORMS="cpu",
+                                       XLA_FLAGS=f"{parallel.COLLECTIVE_TERMINATE_FLAG}=3"),
+                              capture_output=True, text=True)
+
+    quick = run(1)
+    assert quick.returncode == 0 and "sum 2.0" in quick.stdout, quick.stderr[-2000:]
+    late = run(26)
+    assert late.returncode != 0 and "Termination timeout" in late.stderr and "of 3 seconds" in late.stderr, \
+        late.stderr[-2000:]

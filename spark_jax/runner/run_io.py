@@ -22,6 +22,7 @@ import tempfile
 import jax
 import numpy as np
 
+from spark_jax import parallel
 from spark_jax.runner import run_signals
 from spark_jax.runner.run_lock import LOCK_NAME, pid_alive
 
@@ -175,7 +176,7 @@ def environment_info() -> dict:
         "process_count": jax.process_count(),
         "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "XLA_FLAGS": parallel.recorded_xla_flags(os.environ.get("XLA_FLAGS", "")),
         "jax_flags": {name: _jax_flag(name) for name in JAX_FLAGS},
     }
 
