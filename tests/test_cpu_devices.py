@@ -85,6 +85,7 @@ def test_runs_record_xla_flags_without_the_timeout():
     flag = parallel.COLLECTIVE_TERMINATE_FLAG
     assert parallel.recorded_xla_flags(f"--xla_a=1 {flag}=3600 --xla_b=2") == "--xla_a=1 --xla_b=2"
     assert parallel.recorded_xla_flags(f"{flag}=7") == f"{flag}=7"  # a user's own value is theirs: recorded
+    assert parallel.recorded_xla_flags("--xla_a=1  --xla_b=2") == "--xla_a=1  --xla_b=2"  # untouched without it
 
 
 _LAGGING_DEVICE = """
