@@ -26,6 +26,7 @@ devices hold (`_from_host`; BUILD.md "Multiple devices").
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Callable
 
@@ -61,12 +62,25 @@ def cpu_device_count(requested: int, cores: int | None = None) -> int:
     return max(1, min(cores, CPU_DEVICES_AUTO_MAX))
 
 
-def allow_slow_collectives(environ=os.environ) -> None:
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def runs_on_cpu(environ=os.environ, plugins=ACCELERATOR_PLUGINS) -> bool:
+    """Whether JAX will compute on the CPU (before it starts): `JAX_PLATFORMS` starting with 'cpu', or no
+    GPU/TPU plugin installed. (On an accelerator machine the CPU devices run no collectives.)"""
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(name) is not None for name in plugins)
+
+
+def allow_slow_collectives(environ=os.environ, plugins=ACCELERATOR_PLUGINS) -> None:
     """Raises XLA:CPU's termination timeout of a collective to `COLLECTIVE_TERMINATE_S` in
-    `environ['XLA_FLAGS']`, unless that already sets it. Effective only before JAX starts its backends
-    (`split_cpu` calls it; so does `experiments.run` for multi-process runs)."""
+    `environ['XLA_FLAGS']` when JAX will compute on the CPU (`runs_on_cpu`), unless XLA_FLAGS already
+    sets it. Effective only before JAX starts its backends (`split_cpu` calls it; so does
+    `experiments.run` for multi-process runs)."""
     flags = environ.get("XLA_FLAGS", "")
-    if COLLECTIVE_TERMINATE_FLAG not in flags:
+    if COLLECTIVE_TERMINATE_FLAG not in flags and runs_on_cpu(environ, plugins):
         environ["XLA_FLAGS"] = f"{flags} {COLLECTIVE_TERMINATE_FLAG}={COLLECTIVE_TERMINATE_S}".strip()
 
 

@@ -81,6 +81,18 @@ def test_split_raises_the_collective_termination_timeout_and_keeps_the_users():
     assert env == {}
 
 
+@pytest.mark.parametrize("platforms, plugin, added", [
+    ("", False, True), ("cpu", False, True), ("cpu", True, True), ("", True, False), ("cuda", False, False),
+    ("cuda,cpu", True, False)])
+def test_the_timeout_is_set_only_where_jax_computes_on_the_cpu(platforms, plugin, added):
+    """A GPU/TPU plugin installed (JAX then picks the accelerator) or JAX_PLATFORMS naming another platform
+    first: the CPU devices run no collectives, and XLA_FLAGS stays as it was."""
+    env = {"JAX_PLATFORMS": platforms} if platforms else {}
+    plugins = ("json",) if plugin else ("no_such_module_here",)  # "json" stands in for an installed plugin
+    parallel.allow_slow_collectives(env, plugins=plugins)
+    assert ("XLA_FLAGS" in env) == added, env
+
+
 def test_runs_record_xla_flags_without_the_timeout():
     flag = parallel.COLLECTIVE_TERMINATE_FLAG
     assert parallel.recorded_xla_flags(f"--xla_a=1 {flag}=3600 --xla_b=2") == "--xla_a=1 --xla_b=2"
