@@ -71,12 +71,13 @@ def main(argv):
         sys.exit(f"error: {e}")
     from spark_jax import parallel
 
-    parallel.allow_slow_collectives()  # several devices per process wait at collectives for each other
     if not options.enabled and _CONFIG.value is not None:  # one process: its CPU as one device per core
         try:
-            parallel.split_cpu(_CONFIG.value.parallel.cpu_devices)
+            parallel.split_cpu(_CONFIG.value.parallel.cpu_devices)  # with allow_slow_collectives
         except ValueError as e:
             sys.exit(f"error: {e}")
+    else:  # several processes keep their device counts; their devices still wait at collectives
+        parallel.allow_slow_collectives()
     distributed.initialize(options)  # before anything touches a device
     from spark_jax.runner import run_signals
 

@@ -87,10 +87,8 @@ def allow_slow_collectives(environ=os.environ, plugins=ACCELERATOR_PLUGINS) -> N
 def recorded_xla_flags(flags: str) -> str:
     """XLA_FLAGS as a run records them: without `allow_slow_collectives`'s own flag, which changes no
     number (so resuming a run recorded before it does not warn of another environment)."""
-    ours = f"{COLLECTIVE_TERMINATE_FLAG}={COLLECTIVE_TERMINATE_S}"
-    if ours not in flags.split():
-        return flags  # as given, spacing and all
-    return " ".join(f for f in flags.split() if f != ours)
+    ours, parts = f"{COLLECTIVE_TERMINATE_FLAG}={COLLECTIVE_TERMINATE_S}", flags.split()
+    return " ".join(f for f in parts if f != ours) if ours in parts else flags  # else as given, spacing and all
 
 
 def split_cpu(requested: int, environ=os.environ) -> int | None:

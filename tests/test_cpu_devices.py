@@ -41,8 +41,13 @@ print(json.dumps(out))
 """
 
 
+def _bare_environ() -> dict:
+    """This environment without a CPU device count or XLA flags (the suite's own, or the user's)."""
+    return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+
+
 def _fresh_process(first: int, other: int, **env) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    environ = _bare_environ()
     proc = subprocess.run([sys.executable, "-c", _SCRIPT % {"first": first, "other": other}], cwd=REPO,
                           env=dict(environ, JAX_PLATFORMS="cpu", **env), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -125,7 +130,7 @@ def test_xla_honours_the_termination_timeout_flag():
     """The flag `split_cpu` sets is live in this jaxlib: with 3 s instead of its 3600, a device 26 s late at a
     psum (XLA warns at 20 s, then counts this timeout) aborts the process; 1 s late it completes. (An
     unknown XLA flag would abort every run at start-up instead.)"""
-    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    environ = _bare_environ()
 
     def run(lag):
         return subprocess.run([sys.executable, "-c", _LAGGING_DEVICE % {"lag": lag}], cwd=REPO, timeout=240,
