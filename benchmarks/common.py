@@ -75,7 +75,7 @@ def phase_flops(config, num_nodes: int, rows: int, products, num_taus: int | Non
                 slots: int | None = None) -> dict:
     """FLOPs (2 x multiply-adds) of the GEMM work of each NTK-DFL phase, all nodes, padded rows.
 
-    For the MLP fast paths (`ntk.kernel='structured'`), N = rows, dense layers
+    For the MLP fast paths (`algorithm_kw.compute.kernel='structured'`), N = rows, dense layers
     (fan_in_l, fan_out_l), C classes, T taus, d weights:
       forward     N sum_l fan_in_l fan_out_l
       messages    forward (F0) + mixing S d (S = neighbour slots, if given)
@@ -118,8 +118,10 @@ def first_rounds(config, rounds: int):
     from spark_jax.algorithms.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
 
     cut = config.copy_and_resolve_references()
-    cut.stages.boundaries = stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
-    cut.stages.unit = "round"
+    if "stages" in cut.algorithm_kw:  # SPARK
+        stages = cut.algorithm_kw.stages
+        stages.boundaries = stage_boundaries(tuple(stages.boundaries), stages.unit, config.rounds)
+        stages.unit = "round"
     cut.rounds = rounds
     return cut
 

@@ -13,7 +13,7 @@ per layer; % of the float32 GEMM rate, peak GPU memory); the study slice
 (300 nodes, 40 rounds, alpha 0.1, one seed of NTK-DFL, SPARK, exact-Jacobian
 SPARK, DFedAvgM: sweep preset `device_slice`) and its report; then, while the
 budget lasts, the same rounds with the backend's default precision (TF32 on
-recent NVIDIA GPUs) and with other `ntk.node_chunk` / `ntk.node_batching`.
+recent NVIDIA GPUs) and with other `algorithm_kw.compute.node_chunk` / `algorithm_kw.compute.node_batching`.
 
 OUT_DIR gets at most 7 files of at most 16 MiB: suite.json (steps, seconds,
 status), tests.log, benchmarks.log, stderr.log, precision.json,

@@ -33,7 +33,7 @@ from spark_jax import ntk
 from spark_jax.setting import data, models, partition
 
 TAUS = (100, 200, 400, 600, 800)
-# name, evolve_logits options; "+pad" = the classes of every kernel product padded to 16 (`ntk.product_columns`).
+# name, evolve_logits options; "+pad" = the classes of every kernel product padded to 16 (`algorithm_kw.compute.product_columns`).
 INTEGRATORS = (("rk4", dict(method="rk4")),
                ("rk4 +pad", dict(method="rk4", columns=16)),
                ("rk4 2 sub-steps", dict(method="rk4", substeps=2)),

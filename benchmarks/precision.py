@@ -7,7 +7,7 @@ the FLOP/s of an [n, n] x [n, n] float32 product (`common.matmul_throughput`)
 and the largest relative error of a [512, 512] product against float64
 NumPy. On CPU all four are full float32 (equal rates, ~1e-7 errors); on
 NVIDIA GPUs 'default' may be TF32 (~1e-3 errors), which is why the NTK rounds
-set `ntk.matmul_precision='float32'` (BUILD.md "GPU").
+set `algorithm_kw.compute.matmul_precision='float32'` (BUILD.md "GPU").
 """
 
 from __future__ import annotations

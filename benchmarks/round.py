@@ -3,7 +3,7 @@
   python -m benchmarks.round --config=fmnist_ntk_dfl:small [--config.a.b=v ...] [--repeats=2]
 
 Each phase (SPEC steps) is jitted on its own over all nodes (lax.map in
-chunks of config.ntk.node_chunk, as the round does), compiled ahead of time
+chunks of config.algorithm_kw.compute.node_chunk, as the round does), compiled ahead of time
 (compile seconds in their own column) and timed: the median of `--repeats`
 runs after a warm-up, or with --repeats=0 one run (paper-scale CPU runs);
 the fused round is timed the same way. Phases:
@@ -50,7 +50,7 @@ def phase_functions(setup):
     embedded in every program as a constant: 187 MB at 300 nodes)."""
     cfg, model, mesh = setup.config, setup.model, setup.mesh
     ph = node_phases_for(cfg, model)
-    chunk = min(cfg.ntk.node_chunk, cfg.partition.num_nodes)
+    chunk = min(cfg.algorithm_kw.compute.node_chunk, cfg.partition.num_nodes)
 
     def over_nodes(fn, per_node, shared):
         """[fn(*node i's slices of per_node, *shared) for every node i]; shared: whole on every device."""
@@ -103,7 +103,7 @@ def main(argv):
     setup = prepare_or_exit(config)
     repeats = _REPEATS.value
     state, inputs = placed_round_start(setup)
-    eta = schedules.learning_rate(config.ntk.eta0, config.ntk.decay, inputs.round_index)
+    eta = schedules.learning_rate(config.algorithm_kw.eta0, config.algorithm_kw.decay, inputs.round_index)
     messages, kernel, kernels, evolution, selection = phase_functions(setup)
     nd = setup.node_data
     rows = []  # (phase, seconds, compile seconds, GEMM FLOP/s around it)
@@ -129,16 +129,16 @@ def main(argv):
 
     slots = int(inputs.neighbors.shape[1])
     n_nb = int(slots * nd.mask.shape[1])
-    method = resolve_kernel_method(config.ntk.kernel, setup.model.structured)
+    method = resolve_kernel_method(config.algorithm_kw.compute.kernel, setup.model.structured)
     print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
           f"(slots {slots}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
-          f"kernel {method}, integrator {config.ntk.integrator}, taus {tuple(config.ntk.taus)}, "
-          f"node_chunk {config.ntk.node_chunk}, node_batching {config.ntk.node_batching}")
+          f"kernel {method}, integrator {config.algorithm_kw.evolution.integrator}, taus {tuple(config.algorithm_kw.taus)}, "
+          f"node_chunk {config.algorithm_kw.compute.node_chunk}, node_batching {config.algorithm_kw.compute.node_batching}")
     how = f"median of {repeats} after warm-up" if repeats else "one run"
     print(devices_line(setup, f"{how}, compiled ahead of time"))
     total = sum(r[1] for r in rows)
     flops = (phase_flops(config, config.partition.num_nodes, n_nb, products=evo.products,
-                         num_taus=len(config.ntk.taus), slots=slots) if method == "structured" else {})
+                         num_taus=len(config.algorithm_kw.taus), slots=slots) if method == "structured" else {})
     print(f"kernel products per node in the evolution: mean {float(evo.products.mean()):.0f}, "
           f"max {int(evo.products.max())}")
     print("'GEMM': float32 2048^3 GEMM GFLOP/s measured just before and after each phase (mean); 'of GEMM' "

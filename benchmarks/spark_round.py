@@ -3,7 +3,7 @@
   python -m benchmarks.spark_round --config=fmnist_ring:small [--config.a.b=v ...] [--repeats=2]
 
 All M nodes' sketches at once would be M x N x C x k_tot floats (300 nodes:
-~15 GB), so the phases are timed on one node chunk (`config.ntk.node_chunk`
+~15 GB), so the phases are timed on one node chunk (`config.algorithm_kw.compute.node_chunk`
 nodes, vmapped as in the round) and reported per node and scaled to M; the
 fused jitted round is timed on all M nodes (the figure that counts), placed over the run's 'nodes'
 mesh as the runner places it (`parallel.cpu_devices`: one CPU device per core by default), while the
@@ -12,7 +12,7 @@ which runs each device's nodes side by side). Phases
 (SPEC steps):
   projections  P_l for this round (3; drawn once per round, shared by all nodes)
   first_layer  [1; x] P_0 for every sample (3; only when the first layer is shared,
-               `sketch.share_first_layer`: timed on one block of P's columns, times the blocks)
+               `algorithm_kw.compute.share_first_layer`: timed on one block of P's columns, times the blocks)
   sketch       outputs F0 and J~_l = J_l P_l on the neighbourhood (3-4; shared: one block's columns of
                the hidden layers' groups, times the blocks)
   kernel       H~ = (1/C) sum J~ J~^T (5): the output layer's part in closed form
@@ -70,14 +70,15 @@ def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
 def main(argv):
     del argv
     config = benchmark_config(_CONFIG.value, _DATA_DIR.value)
-    if config.algorithm != "spark" or not config.sketch.enabled:
+    if config.algorithm != "spark" or not config.algorithm_kw.sketch.enabled:
         sys.exit("error: benchmarks.spark_round times SPARK with sketches (config.algorithm='spark', "
-                 "sketch.enabled=True); use benchmarks.round for exact NTK-DFL")
+                 "algorithm_kw.sketch.enabled=True); use benchmarks.round for exact NTK-DFL")
     setup = prepare_or_exit(config)
-    sc, nc = config.sketch, config.ntk
+    nc = config.algorithm_kw
+    sc, cc = nc.sketch, nc.compute
     repeats = _REPEATS.value
     template = setup.model.init(jax.random.key(0))
-    method = sketch.resolve_method(sc.method, setup.model.structured)
+    method = sketch.resolve_method(cc.sketch_method, setup.model.structured)
     placed_state, placed_inputs = placed_round_start(setup)  # the fused round: as the runner places them
     if _FUSED.value:  # first, so that the peak memory after it is the round's own (the phases hold more)
         round_fn = jax.jit(setup.algorithm.round)
@@ -87,14 +88,14 @@ def main(argv):
     state, inputs, nd = jax.device_put((placed_state, placed_inputs, setup.node_data), jax.devices()[0])
     del placed_state, placed_inputs
     eta = schedules.learning_rate(nc.eta0, nc.decay, inputs.round_index)
-    b = min(nc.node_chunk, config.partition.num_nodes)
+    b = min(cc.node_chunk, config.partition.num_nodes)
     nbr, smask = inputs.neighbors[:b], inputs.mask[:b]
     w_bar = jax.tree.map(lambda a: a[:b], state.params)
     sketch_key = stream_key(config.seed, "sketch")
     taus = tuple(nc.taus)
 
     projections = jax.jit(lambda r: sketch.projections(sketch_key, template, sc.grouping, sc.k, r, sc.redraw))
-    plan = share_plan(config_options.sketch_options(sc), config_options.compute_options(config), template,
+    plan = share_plan(config_options.sketch_options(sc), config_options.compute_options(cc), template,
                       config.partition.num_nodes, nd.x.shape[1], inputs.neighbors.shape[1], setup.model.structured,
                       parallel.size(setup.mesh))  # the fused round's blocks
     blocks = max(plan.num_blocks, 1)
@@ -158,7 +159,7 @@ def main(argv):
              f"{plan.held_bytes / 2**30:.1f} GiB)" if plan.block else "first layer not shared")
     print(f"config {config.name}: {m} nodes, topology {config.topology.kind} (slots {inputs.neighbors.shape[1]}), "
           f"n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows; sketch {method}, k = {sc.k} per "
-          f"{sc.grouping}, share_first_layer {sc.share_first_layer!r}: {share}; integrator {nc.integrator}, "
+          f"{sc.grouping}, share_first_layer {cc.share_first_layer!r}: {share}; integrator {nc.evolution.integrator}, "
           f"taus {taus}; phases on {b} nodes on one device, scaled to {m}")
     how = (f"median of {repeats} after warm-up" if repeats else "one run") + ", compiled ahead of time"
     peak = matmul_throughput(2048)

@@ -28,8 +28,9 @@ REQUIRED_MODULES = ("jax", "flax", "optax", "chex", "orbax.checkpoint", "absl", 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")
 # Tiny sizes for --dry-run (CPU): an MLP with 8 hidden units, 8 nodes of 40 samples, 1 round.
-TINY = ["--config=tiny", "--config.model.hidden=(8,)", "--config.ntk.taus=(10,20)", "--config.sketch.k=16",
-        "--config.topology.kind=regular", "--config.topology.degree=3", "--config.ntk.node_chunk=4"]
+# The NTK algorithms' keyword arguments follow `--config.algorithm` (applied first, whatever the order).
+TINY = ["--config=tiny", "--config.model.hidden=(8,)", "--config.topology.kind=regular", "--config.topology.degree=3"]
+TINY_NTK = ["--config.algorithm_kw.taus=(10,20)", "--config.algorithm_kw.compute.node_chunk=4"]
 
 
 @dataclasses.dataclass
@@ -53,25 +54,28 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
     """The suite's steps, most important first (Part A of issue 14)."""
     study = str(work / "study")
     if dry_run:
-        ntk, spark, slice_ = ([*TINY, "--config.algorithm=ntk_dfl"], [*TINY, "--config.algorithm=spark"],
-                              [*TINY, "--config.algorithm=spark", "--config.rounds=1"])
+        spark = [*TINY, "--config.algorithm=spark", *TINY_NTK, "--config.algorithm_kw.sketch.k=16"]
+        ntk, slice_ = [*TINY, "--config.algorithm=ntk_dfl", *TINY_NTK], [*spark, "--config.rounds=1"]
         tests = ["pytest", "-o", "addopts=", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider",
                  "-k", "test_vmap_over_nodes_equals_loop or test_sequential_node_batching_equals_vectorized",
                  "tests/test_ntk_vmap.py", "tests/test_ntk_evolution.py"]
         repeats, gemm, caps = "--repeats=0", "--n=256", dict(tests=60, bench=60, study=90, report=30, extra=40)
-        extras = [("ntk_dfl node_chunk=2", "benchmarks.round", [*ntk, "--config.ntk.node_chunk=2", "--nofused"])]
+        extras = [("ntk_dfl node_chunk=2", "benchmarks.round",
+                   [*ntk, "--config.algorithm_kw.compute.node_chunk=2", "--nofused"])]
     else:
         ntk, spark = ["--config=fmnist_ntk_dfl"], ["--config=fmnist_regular"]
         slice_ = ["--config=fmnist_regular", "--config.rounds=40"]
         tests = ["pytest", "-o", "addopts=", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider"]
         repeats, gemm, caps = "--repeats=2", "--n=8192", dict(tests=150, bench=120, study=300, report=60, extra=90)
         nr, sr = "benchmarks.round", "benchmarks.spark_round"
-        extras = [("ntk_dfl matmul_precision=default", nr, [*ntk, "--config.ntk.matmul_precision=default"]),
-                  ("spark matmul_precision=default", sr, [*spark, "--config.ntk.matmul_precision=default"]),
-                  *[(f"ntk_dfl node_chunk={c}", nr, [*ntk, f"--config.ntk.node_chunk={c}", "--nofused"])
+        precision = "--config.algorithm_kw.compute.matmul_precision=default"
+        extras = [("ntk_dfl matmul_precision=default", nr, [*ntk, precision]),
+                  ("spark matmul_precision=default", sr, [*spark, precision]),
+                  *[(f"ntk_dfl node_chunk={c}", nr, [*ntk, f"--config.algorithm_kw.compute.node_chunk={c}",
+                                                       "--nofused"])
                     for c in (32, 100)],
                   ("ntk_dfl node_batching=sequential", nr,
-                   [*ntk, "--config.ntk.node_batching=sequential", "--nofused"])]
+                   [*ntk, "--config.algorithm_kw.compute.node_batching=sequential", "--nofused"])]
     steps = [
         Step("device tests", tests, caps["tests"], "tests"),
         Step("GEMM precision", ["benchmarks.precision", gemm, f"--out={work / 'precision.json'}"], 60, "benchmarks"),

@@ -103,10 +103,22 @@ def _call(path: str, get_config, args: tuple):
         raise ConfigFileError(_exception_line(path, e, f"in {call}")) from None
 
 
-def schema() -> ml_collections.ConfigDict:
+def schema(algorithm: str = "dfedavg") -> ml_collections.ConfigDict:
+    """The base schema with `algorithm`'s keyword arguments (`config.algorithm_kw`)."""
     from experiments.configs import base  # pylint: disable=g-import-not-at-top
 
-    return base.base_config()
+    return base.base_config(algorithm)
+
+
+def _algorithm_schema(path: str, get_config, config) -> ml_collections.ConfigDict:
+    """The schema for the algorithm `config` names; ConfigFileError if it names none we know."""
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+    name = config.get("algorithm") if isinstance(config, ml_collections.ConfigDict) else None
+    if name is not None and name not in algorithms.available():
+        raise ConfigFileError(f"{_line_setting(path, 'algorithm')}: unknown algorithm {name!r}; available: "
+                              f"{', '.join(algorithms.available())}")
+    return schema(name or "dfedavg")
 
 
 def field_differences(config, reference, prefix: str = "") -> tuple[list[str], list[str]]:
@@ -152,6 +164,13 @@ def _check(path: str, get_config, config, reference) -> None:
         raise ConfigFileError(f"{where}: get_config() returned a {type(config).__name__}, not an "
                               "ml_collections.ConfigDict; start from experiments.configs.base.base_config()")
     unknown, missing = field_differences(config, reference)
+    if any(f.startswith("algorithm_kw.") for f in unknown + missing):
+        unknown, missing = ([f[len("algorithm_kw."):] for f in fs if f.startswith("algorithm_kw.")]
+                            for fs in (unknown, missing))
+        raise ConfigFileError(f"{_line_setting(path, 'algorithm')}: config.algorithm_kw does not hold the "
+                              f"keyword arguments of algorithm {config.algorithm!r} (unknown: {_listed(unknown) or '-'}; "
+                              f"missing: {_listed(missing) or '-'}); start from base.base_config({config.algorithm!r}), "
+                              "or switch with spark_jax.algorithms.with_algorithm")
     if unknown:
         raise ConfigFileError(f"{_line_setting(path, unknown[0])}: unknown config field(s) {_listed(unknown)} "
                               "(not in the schema, experiments/configs/base.py)")
@@ -160,8 +179,15 @@ def _check(path: str, get_config, config, reference) -> None:
                               "experiments.configs.base.base_config()")
 
 
-def load(spec: str, lock: bool = True, reference=None) -> ml_collections.ConfigDict:
-    """The config of `spec` = 'PATH.py[:ARG]', checked against `reference` (default: the base schema)."""
+ALGORITHM_SUFFIX = "|algorithm="  # `rewrite_argv` folds --config.algorithm=NAME into the spec with it
+
+
+def load(spec: str, lock: bool = True, reference=None, algorithm: str | None = None) -> ml_collections.ConfigDict:
+    """The config of `spec` = 'PATH.py[:ARG][|algorithm=NAME]', checked against `reference` (default: the base
+    schema for its algorithm); then switched to `algorithm` (or NAME) if given (`algorithms.with_algorithm`:
+    before any `--config.a.b=v` override, so `algorithm_kw` overrides address the new algorithm's)."""
+    spec, has_name, name = spec.partition(ALGORITHM_SUFFIX)
+    algorithm = name if has_name else algorithm
     path, sep, arg = spec.partition(":")
     module = _execute(path)
     get_config = getattr(module, "get_config", None)
@@ -170,7 +196,14 @@ def load(spec: str, lock: bool = True, reference=None) -> ml_collections.ConfigD
                               "get_config([arg]) returning an ml_collections.ConfigDict; see "
                               "experiments/configs/tiny.py)")
     config = _call(path, get_config, (arg,) if sep else ())
-    _check(path, get_config, config, schema() if reference is None else reference)
+    _check(path, get_config, config, _algorithm_schema(path, get_config, config) if reference is None else reference)
+    if algorithm is not None:
+        from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+        try:
+            algorithms.with_algorithm(config, algorithm)
+        except ValueError as e:
+            raise ConfigFileError(f"--config.algorithm: {e}") from None
     if lock:
         config.lock()
     return config

@@ -7,7 +7,7 @@ import sys
 
 from absl import flags
 
-from experiments.config_files import ConfigFileError
+from experiments.config_files import ALGORITHM_SUFFIX, ConfigFileError
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -30,19 +30,50 @@ def resolve_config_arg(value: str) -> str:
     return f"{path}{sep}{arg}"
 
 
+def moved_override(argv: list[str]) -> str | None:
+    """The error line for the first `--config.PATH` override of the layout before 2026-12-01 (one
+    section per part of the method: `--config.ntk.taus`, `--config.dfedavg.lr`), naming its replacement."""
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+    for a in argv:
+        if a.startswith("--config.") and not a.startswith("--config.algorithm"):
+            path = a[len("--config."):].split("=", 1)[0]
+            new = algorithms.moved_path(path)
+            if new is not None:
+                return (f"error: --config.{path} is now --config.{new}: a run config gives its algorithm's "
+                        "keyword arguments as config.algorithm_kw (spark_jax/config_options.py)")
+    return None
+
+
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """Resolves the --config value in argv (both '--config=X' and '--config X')."""
-    out, i = [], 0
+    """Resolves the --config value in argv (both '--config=X' and '--config X'); folds
+    `--config.algorithm=NAME` (the last one) into it as 'PATH.py[:ARG]|algorithm=NAME', so the loader
+    switches the algorithm, and its keyword arguments, before the other overrides apply
+    (`config_files.load`); SystemExit naming the replacement of an override of the old layout."""
+    line = moved_override(argv[1:])
+    if line is not None:
+        sys.exit(line)
+    out, algorithm, config_at, i = [], None, None, 0
     while i < len(argv):
         a = argv[i]
+        if a.startswith("--config.algorithm=") or (a == "--config.algorithm" and i + 1 < len(argv)):
+            algorithm = a.split("=", 1)[1] if "=" in a else argv[i + 1]
+            i += 1 if "=" in a else 2
+            continue
         if a.startswith("--config="):
             a = "--config=" + resolve_config_arg(a.split("=", 1)[1])
+            config_at = len(out)
         elif a == "--config" and i + 1 < len(argv):
             out.append(a)
             i += 1
             a = resolve_config_arg(argv[i])
+            config_at = len(out)
         out.append(a)
         i += 1
+    if algorithm is not None:
+        if config_at is None:
+            sys.exit(f"error: --config.algorithm={algorithm} needs --config (the experiment config it changes)")
+        out[config_at] += f"{ALGORITHM_SUFFIX}{algorithm}"
     return out
 
 

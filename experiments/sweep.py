@@ -1,13 +1,13 @@
 """Runs a grid of experiments, resumably: configs x `--sweep` axes x presets x seeds.
 
   python -m experiments.sweep --config=fmnist_ring:small --workdir=results/sweep_x \
-      --sweep=config.sketch.k=128,512,2048 --sweep=config.distill.lambda_max=0,0.5 --seeds=0,1,2
+      --sweep=config.algorithm_kw.sketch.k=128,512,2048 --sweep=config.algorithm_kw.distill.lambda_max=0,0.5 --seeds=0,1,2
   python -m experiments.sweep --config=tiny --preset=spark_ablations --seeds=0,1 \
       --workdir=results/ablations --config.algorithm=spark --dry_run
 
 Thin on purpose: flags -> `spark_jax.lab.sweep_grid.build_grid` -> `run_sweep`.
 `--config` and fixed `--config.a.b=v` overrides work as in `experiments.run`
-and apply to every run. Axis syntax (tuples: `config.ntk.taus=100:200;100:400`)
+and apply to every run. Axis syntax (tuples: `config.algorithm_kw.taus=100:200;100:400`)
 and the directory layout are described in `spark_jax/lab/sweep_grid.py`. Re-running
 the same command resumes: finished runs are skipped, interrupted ones continue
 from their last checkpoint (or re-run when they have none).

@@ -37,6 +37,13 @@ VELOCITIES = ("local", "mixed")
 RAMPS = ("linear", "cosine")
 MAX_SPLIT_MODES = 64
 
+# The NTK algorithms' schedule defaults (SPEC): eta_r = eta0 * exp(-decay * r); the candidate step counts
+# tau (ascending); the first rounds of stages 2 and 3 as fractions of the run.
+DEFAULT_ETA0 = 0.01
+DEFAULT_DECAY = 0.07
+DEFAULT_TAUS = (100, 200, 400, 600, 800)
+DEFAULT_STAGES = (1.0 / 3.0, 2.0 / 3.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ImexOptions:

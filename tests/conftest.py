@@ -110,16 +110,15 @@ def ntk_config(integrator="euler", kernel="structured", node_chunk=4):
     """The base config as an NTK-DFL run on the six nodes (hidden 8, eta0 0.5, taus NTK_TAUS)."""
     from experiments.configs import base  # pylint: disable=g-import-not-at-top
 
-    c = base.base_config()
-    c.algorithm = "ntk_dfl"
+    c = base.base_config("ntk_dfl")
     c.partition.num_nodes = len(NTK_COUNTS)
     c.model.hidden = (8,)
     c.model.per_node_init = True
-    c.ntk.eta0 = 0.5
-    c.ntk.taus = NTK_TAUS
-    c.ntk.integrator = integrator
-    c.ntk.kernel = kernel
-    c.ntk.node_chunk = node_chunk
+    c.algorithm_kw.eta0 = 0.5
+    c.algorithm_kw.taus = NTK_TAUS
+    c.algorithm_kw.evolution.integrator = integrator
+    c.algorithm_kw.compute.kernel = kernel
+    c.algorithm_kw.compute.node_chunk = node_chunk
     return c
 
 

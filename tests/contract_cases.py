@@ -14,15 +14,18 @@ from spark_jax.setting.topology import TopologyStream
 from tests.conftest import NTK_COUNTS, ntk_config
 
 ROUNDS = 3
-SPARK = {"algorithm": "spark", "sketch.k": 8, "stages.unit": "round", "stages.boundaries": (1, 2)}
+SPARK = {"algorithm": "spark", "algorithm_kw.sketch.k": 8, "algorithm_kw.stages.unit": "round",
+         "algorithm_kw.stages.boundaries": (1, 2)}
 
 # Further settings, name -> dotted config overrides (SPARK's parts at a sketch size the test MLP allows).
 SETTINGS = {
     "spark_v1": SPARK,
-    "spark_v2": {**SPARK, "sketch.enabled": False},
+    "spark_v2": {**SPARK, "algorithm_kw.sketch.enabled": False},
     "spark_own_exact_teacher_neighbors_velocity_mixed": {
-        **SPARK, "sketch.update_mode": "own_exact", "distill.teacher": "neighbors", "momentum.velocity": "mixed"},
-    "spark_roundtrip_fixed_P": {**SPARK, "sketch.update_mode": "roundtrip", "sketch.redraw": False},
+        **SPARK, "algorithm_kw.sketch.update_mode": "own_exact", "algorithm_kw.distill.teacher": "neighbors",
+        "algorithm_kw.momentum.velocity": "mixed"},
+    "spark_roundtrip_fixed_P": {**SPARK, "algorithm_kw.sketch.update_mode": "roundtrip",
+                                "algorithm_kw.sketch.redraw": False},
 }
 # Every registered algorithm with its defaults, unless further settings cover it; then those settings.
 CASES = {
@@ -38,11 +41,10 @@ def case_config(case: str):
     the training)."""
     c = ntk_config(integrator="imex")
     c.rounds = ROUNDS
-    for name, section in algorithms.config_sections().items():
-        if {"local_epochs", "batch_size"} <= set(section):
-            c[name].local_epochs, c[name].batch_size = 1, 4
-    for path, value in CASES[case].items():
+    for path, value in sorted(CASES[case].items(), key=lambda o: o[0] != "algorithm"):  # the algorithm first
         set_field(c, path, value)
+    if {"local_epochs", "batch_size"} <= set(c.algorithm_kw.keys()):
+        c.algorithm_kw.local_epochs, c.algorithm_kw.batch_size = 1, 4
     return c
 
 

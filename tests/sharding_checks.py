@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spark_jax import parallel
+from spark_jax import algorithms, parallel
 from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.setting.models import make_model
 from spark_jax.setting.partition import NodeData
@@ -40,17 +40,17 @@ def configs() -> dict:
     ntk = _config()
     ntk.partition.num_nodes = NUM_NODES
     sp = _config()
-    sp.algorithm = "spark"
+    algorithms.with_algorithm(sp, "spark")
     sp.partition.num_nodes = NUM_NODES
-    sp.sketch.enabled = True
-    sp.sketch.k = 8
-    sp.stages.unit = "round"
-    sp.stages.boundaries = (0, 1)  # distillation from round 0, momentum from round 1
-    sp.distill.teacher = "neighbors"  # every node's own logits, gathered across shards
-    sp.momentum.velocity = "mixed"
+    sp.algorithm_kw.sketch.enabled = True
+    sp.algorithm_kw.sketch.k = 8
+    sp.algorithm_kw.stages.unit = "round"
+    sp.algorithm_kw.stages.boundaries = (0, 1)  # distillation from round 0, momentum from round 1
+    sp.algorithm_kw.distill.teacher = "neighbors"  # every node's own logits, gathered across shards
+    sp.algorithm_kw.momentum.velocity = "mixed"
     # The shared first layer in several column blocks on the mesh (each device holds every sample's
     # products: 4 blocks of 2 columns over 8 devices), one block on one device.
-    sp.sketch.share_first_layer, sp.sketch.share_bytes = "on", 340_000
+    sp.algorithm_kw.compute.share_first_layer, sp.algorithm_kw.compute.share_bytes = "on", 340_000
     return {"ntk_dfl": (ntk_dfl, ntk), "spark": (spark, sp)}
 
 

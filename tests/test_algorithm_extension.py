@@ -1,9 +1,10 @@
-"""A new algorithm is one file plus one `register` line (issue 15): its config section comes with it.
+"""A new algorithm is one file plus one `register` line (issue 15): its keyword arguments come with it.
 
 The file below (written to a temporary directory, outside the package) is a whole algorithm: its
-factory, its `check_config` and its section's defaults (`CONFIG`). One `algorithms.register` line,
-run before the command line is parsed, is all the rest: `--config.nesterov.lr=...` overrides it,
-validation runs its check, a run records its section and the command runs it end to end.
+factory, its `check_config` and its default keyword arguments (`CONFIG`). One `algorithms.register`
+line, run before the command line is parsed, is all the rest: `--config.algorithm=nesterov` selects
+it, `--config.algorithm_kw.lr=...` overrides it, validation runs its check, a run records its keyword
+arguments and the command runs it end to end.
 """
 
 import json
@@ -26,14 +27,14 @@ CONFIG = dict(lr=0.05, momentum=0.9, batch_size=10, local_epochs=1)
 
 
 def make(config, model, mesh=None):
-    c = config.nesterov
+    c = config.algorithm_kw
     return make_local_training("nesterov", config, model, mesh,
                                lambda r, dtype: optax.sgd(c.lr, c.momentum, nesterov=True))
 
 
 def check_config(config):
-    check_local_training("nesterov")(config)
-    checks.number(config.nesterov.momentum, "nesterov.momentum", 0.0, 1.0, hi_open=True)
+    check_local_training(config)
+    checks.number(config.algorithm_kw.momentum, "algorithm_kw.momentum", 0.0, 1.0, hi_open=True)
 '''
 
 RUN = textwrap.dedent('''
@@ -58,29 +59,29 @@ def _run(tmp_path, real_data_dir, *args):
 
 def test_a_one_file_algorithm_runs_from_the_command_line(tmp_path, real_data_dir):
     workdir = tmp_path / "run"
-    out = _run(tmp_path, real_data_dir, "--config.nesterov.lr=0.02", f"--workdir={workdir}")
+    out = _run(tmp_path, real_data_dir, "--config.algorithm_kw.lr=0.02", f"--workdir={workdir}")
     assert out.returncode == 0, out.stderr[-2000:]
     config = json.loads((workdir / "config.json").read_text())["config"]
     assert config["algorithm"] == "nesterov"
-    assert config["nesterov"] == {"lr": 0.02, "momentum": 0.9, "batch_size": 10, "local_epochs": 1}
+    assert config["algorithm_kw"] == {"lr": 0.02, "momentum": 0.9, "batch_size": 10, "local_epochs": 1}
     rounds = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds if "test_accuracy" in r][-1] == 2
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rounds if "test_accuracy" in r)
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.nesterov.momentum=1.5", "nesterov.momentum=1.5 must be"),
-    ("--config.nesterov.batch_size=0", "nesterov.batch_size=0 must be"),
+    ("--config.algorithm_kw.momentum=1.5", "algorithm_kw.momentum=1.5 must be"),
+    ("--config.algorithm_kw.batch_size=0", "algorithm_kw.batch_size=0 must be"),
 ])
-def test_its_check_runs_on_its_section(tmp_path, real_data_dir, override, message):
+def test_its_check_runs_on_its_keyword_arguments(tmp_path, real_data_dir, override, message):
     out = _run(tmp_path, real_data_dir, override, f"--workdir={tmp_path / 'run'}")
     assert out.returncode == 1
     assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
-def test_an_unknown_key_of_its_section_is_refused(tmp_path, real_data_dir):
-    out = _run(tmp_path, real_data_dir, "--config.nesterov.nesterov_lr=0.1", f"--workdir={tmp_path / 'run'}")
+def test_an_unknown_keyword_argument_is_refused(tmp_path, real_data_dir):
+    out = _run(tmp_path, real_data_dir, "--config.algorithm_kw.nesterov_lr=0.1", f"--workdir={tmp_path / 'run'}")
     assert out.returncode != 0
     assert "nesterov_lr" in out.stderr
     assert not (tmp_path / "run").exists()

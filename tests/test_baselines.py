@@ -30,7 +30,7 @@ def _config(name, num_nodes, per_node_init=True, batch=BATCH, epochs=EPOCHS, **o
     c = ml_collections.ConfigDict()
     c.partition = ml_collections.ConfigDict({"num_nodes": num_nodes})
     c.model = ml_collections.ConfigDict({"per_node_init": per_node_init})
-    c[name] = ml_collections.ConfigDict({**HP[name], "batch_size": batch, "local_epochs": epochs, **overrides})
+    c.algorithm_kw = ml_collections.ConfigDict({**HP[name], "batch_size": batch, "local_epochs": epochs, **overrides})
     return c
 
 

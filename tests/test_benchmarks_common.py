@@ -23,8 +23,9 @@ def test_first_rounds_keeps_the_full_runs_stages():
     config = fmnist_ring.get_config()
     cut = first_rounds(config, 5)
     assert cut.rounds == 5 and config.rounds == 40
-    assert stage_boundaries(cut.stages.boundaries, cut.stages.unit, cut.rounds) == stage_boundaries(
-        config.stages.boundaries, config.stages.unit, config.rounds) == (13, 27)
+    stages = cut.algorithm_kw.stages
+    assert stage_boundaries(stages.boundaries, stages.unit, cut.rounds) == stage_boundaries(
+        config.algorithm_kw.stages.boundaries, config.algorithm_kw.stages.unit, config.rounds) == (13, 27)
 
 
 def test_benchmark_with_missing_data_is_one_line(tmp_path):

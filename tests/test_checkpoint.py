@@ -24,9 +24,10 @@ from spark_jax.runner.run_io import read_metrics
 from tests.conftest import REPO, cpu_split_env, without_compile_cache
 
 ROUNDS = 20
-SPARK = ["--config=tiny", "--config.algorithm=spark", "--config.model.hidden=(8,)", "--config.ntk.taus=(10,20)",
-         "--config.ntk.integrator=euler", "--config.sketch.k=16", "--config.stages.unit=round",
-         "--config.stages.boundaries=(1.0,2.0)", f"--config.rounds={ROUNDS}", "--config.checkpoint_every=2"]
+SPARK = ["--config=tiny", "--config.algorithm=spark", "--config.model.hidden=(8,)", "--config.algorithm_kw.taus=(10,20)",
+         "--config.algorithm_kw.evolution.integrator=euler", "--config.algorithm_kw.sketch.k=16",
+         "--config.algorithm_kw.stages.unit=round", "--config.algorithm_kw.stages.boundaries=(1.0,2.0)",
+         f"--config.rounds={ROUNDS}", "--config.checkpoint_every=2"]
 TIMING = ("round_time", "wall_time")
 
 
@@ -47,10 +48,13 @@ def cli_config(data_dir):
     """The config SPARK's flags give, built in-process."""
     from experiments.configs import tiny
 
-    c = tiny.get_config()
-    c.data.data_dir = data_dir
-    c.algorithm, c.model.hidden, c.ntk.taus, c.ntk.integrator, c.sketch.k = "spark", (8,), (10, 20), "euler", 16
-    c.stages.unit, c.stages.boundaries, c.rounds, c.checkpoint_every = "round", (1.0, 2.0), ROUNDS, 2
+    from spark_jax import algorithms
+
+    c = algorithms.with_algorithm(tiny.get_config(), "spark")
+    c.data.data_dir, c.model.hidden, c.rounds, c.checkpoint_every = data_dir, (8,), ROUNDS, 2
+    kw = c.algorithm_kw
+    kw.taus, kw.evolution.integrator, kw.sketch.k = (10, 20), "euler", 16
+    kw.stages.unit, kw.stages.boundaries = "round", (1.0, 2.0)
     return c
 
 
@@ -153,7 +157,7 @@ def test_nan_guard_cli_stops_at_the_first_bad_round(real_data_dir, tmp_path):
     # eta0 = 1e30: round 1's parameters stay finite but its train loss and consensus distance do not
     # (issue 16: every value a round writes is checked), so nothing is committed.
     workdir = tmp_path / "nan"
-    proc = run_cli([*SPARK, "--config.ntk.eta0=1e30", "--config.checkpoint_every=1"], workdir, real_data_dir)
+    proc = run_cli([*SPARK, "--config.algorithm_kw.eta0=1e30", "--config.checkpoint_every=1"], workdir, real_data_dir)
     assert proc.returncode == 1
     assert ("error: round 1: non-finite metrics (consensus_distance=inf, neighbourhood_loss=nan, train_loss=nan); "
             "no round completed") in proc.stderr, proc.stderr[-2000:]

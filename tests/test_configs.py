@@ -27,4 +27,5 @@ def test_small_variants_are_cpu_sized():
         small = importlib.import_module(f"experiments.configs.{name}").get_config("small")
         assert small.partition.num_nodes <= 100 and small.rounds <= 15
         # the paper's method (the default integrator), never silently Euler (a different method: SPEC step 7)
-        assert small.ntk.integrator == base.base_config().ntk.integrator == "imex"
+        assert small.algorithm_kw.evolution.integrator == base.base_config("ntk_dfl").algorithm_kw.evolution.integrator \
+            == "imex"

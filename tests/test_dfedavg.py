@@ -51,7 +51,7 @@ def _config(num_nodes):
     c = ml_collections.ConfigDict()
     c.partition = ml_collections.ConfigDict({"num_nodes": num_nodes})
     c.model = ml_collections.ConfigDict({"per_node_init": True})
-    c.dfedavg = ml_collections.ConfigDict({"lr": LR, "batch_size": BATCH, "local_epochs": EPOCHS})
+    c.algorithm_kw = ml_collections.ConfigDict({"lr": LR, "batch_size": BATCH, "local_epochs": EPOCHS})
     return c
 
 

@@ -18,6 +18,7 @@ import pytest
 from experiments.configs import tiny
 from spark_jax.runner import experiment
 from spark_jax.setting import comm, topology
+from spark_jax import algorithms
 from spark_jax.algorithms import available, dfedavg, dispfl
 from spark_jax.algorithms.base import RoundInputs
 from spark_jax.setting.models import make_model
@@ -67,8 +68,14 @@ def _config(**overrides):
     c.rounds = ROUNDS
     c.partition = ml_collections.ConfigDict({"num_nodes": len(COUNTS)})
     c.model = ml_collections.ConfigDict({"per_node_init": True})
-    c.dispfl = ml_collections.ConfigDict({**HP, **overrides})
-    c.dfedavg = ml_collections.ConfigDict({"lr": 0.1, "batch_size": 4, "local_epochs": 1})  # same w0 check
+    c.algorithm_kw = ml_collections.ConfigDict({**HP, **overrides})
+    return c
+
+
+def _dfedavg_config():
+    """The same run as DFedAvg (the dense-weights comparisons)."""
+    c = _config()
+    c.algorithm_kw = ml_collections.ConfigDict({"lr": 0.1, "batch_size": 4, "local_epochs": 1})
     return c
 
 
@@ -285,7 +292,9 @@ def test_init_masks_are_personal_erk_and_weights_sparse():
     c.model.per_node_init = False  # SPEC default: one w0 for every node
     state = dispfl.make(c, model).init(jax.random.key(3), None)
     counts = dispfl.erk_counts(model.init(jax.random.key(0)), HP["dense_ratio"])
-    dense = dfedavg.make(c, model).init(jax.random.key(3), None)  # the same w0 as the other algorithms
+    dense_config = _dfedavg_config()
+    dense_config.model.per_node_init = False
+    dense = dfedavg.make(dense_config, model).init(jax.random.key(3), None)  # the same w0 as the other algorithms
     for m, w, w0, k in zip(jax.tree.leaves(state.masks), jax.tree.leaves(state.params), jax.tree.leaves(dense.params),
                            counts):
         assert m.dtype == jnp.bool_ and m.shape == w.shape
@@ -335,23 +344,22 @@ def test_message_bytes_closed_form_replace_dense_weights():
     assert comm.sparse_weight_bytes(graph.neighbors, graph.mask, nnz=nnz, num_params=d) == got
     # The runner's count: no dense weights for DisPFL; d floats per edge for a dense algorithm.
     assert experiment.round_bytes(alg, graph, counts, d) == (0, got)
-    dense = dfedavg.make(_config(), model)
+    dense = dfedavg.make(_dfedavg_config(), model)
     assert experiment.round_bytes(dense, graph, counts, d) == (edges * d * 4, {})
 
 
 def test_registered_and_validated():
     assert "dispfl" in available()
-    c = tiny.get_config()
-    c.algorithm = "dispfl"
+    c = algorithms.with_algorithm(tiny.get_config(), "dispfl")
     validate_config(c, available())
-    for field, value, message in [("dense_ratio", 0.0, "dispfl.dense_ratio=0.0 must be a finite number in (0, 1]"),
-                                  ("anneal_factor", 1.5, "dispfl.anneal_factor=1.5 must be a finite number in [0, 1]"),
-                                  ("grad_clip", -1.0, "dispfl.grad_clip=-1.0 must be a finite number >= 0"),
-                                  ("lr_decay", 0.0, "dispfl.lr_decay=0.0 must be a finite number in (0, 1]"),
-                                  ("momentum", 1.0, "dispfl.momentum=1.0 must be a finite number in [0, 1)"),
-                                  ("batch_size", 0, "dispfl.batch_size=0 must be an integer >= 1")]:
-        bad = tiny.get_config()
-        bad.dispfl[field] = value
+    for field, value, message in [("dense_ratio", 0.0, "algorithm_kw.dense_ratio=0.0 must be a finite number in (0, 1]"),
+                                  ("anneal_factor", 1.5, "algorithm_kw.anneal_factor=1.5 must be a finite number in [0, 1]"),
+                                  ("grad_clip", -1.0, "algorithm_kw.grad_clip=-1.0 must be a finite number >= 0"),
+                                  ("lr_decay", 0.0, "algorithm_kw.lr_decay=0.0 must be a finite number in (0, 1]"),
+                                  ("momentum", 1.0, "algorithm_kw.momentum=1.0 must be a finite number in [0, 1)"),
+                                  ("batch_size", 0, "algorithm_kw.batch_size=0 must be an integer >= 1")]:
+        bad = algorithms.with_algorithm(tiny.get_config(), "dispfl")
+        bad.algorithm_kw[field] = value
         with pytest.raises(ConfigError, match=None) as e:
             validate_config(bad, available())
         assert str(e.value).startswith(message), str(e.value)

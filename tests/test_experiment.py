@@ -80,27 +80,38 @@ def test_bad_input_fails_cleanly(args, message, real_data_dir, tmp_path):
 
 def test_runs_started_before_a_field_was_added_still_resume():
     from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
-    old = {"ntk": {"eta0": 0.01}}
-    assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "float32"}}) == []
-    assert config_differences(old, {"ntk": {"eta0": 0.01, "matmul_precision": "highest"}}) == [
-        "ntk.matmul_precision"]
-    assert config_differences(old, {"ntk": {"eta0": 0.02, "matmul_precision": "float32"}}) == ["ntk.eta0"]
+    old = {"algorithm": "ntk_dfl", "algorithm_kw": {"eta0": 0.01}}
+
+    def new(eta0=0.01, precision="float32"):
+        return {"algorithm": "ntk_dfl", "algorithm_kw": {"eta0": eta0, "compute": {"matmul_precision": precision}}}
+
+    assert config_differences(old, new()) == []
+    assert config_differences(old, new(precision="highest")) == ["algorithm_kw.compute.matmul_precision"]
+    assert config_differences(old, new(eta0=0.02)) == ["algorithm_kw.eta0"]
+    # the layout before 2026-12-01: one section per part of the method, the ones NTK-DFL does not read dropped
+    older = {"algorithm": "ntk_dfl", "ntk": {"eta0": 0.01}, "sketch": {"k": 3}, "dfedavg": {"lr": 0.5}}
+    assert config_differences(older, new()) == []
+    assert config_differences(older, new(eta0=0.02)) == ["algorithm_kw.eta0"]
 
 
-def test_a_committed_run_record_from_before_the_dispfl_section_still_resumes():
-    """docs/results' run records predate the `dispfl` section: their configs differ from today's schema in
-    nothing but that section, which only algorithm 'dispfl' reads, so it is left out of the comparison
-    (run_io.without_other_algorithms_sections) whatever its values; the run's own fields still count."""
+def test_a_committed_run_record_of_the_old_layout_still_resumes():
+    """docs/results' run records predate `config.algorithm_kw` (and the `dispfl` section): they hold one
+    section per part of the NTK methods and one per baseline. Read in today's layout
+    (`run_io.current_layout`), their algorithm's values move under `algorithm_kw.` and the sections it does
+    not read drop out, so they compare equal to today's config; the run's own fields still count."""
     from experiments.configs import fmnist_regular  # pylint: disable=g-import-not-at-top
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
     from spark_jax.runner.run_io import config_differences  # pylint: disable=g-import-not-at-top
     record = REPO / "docs" / "results" / "readings_cpu" / "core" / "spark_v1,alpha=0.1" / "seed0" / "config.json"
     old = json.loads(record.read_text())["config"]
-    assert "dispfl" not in old
-    new = json.loads(fmnist_regular.get_config("study").to_json())
+    assert "dispfl" not in old and "algorithm_kw" not in old and old["sketch"]["k"] == 512
+    config = fmnist_regular.get_config("study")
+    new = json.loads(config.to_json())
     assert config_differences(old, new) == []
-    new["dispfl"]["lr"], new["dfedavg"]["lr"] = 0.2, 0.3  # other algorithms' sections: no result changes
-    assert config_differences(old, new) == []
-    new["sketch"]["k"] += 1
-    assert config_differences(old, new) == ["sketch.k"]
-    dfedavg_run = {**old, "algorithm": "dfedavg"}  # a run of dfedavg does read its own section
-    assert config_differences(dfedavg_run, {**new, "algorithm": "dfedavg"}) == ["dfedavg.lr", "sketch.k"]
+    new["algorithm_kw"]["sketch"]["k"] += 1
+    assert config_differences(old, new) == ["algorithm_kw.sketch.k"]
+    dfedavg_run = {**old, "algorithm": "dfedavg"}  # a run of dfedavg reads its own section, as algorithm_kw
+    dfedavg_now = json.loads(algorithms.with_algorithm(config, "dfedavg").to_json())
+    assert config_differences(dfedavg_run, dfedavg_now) == []
+    dfedavg_now["algorithm_kw"]["lr"] += 0.1
+    assert config_differences(dfedavg_run, dfedavg_now) == ["algorithm_kw.lr"]

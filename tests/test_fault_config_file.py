@@ -50,11 +50,18 @@ CASES = [
     ("unknown field", TINY + "def get_config():\n    c = tiny.get_config()\n    c.roundz = 3  # typo\n    return c\n",
      "", "{p}:4: unknown config field(s) roundz (not in the schema, experiments/configs/base.py)"),
     ("unknown nested fields", TINY + "import ml_collections\n\ndef get_config():\n    c = tiny.get_config()\n"
-     "    c.dfedavg.lr_max = 0.1\n    c.extra = ml_collections.ConfigDict({'a': 1})\n    return c\n", "",
-     "{p}:6: unknown config field(s) dfedavg.lr_max, extra (not in the schema, experiments/configs/base.py)"),
+     "    c.model.depth = 3\n    c.extra = ml_collections.ConfigDict({'a': 1})\n    return c\n", "",
+     "{p}:7: unknown config field(s) extra, model.depth (not in the schema, experiments/configs/base.py)"),
     ("missing field", "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict("
-     "{'name': 'x'})\n", "", "{p}:3: get_config() lacks config field(s) algorithm, checkpoint_every, data, dfedavg, dfedavgm, "
-     "dfedsam and "),
+     "{'name': 'x'})\n", "", "{p}:3: get_config() lacks config field(s) algorithm, algorithm_kw, checkpoint_every, "
+     "data, eval, log and "),
+    ("keyword arguments of another algorithm", TINY + "def get_config():\n    c = tiny.get_config()\n"
+     "    c.algorithm = 'spark'  # without its keyword arguments\n    return c\n", "",
+     "{p}:4: config.algorithm_kw does not hold the keyword arguments of algorithm 'spark' (unknown: batch_size, "
+     "local_epochs, lr; missing: compute, decay, distill, eta0, evolution, momentum and 4 more); start from "
+     "base.base_config('spark'), or switch with spark_jax.algorithms.with_algorithm"),
+    ("unknown algorithm", TINY + "def get_config():\n    c = tiny.get_config()\n    c.algorithm = 'sparkle'\n"
+     "    return c\n", "", "{p}:4: unknown algorithm 'sparkle'; available: dfedavg, dfedavgm, dfedsam, dispfl, "),
     ("empty file", "", "", "{p}: defines no get_config() function"),
     ("null byte", "x = 1\0\n", "", "{p}: SyntaxError: source code string cannot contain null bytes"),
 ]

@@ -45,7 +45,7 @@ def _seed_run_dir(workdir):
 HELD = [
     ("run-new", "run", ["--config=tiny"], lambda d: None),
     ("run-resume", "run", ["--config=tiny", "--resume"], _seed_run_dir),
-    ("sweep", "sweep", ["--config=tiny", "--sweep=config.dfedavg.local_epochs=1,2"], lambda d: None),
+    ("sweep", "sweep", ["--config=tiny", "--sweep=config.algorithm_kw.local_epochs=1,2"], lambda d: None),
 ]
 
 

@@ -2,7 +2,7 @@
 
 A bad NTK-DFL partition file (truncated, not a zip, a flipped byte, an object
 array, a missing or float array, a repeated index within a node, selected
-nodes without samples) is one line naming the file; `ntk.taus` beyond the
+nodes without samples) is one line naming the file; `algorithm_kw.taus` beyond the
 integrator's work bound and a node count beyond the available memory are one
 line naming the field, with the estimate; an XLA out-of-memory in a round is
 one line naming the round and the size. The run directory never appears.
@@ -34,12 +34,14 @@ def _config(data_dir=None, **over):
     c.partition.kind = "ntk_dfl_file"
     if data_dir is not None:
         c.data.data_dir = str(data_dir)
-    for k, v in over.items():  # 'section__field' or a top-level field
-        section, _, field = k.partition("__")
-        if field:
-            c[section][field] = v
-        else:
-            c[section] = v
+    if "algorithm" in over:
+        algorithms.with_algorithm(c, over.pop("algorithm"))
+    for k, v in over.items():  # 'a__b__c' sets config.a.b.c
+        *parents, field = k.split("__")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[field] = v
     return c
 
 
@@ -135,29 +137,33 @@ def test_truncated_file_through_the_cli(real_data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# NTK-DFL's keyword arguments ('a__b' = algorithm_kw.a.b) -> the message.
 TAUS = [
-    ({"ntk__taus": (10**7,)}, "ntk.taus=(10000000,) needs about 500,000 kernel products per neighbourhood and round "
-     "with ntk.integrator='imex' (tau_max 10,000,000 grid intervals, 6 products per step of <= 200 intervals), more "
-     "than 10,000: ~4 min per node and round at ~1,200 rows, ~60 min for 8 nodes x 2 rounds; with this integrator "
-     "tau_max may be at most 200,000 (the SPEC's candidates end at 800)"),
-    ({"ntk__taus": (200_001,)}, "ntk.taus=(200001,) needs about 10,000 kernel products"),
-    ({"ntk__integrator": "rk4", "ntk__taus": (100, 2000)}, "ntk.taus=(100, 2000) needs about 16,040 kernel products "
-     "per neighbourhood and round with ntk.integrator='rk4' (tau_max 2,000 grid intervals, 4 x 2 sub-steps per grid "
-     "interval), more than 10,000: ~7 s per node and round at ~1,200 rows, ~115 s for 8 nodes x 2 rounds; with this "
-     "integrator tau_max may be at most 1,246"),
-    ({"ntk__integrator": "rk4", "ntk__substeps": 100}, "ntk.taus=(100, 200, 400, 600, 800) needs about 320,016 kernel "
-     "products per neighbourhood and round with ntk.integrator='rk4' (tau_max 800 grid intervals, 4 x 100 sub-steps"),
-    ({"ntk__integrator": "euler", "ntk__taus": (10**6,)}, "ntk.taus=(1000000,) needs about 1,020,000 kernel products"),
-    ({"ntk__integrator": "dopri5", "ntk__taus": (10**5,)}, "ntk.taus=(100000,) needs about 20,750 kernel products "
-     "per neighbourhood and round with ntk.integrator='dopri5' (tau_max 100,000 grid intervals, 6 products per step "
-     "of <= 32 intervals)"),
-    ({"ntk__integrator": "rk4_hermite", "ntk__taus": (20_000,)}, "ntk.taus=(20000,) needs about 20,400 kernel"),
+    ({"taus": (10**7,)}, "algorithm_kw.taus=(10000000,) needs about 500,000 kernel products per neighbourhood and "
+     "round with algorithm_kw.evolution.integrator='imex' (tau_max 10,000,000 grid intervals, 6 products per step of "
+     "<= 200 intervals), more than 10,000: ~4 min per node and round at ~1,200 rows, ~60 min for 8 nodes x 2 rounds; "
+     "with this integrator tau_max may be at most 200,000 (the SPEC's candidates end at 800)"),
+    ({"taus": (200_001,)}, "algorithm_kw.taus=(200001,) needs about 10,000 kernel products"),
+    ({"evolution__integrator": "rk4", "taus": (100, 2000)}, "algorithm_kw.taus=(100, 2000) needs about 16,040 kernel "
+     "products per neighbourhood and round with algorithm_kw.evolution.integrator='rk4' (tau_max 2,000 grid intervals, "
+     "4 x 2 sub-steps per grid interval), more than 10,000: ~7 s per node and round at ~1,200 rows, ~115 s for 8 nodes "
+     "x 2 rounds; with this integrator tau_max may be at most 1,246"),
+    ({"evolution__integrator": "rk4", "evolution__substeps": 100}, "algorithm_kw.taus=(100, 200, 400, 600, 800) needs "
+     "about 320,016 kernel products per neighbourhood and round with algorithm_kw.evolution.integrator='rk4' (tau_max "
+     "800 grid intervals, 4 x 100 sub-steps"),
+    ({"evolution__integrator": "euler", "taus": (10**6,)}, "algorithm_kw.taus=(1000000,) needs about 1,020,000 kernel "
+     "products"),
+    ({"evolution__integrator": "dopri5", "taus": (10**5,)}, "algorithm_kw.taus=(100000,) needs about 20,750 kernel "
+     "products per neighbourhood and round with algorithm_kw.evolution.integrator='dopri5' (tau_max 100,000 grid "
+     "intervals, 6 products per step of <= 32 intervals)"),
+    ({"evolution__integrator": "rk4_hermite", "taus": (20_000,)}, "algorithm_kw.taus=(20000,) needs about 20,400 "
+     "kernel"),
 ]
 
 
 @pytest.mark.parametrize("over,message", TAUS, ids=[f"{i}" for i in range(len(TAUS))])
 def test_taus_beyond_the_integrators_work_are_refused(over, message):
-    config = _config(**over)
+    config = _config(algorithm="ntk_dfl", **{f"algorithm_kw__{k}": v for k, v in over.items()})
     with pytest.raises(ConfigError) as err:
         experiment.run(config, "/nonexistent/never-created")
     assert str(err.value).startswith(message), str(err.value)
@@ -165,8 +171,8 @@ def test_taus_beyond_the_integrators_work_are_refused(over, message):
 
 def test_taus_at_the_bound_and_the_specs_defaults_pass():
     for taus, integrator in (((100, 200_000), "imex"), ((100, 200, 400, 600, 800), "rk4"), ((1, 48_192), "dopri5")):
-        config = _config()
-        config.ntk.taus, config.ntk.integrator = taus, integrator
+        config = _config(algorithm="ntk_dfl")
+        config.algorithm_kw.taus, config.algorithm_kw.evolution.integrator = taus, integrator
         validation.validate_config(config, algorithms.available())
 
 
@@ -221,6 +227,6 @@ def test_xla_out_of_memory_in_a_round_is_one_line(real_data_dir, tmp_path, monke
     with pytest.raises(run_budget.OutOfMemoryError) as err:
         experiment.run(config, tmp_path / "run")
     assert str(err.value) == ("round 1: out of memory allocating 191.8 GiB (partition.num_nodes=8, topology.kind="
-                              "'ring'); use fewer nodes, a smaller neighbourhood or a smaller ntk.node_chunk / "
+                              "'ring'); use fewer nodes, a smaller neighbourhood or a smaller algorithm_kw.compute.node_chunk / "
                               "eval.node_chunk; no round completed")
     assert not (tmp_path / "run").exists()

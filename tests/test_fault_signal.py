@@ -182,7 +182,7 @@ def test_sweep_stops_on_an_interrupted_run_and_records_it(tmp_path):
     from spark_jax.runner import run_signals
 
     config = tiny.get_config()
-    grid = sweep_grid.build_grid(config, ["config.dfedavg.local_epochs=1,2"], "0")
+    grid = sweep_grid.build_grid(config, ["config.algorithm_kw.local_epochs=1,2"], "0")
     calls = []
 
     def runner(cfg, workdir, resume=False):

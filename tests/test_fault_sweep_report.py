@@ -125,7 +125,7 @@ SWEEP_DAMAGE = [
 
 @pytest.mark.parametrize("data,fault", [d[1:] for d in SWEEP_DAMAGE], ids=[d[0] for d in SWEEP_DAMAGE])
 def test_sweep_reports_a_corrupt_summary_and_goes_on(data, fault, config, tmp_path):
-    grid = sweep_grid.build_grid(config, ["config.dfedavg.local_epochs=1,2,3"])
+    grid = sweep_grid.build_grid(config, ["config.algorithm_kw.local_epochs=1,2,3"])
     sweep_grid.run_sweep(grid, tmp_path, fake_runner([]), log=lambda s: None)
     victim = tmp_path / grid[1].name / "summary.json"
     victim.write_bytes(data)
@@ -140,7 +140,7 @@ def test_sweep_reports_a_corrupt_summary_and_goes_on(data, fault, config, tmp_pa
 
 
 def test_sweep_redoes_a_run_whose_config_json_has_the_wrong_shape(config, tmp_path):
-    grid = sweep_grid.build_grid(config, ["config.dfedavg.local_epochs=1,2"])
+    grid = sweep_grid.build_grid(config, ["config.algorithm_kw.local_epochs=1,2"])
     bad = tmp_path / grid[0].name
     bad.mkdir(parents=True)
     (bad / "config.json").write_text("[]")  # was: TypeError, the whole sweep aborted
@@ -151,9 +151,9 @@ def test_sweep_redoes_a_run_whose_config_json_has_the_wrong_shape(config, tmp_pa
 
 def test_sweep_cli_with_a_corrupt_summary_is_one_line(config, tmp_path):
     workdir = tmp_path / "sweep"
-    grid = sweep_grid.build_grid(config, ["config.dfedavg.local_epochs=1,2"])
+    grid = sweep_grid.build_grid(config, ["config.algorithm_kw.local_epochs=1,2"])
     sweep_grid.run_sweep(grid, workdir, fake_runner([]), log=lambda s: None)
     (workdir / grid[0].name / "summary.json").write_text("[]")
-    proc = run_cli("sweep", ["--config=tiny", "--sweep=config.dfedavg.local_epochs=1,2", f"--workdir={workdir}"], "")
+    proc = run_cli("sweep", ["--config=tiny", "--sweep=config.algorithm_kw.local_epochs=1,2", f"--workdir={workdir}"], "")
     assert_one_line_error(proc, f"1 of 2 runs failed: {grid[0].name}")
     assert f"failed  CorruptFileError: {workdir / grid[0].name}/summary.json: not a run summary" in proc.stdout

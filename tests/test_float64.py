@@ -16,7 +16,7 @@ import pytest
 from jax.extend import core as jax_core
 from scipy.integrate import solve_ivp
 
-from spark_jax import ntk, rng as spark_rng
+from spark_jax import algorithms, ntk, rng as spark_rng
 from spark_jax.ntk import sketch
 from spark_jax.algorithms import ntk_dfl, spark
 from spark_jax.setting.models import make_model
@@ -209,7 +209,7 @@ def test_ntk_dfl_round_is_float64_and_matches_numpy(x64, integrator, kernel, tol
     = 1e-10 against DOP853 at 1e-13)."""
     nd = _node_data_f64()
     config = _config(integrator=integrator, kernel=kernel)
-    config.ntk.rtol = config.ntk.atol = config.ntk.imex.rtol = config.ntk.imex.atol = 1e-10
+    config.algorithm_kw.evolution.rtol = config.algorithm_kw.evolution.atol = config.algorithm_kw.evolution.imex.rtol = config.algorithm_kw.evolution.imex.atol = 1e-10
     alg = ntk_dfl.from_config(config, make_model("mlp", hidden=(HIDDEN,)))
     state = alg.init(jax.random.key(3), nd)
     state = state.replace(params=_to_f64(state.params, 1))
@@ -219,7 +219,7 @@ def test_ntk_dfl_round_is_float64_and_matches_numpy(x64, integrator, kernel, tol
     assert _float_dtypes((new, metrics)) == {"float64"}
     eta = 0.5 * np.exp(-0.07 * ROUND)
     want, _, best, loss = _reference_round(_flat(state.params), None, nd, eta, integrator,
-                                           substeps=config.ntk.substeps)
+                                           substeps=config.algorithm_kw.evolution.substeps)
     error = _rel_error(_flat(new.params), want)
     print(f"{integrator}/{kernel}: max relative error of the new params {error:.2e}")
     assert error < tol, error
@@ -236,12 +236,13 @@ def test_spark_sketched_round_is_float64_and_matches_numpy(x64, share, update_mo
     P is the float32 draw cast to float64, and the round equals the float64 reference to 1e-10."""
     nd = _node_data_f64(1)
     c = _config(integrator=integrator)
-    c.algorithm, c.rounds = "spark", 6
-    c.sketch.enabled, c.sketch.k, c.sketch.method, c.sketch.grouping = True, K, "structured", "layer"
-    c.sketch.update_mode, c.sketch.share_first_layer = update_mode, share
-    c.distill.lambda_max, c.distill.teacher = SPARK_LAMBDA, "averaged"
-    c.momentum.beta, c.momentum.velocity = SPARK_BETA, "local"
-    c.stages.unit, c.stages.boundaries = "round", (0, 1)
+    c = algorithms.with_algorithm(c, "spark")
+    c.rounds, kw = 6, c.algorithm_kw
+    kw.sketch.enabled, kw.sketch.k, kw.compute.sketch_method, kw.sketch.grouping = True, K, "structured", "layer"
+    kw.sketch.update_mode, kw.compute.share_first_layer = update_mode, share
+    kw.distill.lambda_max, kw.distill.teacher = SPARK_LAMBDA, "averaged"
+    kw.momentum.beta, kw.momentum.velocity = SPARK_BETA, "local"
+    kw.stages.unit, kw.stages.boundaries = "round", (0, 1)
     alg = spark.from_config(c, make_model("mlp", hidden=(HIDDEN,)))
     state = alg.init(jax.random.key(0), nd)
     state = state.replace(params=_to_f64(state.params, 2), velocity=_to_f64(state.velocity, 3))
@@ -256,7 +257,7 @@ def test_spark_sketched_round_is_float64_and_matches_numpy(x64, share, update_mo
                     np.float64) / np.sqrt(K) for g, d in enumerate((785 * HIDDEN, (HIDDEN + 1) * C))]
     eta = 0.5 * np.exp(-0.07 * ROUND)
     want, want_v, best, _ = _reference_round(_flat(state.params), _flat(state.velocity), nd, eta, integrator,
-                                             substeps=c.ntk.substeps, P=P, update_mode=update_mode)
+                                             substeps=c.algorithm_kw.evolution.substeps, P=P, update_mode=update_mode)
     errors = _rel_error(_flat(new.params), want), _rel_error(_flat(new.velocity), want_v)
     print(f"{share}/{update_mode}/{integrator}: max relative errors (params, velocity) {errors}")
     assert max(errors) < 1e-10, errors
@@ -310,9 +311,10 @@ def test_float32_rounds_stay_float32():
         inputs = _inputs(padded_graph(_adjacency(), "uniform"), ROUND)
         model = make_model("mlp", hidden=(HIDDEN,))
         c = _config(integrator="imex")
-        c.algorithm, c.rounds = "spark", 6
-        c.sketch.enabled, c.sketch.k, c.distill.lambda_max, c.momentum.beta = True, K, SPARK_LAMBDA, SPARK_BETA
-        c.stages.unit, c.stages.boundaries = "round", (0, 1)
+        c = algorithms.with_algorithm(c, "spark")
+        c.rounds, kw = 6, c.algorithm_kw
+        kw.sketch.enabled, kw.sketch.k, kw.distill.lambda_max, kw.momentum.beta = True, K, SPARK_LAMBDA, SPARK_BETA
+        kw.stages.unit, kw.stages.boundaries = "round", (0, 1)
         for alg in (ntk_dfl.from_config(_config(integrator="dopri5"), model), spark.from_config(c, model)):
             state = alg.init(jax.random.key(0), nd)
             assert _float_ops(jax.make_jaxpr(alg.round)(state, nd, inputs).jaxpr, jnp.float64) == set()

@@ -26,7 +26,7 @@ slow = pytest.mark.slow  # the subprocess tests (minutes): in the full suite (CI
 TIMEOUT = 240  # s per multi-process run (2 cores shared with everything else)
 # NTK-DFL is SPARK's round with its parts off (tests/test_spark.py) and under the contract's sharded ==
 # unsharded check; SPARK here covers that round's multi-process path with sketches on.
-ALGORITHMS = {"spark": ["--config.sketch.k=64"], "dfedavg": ["--config.rounds=6", "--config.checkpoint_every=1"]}
+ALGORITHMS = {"spark": ["--config.algorithm_kw.sketch.k=64"], "dfedavg": ["--config.rounds=6", "--config.checkpoint_every=1"]}
 TIMING = ("round_time", "wall_time")
 
 

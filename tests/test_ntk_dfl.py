@@ -65,7 +65,7 @@ def test_node_batching_changes_no_value():
     params = {}
     for batching in ("sequential", "vectorized"):
         config = _config(integrator="dopri5")
-        config.ntk.node_batching = batching
+        config.algorithm_kw.compute.node_batching = batching
         params[batching] = _run_round(config, _node_data(), graph)[2].params
     for a, b in zip(jax.tree.leaves(params["sequential"]), jax.tree.leaves(params["vectorized"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from spark_jax import checks, config_options
+from spark_jax import algorithms, checks, config_options
 from spark_jax.algorithms import schedules
 from spark_jax.algorithms.ntk_dfl import ntk_dfl
 from spark_jax.algorithms.spark import spark
@@ -97,26 +97,32 @@ def test_options_check_themselves_and_the_adapter_names_the_config_path():
     with pytest.raises(checks.OptionError, match=r"^node_batching='loop' is not one of"):
         ComputeOptions(node_batching="loop")
     c = ntk_config()
-    c.ntk.imex.rtol = 0.0
-    with pytest.raises(checks.OptionError, match=r"^ntk\.imex\.rtol=0\.0 must be a finite number in \(0, 1\]"):
-        config_options.check_all(c)
+    c.algorithm_kw.evolution.imex.rtol = 0.0
+    with pytest.raises(checks.OptionError,
+                       match=r"^algorithm_kw\.evolution\.imex\.rtol=0\.0 must be a finite number in \(0, 1\]"):
+        config_options.check_ntk_dfl(c)
     c = ntk_config()
-    c.sketch.method = "dense"
-    with pytest.raises(checks.OptionError, match=r"^sketch\.method='dense' is not one of"):
-        config_options.check_all(c)
-    c = ntk_config()
-    c.stages.ramp = "step"
-    with pytest.raises(checks.OptionError, match=r"^stages\.ramp='step' is not one of 'linear', 'cosine'"):
-        config_options.check_all(c)
+    c.algorithm_kw.compute.sketch_method = "dense"
+    with pytest.raises(checks.OptionError, match=r"^algorithm_kw\.compute\.sketch_method='dense' is not one of"):
+        config_options.check_ntk_dfl(c)
+    c = algorithms.with_algorithm(ntk_config(), "spark")
+    c.algorithm_kw.distill.ramp = "step"
+    with pytest.raises(checks.OptionError, match=r"^algorithm_kw\.distill\.ramp='step' is not one of 'linear', 'cosine'"):
+        config_options.check_spark(c)
+    c = algorithms.with_algorithm(ntk_config(), "spark")
+    c.algorithm_kw.sketch.enabled, c.algorithm_kw.sketch.k = False, 0  # checked even when off
+    with pytest.raises(checks.OptionError, match=r"^algorithm_kw\.sketch\.k=0 must be an integer >= 1"):
+        config_options.check_spark(c)
 
 
 def test_the_adapter_gives_the_constructors_the_config_values():
-    c = ntk_config(integrator="imex")
-    c.ntk.imex.split_modes, c.sketch.k, c.ntk.node_chunk, c.sketch.enabled = 4, 64, 3, False
+    c = algorithms.with_algorithm(ntk_config(integrator="imex"), "spark")
+    kw = c.algorithm_kw
+    kw.evolution.imex.split_modes, kw.sketch.k, kw.compute.node_chunk, kw.sketch.enabled = 4, 64, 3, False
     kw = config_options.spark_kwargs(c)
     assert kw["evolution"].imex.split_modes == 4 and kw["evolution"].evolve_kwargs(0)["split_modes"] == 4
-    assert kw["sketch"] is None and kw["compute"].node_chunk == 3 and kw["taus"] == tuple(c.ntk.taus)
-    c.sketch.enabled = True
+    assert kw["sketch"] is None and kw["compute"].node_chunk == 3 and kw["taus"] == tuple(c.algorithm_kw.taus)
+    c.algorithm_kw.sketch.enabled = True
     assert config_options.spark_kwargs(c)["sketch"] == SketchOptions(k=64)
 
 

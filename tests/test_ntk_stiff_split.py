@@ -90,8 +90,8 @@ def test_imex_on_real_neighbourhoods_of_a_real_run(real_data_dir):
     from experiments.configs import base
 
     from spark_jax import config_options
-    config = base.base_config()
-    options = config_options.evolution_options(config.ntk).evolve_kwargs(config.ntk.product_columns)
+    kw = base.base_config("ntk_dfl").algorithm_kw
+    options = config_options.evolution_options(kw.evolution).evolve_kwargs(kw.compute.product_columns)
     assert options["method"] == "imex"
     evolve = jax.jit(functools.partial(ntk.evolve_logits, taus=TAUS, **options))
     for H, F0, Y, eta, label in run_neighbourhoods(real_data_dir, rounds=(0, 10, 25), num_nodes=8):

@@ -151,10 +151,11 @@ def test_applies_only_when_algorithm_and_another_key_vary(tmp_path):
 
 
 def test_column_labels():
-    names = report_compare.short_names(["partition.alpha", "dfedavg.lr", "dpsgd.lr"])
-    assert names == {"partition.alpha": "alpha", "dfedavg.lr": "dfedavg.lr", "dpsgd.lr": "dpsgd.lr"}
-    assert report_compare.column_label({"partition.alpha": 0.1, "dfedavg.lr": 0.05}, names) == \
-        "alpha=0.1, dfedavg.lr=0.05"
+    names = report_compare.short_names(["partition.alpha", "algorithm_kw.lr", "algorithm_kw.distill.lr"])
+    assert names == {"partition.alpha": "alpha", "algorithm_kw.lr": "algorithm_kw.lr",
+                     "algorithm_kw.distill.lr": "algorithm_kw.distill.lr"}
+    assert report_compare.column_label({"partition.alpha": 0.1, "algorithm_kw.lr": 0.05}, names) == \
+        "alpha=0.1, algorithm_kw.lr=0.05"
 
 
 def test_cli_prints_the_comparison(tmp_path):

@@ -42,9 +42,9 @@ def test_every_reading_preset_row_builds_and_validates(arg):
 def test_reading_rows_set_what_their_names_say():
     r = sweep_presets.READINGS
     assert r["spark_v1"] == {} and r["ntk_dfl"] == {"algorithm": "ntk_dfl"}
-    assert r["spark_v2"] == {"sketch.enabled": False}
-    assert r["spark_v2_no_momentum"]["momentum.beta"] == 0.0 and r["spark_v2_no_distill"]["distill.lambda_max"] == 0
-    assert r["spark_v1_roundtrip"] == {"sketch.update_mode": "roundtrip"}
+    assert r["spark_v2"] == {"algorithm_kw.sketch.enabled": False}
+    assert r["spark_v2_no_momentum"]["algorithm_kw.momentum.beta"] == 0.0 and r["spark_v2_no_distill"]["algorithm_kw.distill.lambda_max"] == 0
+    assert r["spark_v1_roundtrip"] == {"algorithm_kw.sketch.update_mode": "roundtrip"}
 
 
 # ---------------------------------------------------------------- a synthetic study

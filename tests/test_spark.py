@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import base
-from spark_jax import config_options
+from spark_jax import algorithms, config_options
 from spark_jax.algorithms import schedules
 from spark_jax.setting import comm
 from spark_jax.algorithms import ntk_dfl, spark
@@ -19,14 +19,17 @@ from tests.conftest import NTK_COUNTS as COUNTS, ntk_adjacency as _adjacency, nt
 
 def _spark_config(**overrides):
     c = _config(integrator="rk4")
-    c.algorithm = "spark"
+    algorithms.with_algorithm(c, "spark")
     c.rounds = 6
-    c.sketch.enabled = False
-    c.distill.lambda_max = 0.0
-    c.momentum.beta = 0.0
-    for key, value in overrides.items():
-        section, field = key.split("__")
-        c[section][field] = value
+    c.algorithm_kw.sketch.enabled = False
+    c.algorithm_kw.distill.lambda_max = 0.0
+    c.algorithm_kw.momentum.beta = 0.0
+    for key, value in overrides.items():  # 'a__b=v' sets algorithm_kw.a.b (model.x for 'model__x')
+        *parents, last = key.split("__")
+        node = c if parents[:1] == ["model"] else c.algorithm_kw
+        for part in parents:
+            node = node[part]
+        node[last] = value
     return c
 
 
@@ -60,10 +63,10 @@ def test_nesterov_momentum_equals_numpy_recursion_on_a_linear_model():
     y = rng.integers(0, 10, n).astype(np.int32)
     nd = NodeData(x=np.broadcast_to(x, (m,) + x.shape).copy(), y=np.tile(y, (m, 1)),
                   mask=np.ones((m, n), bool), counts=np.full(m, n, np.int32))
-    c = _spark_config(ntk__taus=(1,), ntk__integrator="euler", ntk__eta0=eta, ntk__decay=0.0,
+    c = _spark_config(taus=(1,), evolution__integrator="euler", eta0=eta, decay=0.0,
                       momentum__beta=beta, model__per_node_init=False)
     c.partition.num_nodes = m
-    c.stages.unit, c.stages.boundaries = "round", (0, 0)  # stage 3 from the start
+    c.algorithm_kw.stages.unit, c.algorithm_kw.stages.boundaries = "round", (0, 0)  # stage 3 from the start
     model = make_model("mlp", hidden=())
     alg = spark.from_config(c, model)
     state = alg.init(jax.random.key(0), nd)
@@ -92,7 +95,7 @@ def test_stage_schedule_values_and_no_recompilation_across_boundaries():
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
     c = _spark_config(sketch__enabled=True, sketch__k=16, distill__lambda_max=0.5, momentum__beta=0.9)
-    c.stages.unit, c.stages.boundaries = "round", (2, 4)
+    c.algorithm_kw.stages.unit, c.algorithm_kw.stages.boundaries = "round", (2, 4)
     alg = spark.from_config(c, make_model("mlp", hidden=(8,)))
     state = alg.init(jax.random.key(0), nd)
     round_fn = jax.jit(alg.round)
@@ -153,7 +156,7 @@ def test_byte_accounting_on_a_four_node_ring(sketch_on):
 def test_default_mlp_reduction_is_98_7_percent():
     d = num_params(make_model("mlp").init(jax.random.key(0)))
     assert round(100 * (1 - 2 * 512 / d), 1) == 98.7
-    assert base.base_config().sketch.k == 512
+    assert base.base_config("spark").algorithm_kw.sketch.k == 512
 
 
 @pytest.mark.parametrize("update_mode,teacher,method", [  # own_exact + neighbors + structured: the contract test
@@ -163,10 +166,10 @@ def test_default_mlp_reduction_is_98_7_percent():
 def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
     nd = jax.tree.map(jnp.asarray, _node_data())
     graph = padded_graph(_adjacency(), "uniform")
-    c = _spark_config(sketch__enabled=True, sketch__k=8, sketch__update_mode=update_mode, sketch__method=method,
+    c = _spark_config(sketch__enabled=True, sketch__k=8, sketch__update_mode=update_mode, compute__sketch_method=method,
                       distill__teacher=teacher, distill__lambda_max=0.5, momentum__beta=0.9,
                       momentum__velocity="mixed")
-    c.stages.unit, c.stages.boundaries, c.stages.ramp = "round", (0, 1), "cosine"
+    c.algorithm_kw.stages.unit, c.algorithm_kw.stages.boundaries, c.algorithm_kw.distill.ramp = "round", (0, 1), "cosine"
     alg = spark.from_config(c, make_model("mlp", hidden=(8,)))
     state = alg.init(jax.random.key(0), nd)
     for r in range(2):
@@ -180,7 +183,7 @@ def test_every_option_runs_and_stays_finite(update_mode, teacher, method):
 @pytest.mark.device
 @pytest.mark.slow
 def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, update_mode):
-    """sketch.share_first_layer (one [1; x] P_0 per sample, in column blocks, kernels summed over the
+    """algorithm_kw.compute.share_first_layer (one [1; x] P_0 per sample, in column blocks, kernels summed over the
     blocks, the update P P^T of the exact one) gives the same rounds as each neighbourhood's own
     sketch, compiled once."""
     nd = jax.tree.map(jnp.asarray, _node_data())
@@ -192,12 +195,13 @@ def test_shared_first_layer_equals_per_neighbourhood_sketch(share, blocks, updat
     bound = 2 * m * rows * rows * 4 + 3 * (4 * m * n_max * 8)
     states = []
     for mode in ("off", share):
-        c = _spark_config(sketch__enabled=True, sketch__k=k, sketch__update_mode=update_mode, ntk__node_chunk=4,
-                          ntk__taus=(6, 12), ntk__eta0=0.1, momentum__beta=0.5)  # tau > 1: the update uses H
-        c.sketch.share_first_layer = mode
-        c.sketch.share_bytes = bound if blocks > 1 else 1e12
-        c.stages.unit, c.stages.boundaries = "round", (0, 0)
-        plan = spark.share_plan(config_options.sketch_options(c.sketch), config_options.compute_options(c),
+        c = _spark_config(sketch__enabled=True, sketch__k=k, sketch__update_mode=update_mode, compute__node_chunk=4,
+                          taus=(6, 12), eta0=0.1, momentum__beta=0.5)  # tau > 1: the update uses H
+        c.algorithm_kw.compute.share_first_layer = mode
+        c.algorithm_kw.compute.share_bytes = bound if blocks > 1 else 1e12
+        c.algorithm_kw.stages.unit, c.algorithm_kw.stages.boundaries = "round", (0, 0)
+        plan = spark.share_plan(config_options.sketch_options(c.algorithm_kw.sketch),
+                                config_options.compute_options(c.algorithm_kw.compute),
                                 model.init(jax.random.key(0)), c.partition.num_nodes, n_max, slots, model.structured)
         assert plan.num_blocks == (0 if mode == "off" else blocks), plan
         alg = spark.from_config(c, model)
@@ -225,8 +229,8 @@ def test_own_exact_with_no_neighbours_is_the_exact_update():
     results = {}
     for name, over in {"exact": {}, "own_exact": {"sketch__update_mode": "own_exact"},
                        "backproject": {"sketch__update_mode": "backproject"}}.items():
-        c = _spark_config(ntk__taus=(1,), **over)
-        c.sketch.enabled, c.sketch.k = bool(over), 4
+        c = _spark_config(taus=(1,), **over)
+        c.algorithm_kw.sketch.enabled, c.algorithm_kw.sketch.k = bool(over), 4
         alg = spark.from_config(c, model)
         state, _ = jax.jit(alg.round)(alg.init(jax.random.key(1), nd), nd, _inputs(isolated, 0))
         results[name] = jax.tree.leaves(state.params)

@@ -14,12 +14,14 @@ import ml_collections
 import pytest
 
 from experiments.configs import fmnist_ring, tiny
+from spark_jax import algorithms, config_options
 from spark_jax.runner import experiment
 from spark_jax.lab.sweep_grid import set_field
 from spark_jax.setting.data import DataError
 from tests.conftest import REPO
 
 SPARK = {"algorithm": "spark"}
+SPARK_KW = config_options.SPARK_KW
 
 # (overrides applied in order, expected message). Overrides: dotted path -> value.
 BAD_CONFIGS = [
@@ -42,7 +44,7 @@ BAD_CONFIGS = [
     ({"partition.kind": "iid", "partition.num_nodes": 700, "partition.samples_per_node": 100},
      "partition.num_nodes * partition.samples_per_node = 70000 exceeds the 60000 training samples"),
     ({"partition.file_seed": -2}, "partition.file_seed=-2 must be an integer >= 0"),
-    ({"ntk.matmul_precision": "tf32"}, "ntk.matmul_precision='tf32' is not one of 'float32', 'tensorfloat32'"),
+    ({"algorithm_kw.compute.matmul_precision": "tf32"}, "algorithm_kw.compute.matmul_precision='tf32' is not one of 'float32', 'tensorfloat32'"),
     ({"topology.kind": "regular", "topology.degree": 3, "partition.num_nodes": 7},
      "topology: random 3-regular graph on 7 nodes is impossible: num_nodes * degree must be even"),
     ({"topology.kind": "regular", "topology.degree": 8}, "degree must be < num_nodes"),
@@ -53,48 +55,48 @@ BAD_CONFIGS = [
     ({"model.name": "resnet"}, "model.name='resnet' is not one of 'mlp', 'cnn'"),
     ({"model.hidden": ()}, "model.hidden=() must be a non-empty tuple of positive widths"),
     ({"model.channels": (8, 0)}, "model.channels=(8, 0) must be a non-empty tuple of integers >= 1"),
-    ({"dfedavg.lr": 0.0}, "dfedavg.lr=0.0 must be a finite number > 0"),
-    ({"dfedavg.lr": math.inf}, "dfedavg.lr=inf must be a finite number > 0"),
-    ({"dpsgd.batch_size": 0}, "dpsgd.batch_size=0 must be an integer >= 1"),
-    ({"dfedavgm.momentum": 1.0}, "dfedavgm.momentum=1.0 must be a finite number in [0, 1)"),
-    ({"dfedsam.lr_decay": 0.0}, "dfedsam.lr_decay=0.0 must be a finite number in (0, 1]"),
-    ({"ntk.taus": (200, 100)}, "ntk.taus=(200, 100) must be positive integers in strictly ascending order"),
-    ({"ntk.taus": (0, 100)}, "ntk.taus=(0, 100) must be positive integers in strictly ascending order"),
-    ({"ntk.eta0": -0.01}, "ntk.eta0=-0.01 must be a finite number > 0"),
-    ({"ntk.integrator": "rk45"}, "ntk.integrator='rk45' is not one of 'rk4', 'rk4_hermite', 'dopri5', 'imex', 'euler'"),
-    ({"ntk.rtol": 0.0}, "ntk.rtol=0.0 must be a finite number in (0, 1] (relative tolerance, 'dopri5')"),
-    ({"ntk.imex.rtol": 0.0}, "ntk.imex.rtol=0.0 must be a finite number in (0, 1] (relative tolerance, 'imex')"),
-    ({"ntk.imex.atol": math.nan}, "ntk.imex.atol=nan must be a finite number > 0 (absolute tolerance, 'imex')"),
-    ({"ntk.imex.atol": -1e-5}, "ntk.imex.atol=-1e-05 must be a finite number > 0 (absolute tolerance, 'imex')"),
-    ({"ntk.imex.max_stride": 0}, "ntk.imex.max_stride=0 must be an integer >= 1"),
-    ({"ntk.imex.split_modes": -1}, "ntk.imex.split_modes=-1 must be an integer in [0, 64] (modes of H treated"),
-    ({"ntk.imex.split_modes": 65}, "ntk.imex.split_modes=65 must be an integer in [0, 64] (modes of H treated"),
-    ({"ntk.imex.split_iterations": -2}, "ntk.imex.split_iterations=-2 must be an integer >= 0 (subspace"),
-    ({"ntk.max_stride": 0}, "ntk.max_stride=0 must be an integer >= 1"),
-    ({"ntk.product_columns": -1}, "ntk.product_columns=-1 must be an integer >= 0 (0 = no padding)"),
-    ({"ntk.sample_chunk": -1}, "ntk.sample_chunk=-1 must be an integer >= 0 (0 = no chunking)"),
-    ({"ntk.node_chunk": 0}, "ntk.node_chunk=0 must be an integer >= 1"),
-    ({"ntk.stride": 0}, "ntk.stride=0 must be an integer >= 1"),
-    ({"algorithm": "ntk_dfl", "model.name": "cnn", "ntk.kernel": "structured"},
-     "ntk.kernel='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
-    ({"algorithm": "spark", "model.name": "cnn", "sketch.method": "structured"},
-     "sketch.method='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
-    ({"sketch.k": 0}, "sketch.k=0 must be an integer >= 1"),
-    ({"sketch.share_first_layer": "always"},
-     "sketch.share_first_layer='always' is not one of 'auto', 'on', 'off'"),
-    ({"sketch.share_bytes": 0.0}, "sketch.share_bytes=0.0 must be a finite number > 0 (bytes the shared"),
-    ({**SPARK, "sketch.k": 2000}, "sketch.k=2000 exceeds the 1010 parameters of sketch group 1 (grouping 'layer'"),
-    ({**SPARK, "model.name": "cnn"}, "sketch.k=512 exceeds the 80 parameters of sketch group 0"),
-    ({"sketch.direction_chunk": 0}, "sketch.direction_chunk=0 must be an integer >= 1"),
-    ({"sketch.update_mode": "exact"}, "sketch.update_mode='exact' is not one of"),
-    ({"distill.lambda_max": 1.5}, "distill.lambda_max=1.5 must be a finite number in [0, 1]"),
-    ({"distill.temperature": 0.0}, "distill.temperature=0.0 must be a finite number > 0"),
-    ({"momentum.beta": 1.0}, "momentum.beta=1.0 must be a finite number in [0, 1)"),
-    ({"stages.boundaries": (0.8, 0.2)}, "must be ordered: 0 <= stage-2 start <= stage-3 start"),
-    ({"stages.boundaries": (0.5,)}, "stages.boundaries must have two entries"),
-    ({"stages.boundaries": (0.5, 1.5)}, "must be fractions in [0, 1] with unit 'fraction'"),
-    ({"stages.unit": "round", "stages.boundaries": (1.5, 2.0)}, "must be whole rounds with unit 'round'"),
-    ({"stages.unit": "epoch"}, "stages.unit='epoch' is not one of 'fraction', 'round'"),
+    ({"algorithm_kw.lr": 0.0}, "algorithm_kw.lr=0.0 must be a finite number > 0"),
+    ({"algorithm_kw.lr": math.inf}, "algorithm_kw.lr=inf must be a finite number > 0"),
+    ({"algorithm": "dpsgd", "algorithm_kw.batch_size": 0}, "algorithm_kw.batch_size=0 must be an integer >= 1"),
+    ({"algorithm": "dfedavgm", "algorithm_kw.momentum": 1.0}, "algorithm_kw.momentum=1.0 must be a finite number in [0, 1)"),
+    ({"algorithm": "dfedsam", "algorithm_kw.lr_decay": 0.0}, "algorithm_kw.lr_decay=0.0 must be a finite number in (0, 1]"),
+    ({"algorithm_kw.taus": (200, 100)}, "algorithm_kw.taus=(200, 100) must be positive integers in strictly ascending order"),
+    ({"algorithm_kw.taus": (0, 100)}, "algorithm_kw.taus=(0, 100) must be positive integers in strictly ascending order"),
+    ({"algorithm_kw.eta0": -0.01}, "algorithm_kw.eta0=-0.01 must be a finite number > 0"),
+    ({"algorithm_kw.evolution.integrator": "rk45"}, "algorithm_kw.evolution.integrator='rk45' is not one of 'rk4', 'rk4_hermite', 'dopri5', 'imex', 'euler'"),
+    ({"algorithm_kw.evolution.rtol": 0.0}, "algorithm_kw.evolution.rtol=0.0 must be a finite number in (0, 1] (relative tolerance, 'dopri5')"),
+    ({"algorithm_kw.evolution.imex.rtol": 0.0}, "algorithm_kw.evolution.imex.rtol=0.0 must be a finite number in (0, 1] (relative tolerance, 'imex')"),
+    ({"algorithm_kw.evolution.imex.atol": math.nan}, "algorithm_kw.evolution.imex.atol=nan must be a finite number > 0 (absolute tolerance, 'imex')"),
+    ({"algorithm_kw.evolution.imex.atol": -1e-5}, "algorithm_kw.evolution.imex.atol=-1e-05 must be a finite number > 0 (absolute tolerance, 'imex')"),
+    ({"algorithm_kw.evolution.imex.max_stride": 0}, "algorithm_kw.evolution.imex.max_stride=0 must be an integer >= 1"),
+    ({"algorithm_kw.evolution.imex.split_modes": -1}, "algorithm_kw.evolution.imex.split_modes=-1 must be an integer in [0, 64] (modes of H treated"),
+    ({"algorithm_kw.evolution.imex.split_modes": 65}, "algorithm_kw.evolution.imex.split_modes=65 must be an integer in [0, 64] (modes of H treated"),
+    ({"algorithm_kw.evolution.imex.split_iterations": -2}, "algorithm_kw.evolution.imex.split_iterations=-2 must be an integer >= 0 (subspace"),
+    ({"algorithm_kw.evolution.max_stride": 0}, "algorithm_kw.evolution.max_stride=0 must be an integer >= 1"),
+    ({"algorithm_kw.compute.product_columns": -1}, "algorithm_kw.compute.product_columns=-1 must be an integer >= 0 (0 = no padding)"),
+    ({"algorithm_kw.compute.sample_chunk": -1}, "algorithm_kw.compute.sample_chunk=-1 must be an integer >= 0 (0 = no chunking)"),
+    ({"algorithm_kw.compute.node_chunk": 0}, "algorithm_kw.compute.node_chunk=0 must be an integer >= 1"),
+    ({"algorithm_kw.evolution.stride": 0}, "algorithm_kw.evolution.stride=0 must be an integer >= 1"),
+    ({"algorithm": "ntk_dfl", "model.name": "cnn", "algorithm_kw.compute.kernel": "structured"},
+     "algorithm_kw.compute.kernel='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
+    ({"algorithm": "spark", "model.name": "cnn", "algorithm_kw.compute.sketch_method": "structured"},
+     "algorithm_kw.compute.sketch_method='structured' needs a model with the structured fast path (model.name='mlp'), not 'cnn'"),
+    ({"algorithm_kw.sketch.k": 0}, "algorithm_kw.sketch.k=0 must be an integer >= 1"),
+    ({"algorithm_kw.compute.share_first_layer": "always"},
+     "algorithm_kw.compute.share_first_layer='always' is not one of 'auto', 'on', 'off'"),
+    ({"algorithm_kw.compute.share_bytes": 0.0}, "algorithm_kw.compute.share_bytes=0.0 must be a finite number > 0 (bytes the shared"),
+    ({**SPARK, "algorithm_kw.sketch.k": 2000}, "algorithm_kw.sketch.k=2000 exceeds the 1010 parameters of sketch group 1 (grouping 'layer'"),
+    ({**SPARK, "model.name": "cnn"}, "algorithm_kw.sketch.k=512 exceeds the 80 parameters of sketch group 0"),
+    ({"algorithm_kw.compute.direction_chunk": 0}, "algorithm_kw.compute.direction_chunk=0 must be an integer >= 1"),
+    ({"algorithm_kw.sketch.update_mode": "exact"}, "algorithm_kw.sketch.update_mode='exact' is not one of"),
+    ({"algorithm_kw.distill.lambda_max": 1.5}, "algorithm_kw.distill.lambda_max=1.5 must be a finite number in [0, 1]"),
+    ({"algorithm_kw.distill.temperature": 0.0}, "algorithm_kw.distill.temperature=0.0 must be a finite number > 0"),
+    ({"algorithm_kw.momentum.beta": 1.0}, "algorithm_kw.momentum.beta=1.0 must be a finite number in [0, 1)"),
+    ({"algorithm_kw.stages.boundaries": (0.8, 0.2)}, "must be ordered: 0 <= stage-2 start <= stage-3 start"),
+    ({"algorithm_kw.stages.boundaries": (0.5,)}, "algorithm_kw.stages.boundaries must have two entries"),
+    ({"algorithm_kw.stages.boundaries": (0.5, 1.5)}, "must be fractions in [0, 1] with unit 'fraction'"),
+    ({"algorithm_kw.stages.unit": "round", "algorithm_kw.stages.boundaries": (1.5, 2.0)}, "must be whole rounds with unit 'round'"),
+    ({"algorithm_kw.stages.unit": "epoch"}, "algorithm_kw.stages.unit='epoch' is not one of 'fraction', 'round'"),
     ({"eval.per_node_test_subset": 20000}, "eval.per_node_test_subset=20000 must be an integer in [0, 10000]"),
     ({"eval.node_chunk": 0}, "eval.node_chunk=0 must be an integer >= 1"),
     ({"eval.target_accuracy": 1.5}, "eval.target_accuracy=1.5 must be a finite number in (0, 1]"),
@@ -105,10 +107,18 @@ BAD_CONFIGS = [
 
 
 def _config(overrides, data_dir):
+    """tiny with `overrides`, the algorithm first; an NTK algorithm's keyword argument without an
+    algorithm runs SPARK (which takes them all)."""
     c = tiny.get_config()
     c.data.data_dir = data_dir
-    for path, value in overrides.items():
-        set_field(c, path, value)
+    if "algorithm" not in overrides and any(p.startswith("algorithm_kw.") and p.split(".")[1] in SPARK_KW
+                                            for p in overrides):
+        overrides = {**SPARK, **overrides}
+    for path, value in sorted(overrides.items(), key=lambda o: o[0] != "algorithm"):
+        if path == "algorithm" and value not in algorithms.available():
+            c.algorithm = value  # what validation sees of a config built by hand
+        else:
+            set_field(c, path, value)
     return c
 
 
@@ -161,7 +171,13 @@ def _assert_one_line_error(proc, message):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.checkpoint_every=-1"], "checkpoint_every=-1 must be an integer >= 0"),
-    (["--config.ntk.taus=(100,100)", "--config.algorithm=ntk_dfl"], "strictly ascending"),
+    (["--config.algorithm_kw.taus=(100,100)", "--config.algorithm=ntk_dfl"], "strictly ascending"),
+    # the layout before 2026-12-01: one line naming the replacement
+    (["--config.ntk.taus=(100,200)"], "--config.ntk.taus is now --config.algorithm_kw.taus"),
+    (["--config.sketch.method=forward"], "--config.sketch.method is now --config.algorithm_kw.compute.sketch_method"),
+    (["--config.dfedavg.lr=0.05"], "--config.dfedavg.lr is now --config.algorithm_kw.lr (with algorithm=dfedavg)"),
+    (["--config.algorithm=sparkle"], "unknown algorithm 'sparkle'"),
+    (["--config.algorithm_kw.sketch.k=8"], "algorithm_kw.sketch"),  # tiny runs DFedAvg: no sketch
     (["--resume"], "--resume needs --workdir"),
 ])
 def test_cli_bad_inputs(args, message, real_data_dir, tmp_path):
@@ -209,11 +225,11 @@ def test_option_lists_are_defined_once():
 def test_options_and_the_config_adapter_need_no_jax():
     """Checking a config's NTK options imports no JAX (the options, checks and adapter are plain Python).
 
-    The config itself is built here (its baselines' sections come from the algorithm registry, which
-    imports JAX) and handed over as JSON."""
+    The config itself is built here (its keyword arguments' defaults come from the algorithm registry,
+    which imports JAX) and handed over as JSON."""
     config_json = fmnist_ring.get_config().to_json()
     code = ("import json, sys, ml_collections; from spark_jax import config_options; "
-            "config_options.check_all(ml_collections.ConfigDict(json.loads(sys.stdin.read()))); "
+            "config_options.check_spark(ml_collections.ConfigDict(json.loads(sys.stdin.read()))); "
             "print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                          input=config_json)

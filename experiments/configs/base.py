@@ -2,8 +2,8 @@
 
 Not a runnable config on its own (no `get_config`): every field a run reads
 is declared here, so overrides of unknown keys fail and types are checked. The
-baselines' own sections (`dfedavg`, ..., `dispfl`) are declared in their algorithm
-files and come in through the registry (`spark_jax.algorithms.config_sections`).
+algorithm's keyword arguments (`config.algorithm_kw`) are its registered
+defaults (`spark_jax.algorithms.default_kw`), declared beside its code.
 """
 
 import ml_collections
@@ -11,12 +11,12 @@ import ml_collections
 from spark_jax import algorithms
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(algorithm: str = "dfedavg") -> ml_collections.ConfigDict:
+    """The schema with `algorithm` and its default keyword arguments (`config.algorithm_kw`)."""
     c = ml_collections.ConfigDict()
     c.name = "base"
     c.seed = 0
     c.rounds = 40
-    c.algorithm = "dfedavg"
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "fashion_mnist"  # 'fashion_mnist' | 'mnist'
@@ -51,79 +51,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.channels = (8, 16)
     c.model.per_node_init = False  # SPEC default: the same initial w at every node
 
-    # The baselines' own sections (`config.dfedavg`, `config.dispfl`, ...): each algorithm file declares
-    # its defaults (`CONFIG` in spark_jax/algorithms/dfedavg.py, local_baselines.py, dispfl.py) and
-    # registers them with the algorithm (`spark_jax.algorithms.register`).
-    for name, section in algorithms.config_sections().items():
-        c[name] = ml_collections.ConfigDict(section)
-
-    c.ntk = ml_collections.ConfigDict()
-    c.ntk.eta0 = 0.01  # eta_r = eta0 * exp(-decay * r)
-    c.ntk.decay = 0.07
-    c.ntk.taus = (100, 200, 400, 600, 800)  # candidate step counts, ascending
-    # SPEC step 7 [choice]: the fastest integrator that agrees with float64 to 1e-4 on real neighbourhoods.
-    # 'imex' (default): the exact split H = U diag(Lambda) U^T + rest, top `split_modes` modes implicit,
-    # KenCarp4 IMEX, adaptive (2-5x fewer kernel products than 'dopri5') | 'dopri5' (adaptive explicit) |
-    # 'rk4' (`substeps` per grid interval) | 'rk4_hermite' (unstable on stiff neighbourhoods, BUILD.md) |
-    # 'euler' = gradient descent on the linearised model: a different method, only when chosen explicitly.
-    c.ntk.integrator = "imex"
-    c.ntk.substeps = 2  # RK4 steps per grid interval ('rk4'): 1 misses float64 by 4e-4 on stiff real neighbourhoods
-    c.ntk.stride = 4  # grid intervals per RK4 step, cubic Hermite in between ('rk4_hermite')
-    c.ntk.warmup = 50  # first grid intervals at stride 1: the stiff transient ('rk4_hermite')
-    c.ntk.rtol = 1e-6  # error tolerance atol + rtol * |F| per logit, RMS norm ('dopri5')
-    c.ntk.atol = 1e-6
-    c.ntk.max_stride = 32  # largest step in grid intervals ('dopri5')
-    c.ntk.imex = ml_collections.ConfigDict()  # 'imex' (spark_jax/ntk/stiff_split.py)
-    # Max-norm tolerances: 3e-5 is the loosest that keeps 1e-4 against float64 on every real neighbourhood
-    # tested (5e-5 misses at a late round; BUILD.md "Accuracy of the integrators").
-    c.ntk.imex.rtol = 3e-5
-    c.ntk.imex.atol = 3e-5
-    c.ntk.imex.max_stride = 200  # largest step in grid intervals
-    c.ntk.imex.split_modes = 8  # top modes of H treated implicitly (0 = explicit KenCarp4)
-    c.ntk.imex.split_iterations = 3  # subspace iterations of their eigen-solve
-    # How a node chunk runs the kernel and evolution phases: 'auto' (sequential on CPU, vectorized on
-    # GPU/TPU) | 'vectorized' (one batched program) | 'sequential' (node by node: plain GEMMs, each
-    # node its own adaptive steps). Values are the same; only speed differs.
-    c.ntk.node_batching = "auto"
-    c.ntk.product_columns = 0  # pad the classes of a kernel product to this many (speed only; 0 = never: BUILD.md)
-    c.ntk.kernel = "auto"  # 'auto' (structured for MLPs) | 'structured' | 'contraction' | 'ntvp'
-    c.ntk.jacobian_mode = "rev"  # 'rev' | 'fwd' (contraction kernel)
-    c.ntk.sample_chunk = 0  # samples per Jacobian chunk (0 = all at once)
-    c.ntk.node_chunk = 8  # nodes processed at once (bounds memory)
-    c.ntk.tau_criterion = "network"  # 'network' | 'linearized' (SPEC step 9)
-    # Float32 products of the NTK rounds: 'float32' (full, every backend) | 'tensorfloat32' | 'bfloat16' |
-    # 'default' (the backend's: TF32 on recent NVIDIA GPUs, too coarse for the 1e-4 evolution; BUILD.md "GPU").
-    c.ntk.matmul_precision = "float32"
-
-    # SPARK (SPEC steps 3, 6, 8, 10 and "The three stages"); used by algorithm 'spark'.
-    c.sketch = ml_collections.ConfigDict()
-    c.sketch.enabled = True  # False = exact Jacobians (NTK-DFL messages)
-    c.sketch.k = 512  # sketch columns per group
-    c.sketch.grouping = "layer"  # 'layer' (module weight + bias) | 'tensor' | 'global'
-    c.sketch.redraw = True  # new P every round (key folds in r); False = one P for the run
-    c.sketch.method = "auto"  # 'auto' | 'structured' (dense layers) | 'forward' (JVPs) | 'materialize' (J then J P)
-    c.sketch.direction_chunk = 128  # sketch directions per forward-mode chunk
-    # 'structured' only: compute the first layer's data side [1; x] P_0 once per sample per round (not
-    # once in each of the degree + 1 neighbourhoods holding it), in blocks of P's columns so that one
-    # block of products for all samples plus every node's kernel (counted x2) stays <= share_bytes
-    # (spark_jax/ntk/sketch_share.py). 'auto' = when blocks of >= 32 columns fit | 'on' (as wide as fit) | 'off'.
-    c.sketch.share_first_layer = "auto"
-    c.sketch.share_bytes = 5e9  # 300 nodes: 8 blocks of 64 columns; measured peak 4.9 GiB
-    c.sketch.update_mode = "backproject"  # 'backproject' | 'own_exact' | 'roundtrip' (SPEC step 8)
-
-    c.distill = ml_collections.ConfigDict()
-    c.distill.lambda_max = 0.5  # stage-3 weight of the soft labels (SPEC step 6)
-    c.distill.teacher = "averaged"  # 'averaged' (F0, free) | 'neighbors' (each neighbour's own model)
-    c.distill.temperature = 1.0
-
-    c.momentum = ml_collections.ConfigDict()
-    c.momentum.beta = 0.9  # stage-3 Nesterov momentum (SPEC step 10)
-    c.momentum.velocity = "local"  # 'local' | 'mixed' (mixed with W_r like the weights)
-
-    c.stages = ml_collections.ConfigDict()
-    c.stages.boundaries = (1.0 / 3.0, 2.0 / 3.0)  # stage 2 and 3 starts
-    c.stages.unit = "fraction"  # 'fraction' of config.rounds | 'round' (0-based round numbers)
-    c.stages.ramp = "linear"  # lambda ramp in stage 2: 'linear' | 'cosine'
+    # The algorithm's keyword arguments (big_vision's name + kwargs; `spark_jax.config_options`): its
+    # registered defaults (`spark_jax.algorithms.register`), e.g. for 'spark' (`config_options.SPARK_KW`):
+    #   eta0 = 0.01, decay = 0.07          eta_r = eta0 * exp(-decay * r)
+    #   taus = (100, 200, 400, 600, 800)   candidate step counts, ascending; tau_criterion = 'network' (SPEC step 9)
+    #   evolution.integrator = 'imex'      SPEC step 7 [choice]: the fastest integrator that agrees with float64
+    #     to 1e-4 on real neighbourhoods: the exact split H = U diag(Lambda) U^T + rest, top imex.split_modes = 8
+    #     modes implicit, KenCarp4 IMEX, adaptive, max-norm imex.rtol = imex.atol = 3e-5 (5e-5 misses at a late
+    #     round; BUILD.md "Accuracy of the integrators") | 'dopri5' (rtol, atol RMS, max_stride) | 'rk4'
+    #     (substeps per grid interval) | 'rk4_hermite' (stride, warmup) | 'euler' = gradient descent on the
+    #     linearised model: a different method, only when chosen explicitly
+    #   compute.*                          speed and memory only: node_chunk = 8 nodes at once, node_batching =
+    #     'auto' (sequential on CPU, vectorized on GPU/TPU), kernel = 'auto', matmul_precision = 'float32'
+    #     (TF32 is too coarse for the 1e-4 evolution; BUILD.md "GPU"), sketch_method = 'auto', share_first_layer
+    #     = 'auto' (the first layer's data side once per sample per round, within share_bytes = 5e9), ...
+    #   sketch.{enabled = True, k = 512 per group, grouping = 'layer', redraw = True, update_mode = 'backproject'}
+    #   distill.{lambda_max = 0.5, teacher = 'averaged', temperature = 1.0, ramp = 'linear'}   (SPEC step 6)
+    #   momentum.{beta = 0.9, velocity = 'local'}                                              (SPEC step 10)
+    #   stages.{boundaries = (1/3, 2/3), unit = 'fraction' | 'round'}                          (stage 2, 3 starts)
+    # Every field and its meaning: the option dataclasses in spark_jax/options.py. `--config.algorithm=NAME`
+    # switches both (spark <-> ntk_dfl keep the keyword arguments they share).
+    c.algorithm = algorithm
+    c.algorithm_kw = ml_collections.ConfigDict(algorithms.default_kw(algorithm))
 
     c.eval = ml_collections.ConfigDict()
     c.eval.per_node_test_subset = 0  # 0 = full test set; else a fixed seeded subset
@@ -153,9 +102,8 @@ def spark_config(name: str, arg: str, *, dataset: str = "fashion_mnist", topolog
     the same partition file, 15 rounds, per-node accuracy on a
     1,000-image test subset (stages at rounds 5 and 10).
     """
-    c = base_config()
+    c = base_config("spark")
     c.name = name + (f":{arg}" if arg else "")
-    c.algorithm = "spark"
     c.data.dataset = dataset
     c.partition.kind = "ntk_dfl_file"
     c.partition.alpha = 0.1

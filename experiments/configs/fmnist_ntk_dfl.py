@@ -14,9 +14,8 @@ from experiments.configs import base
 
 
 def get_config(arg: str = ""):
-    c = base.base_config()
+    c = base.base_config("ntk_dfl")
     c.name = "fmnist_ntk_dfl" + (f":{arg}" if arg else "")
-    c.algorithm = "ntk_dfl"
     c.partition.kind = "ntk_dfl_file"
     c.partition.num_nodes = 300
     c.partition.alpha = 0.1

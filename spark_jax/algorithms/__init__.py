@@ -1,57 +1,126 @@
-"""Algorithm registry: name -> factory(config, model[, mesh]) -> Algorithm (a run config's adapter).
+"""Algorithm registry: name -> (factory, default keyword arguments, check); a run config names its
+algorithm and gives its keyword arguments (`config.algorithm`, `config.algorithm_kw`: big_vision's
+name + kwargs, mapped onto the constructors by `spark_jax.config_options`).
 
-The NTK algorithms are also plain constructors with keyword options (`ntk_dfl.ntk_dfl`, `spark.spark`,
-options in `spark_jax.options`); their factories map the run config's sections onto them
-(`spark_jax.config_options`). A new algorithm: one file with its factory, its `check_config` and its
-config section's defaults (`CONFIG`, a dict), and one `register` line here; every run config then has
-that section (`config_sections`, read by `experiments/configs/base.py`), so `--config.<name>.<key>=...`
-works at once.
+The NTK algorithms are plain constructors with keyword options (`ntk_dfl.ntk_dfl`, `spark.spark`,
+options in `spark_jax.options`). A new algorithm: one file with its factory(config, model[, mesh]),
+its default keyword arguments (a dict) and its check, and one `register` line here; then
+`--config.algorithm=<name>` works at once, with `--config.algorithm_kw.<key>=...` overrides.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, NamedTuple
 
+import ml_collections
+
+from spark_jax import config_options
 from spark_jax.algorithms import dfedavg, dispfl, local_baselines, ntk_dfl, spark
 from spark_jax.algorithms.base import Algorithm, RoundInputs, mix
+
 
 class _Entry(NamedTuple):
     factory: Callable  # (config, model[, mesh]) -> Algorithm
     check_config: Callable | None  # (config) -> None, raises checks.OptionError
-    config: dict | None  # the defaults of the algorithm's own config section
+    kw: dict  # the default keyword arguments (config.algorithm_kw)
+    family: str | None  # algorithms of one family share the meaning of their common keyword arguments
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(name: str, factory: Callable, check_config: Callable | None = None,
-             config: dict | None = None) -> None:
-    """factory(config, model[, mesh]) -> Algorithm; check_config(config) raises `checks.OptionError`
-    naming the first bad field of the algorithm's own config section (run by `check_configs`);
-    config: that section's defaults (plain values), added to every run config as `config.<name>`.
-
-    A config section named `name` (if any) is the algorithm's own: no other algorithm reads it, so runs
-    of the others leave it out when configs are compared (`runner.run_io.flatten_config`)."""
+def register(name: str, factory: Callable, check_config: Callable | None = None, kw: dict | None = None,
+             family: str | None = None) -> None:
+    """factory(config, model[, mesh]) -> Algorithm, reading `config.algorithm_kw`; check_config(config)
+    raises `checks.OptionError` naming the first bad `algorithm_kw` field; kw: the default keyword
+    arguments (plain values, nested dicts for option groups); family: when switching between two
+    algorithms of one family (`with_algorithm`), the keyword arguments they share keep their values."""
     if name in _REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
-    _REGISTRY[name] = _Entry(factory, check_config, None if config is None else dict(config))
-
-
-def config_sections() -> dict[str, dict]:
-    """name -> defaults of the algorithms' own config sections, in registration order (copies)."""
-    return {name: dict(e.config) for name, e in _REGISTRY.items() if e.config is not None}
-
-
-def check_configs(config) -> None:
-    """Every registered algorithm's own config section, whichever algorithm runs (a typo in a sweep or a
-    config file fails at once), in registration order."""
-    for e in _REGISTRY.values():
-        if e.check_config is not None:
-            e.check_config(config)
+    _REGISTRY[name] = _Entry(factory, check_config, copy.deepcopy(kw or {}), family)
 
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def default_kw(name: str) -> dict:
+    """The default keyword arguments of algorithm `name` (a deep copy; ValueError if unknown)."""
+    return copy.deepcopy(_entry(name).kw)
+
+
+def _carried(new: dict, old: dict) -> dict:
+    """`new` with the values of `old` at every key path both have (the same kind of value: dict or not)."""
+    out = {}
+    for k, v in new.items():
+        if k in old and isinstance(v, dict) == isinstance(old[k], dict):
+            out[k] = _carried(v, old[k]) if isinstance(v, dict) else old[k]
+        else:
+            out[k] = v
+    return out
+
+
+def with_algorithm(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """`config` (changed in place, and returned) running algorithm `name`: `algorithm_kw` becomes `name`'s
+    defaults, except that within one family (spark <-> ntk_dfl) the keyword arguments both take keep their
+    values (taus, evolution, ...). ValueError if `name` is unknown."""
+    entry = _entry(name)
+    kw = default_kw(name)
+    old = _REGISTRY.get(config.algorithm)
+    if old is not None and entry.family is not None and old.family == entry.family:
+        kw = _carried(kw, config.algorithm_kw.to_dict())
+    locked = config.is_locked
+    config.unlock()
+    config.algorithm = name
+    config.algorithm_kw = ml_collections.ConfigDict(kw)
+    if locked:
+        config.lock()
+    return config
+
+
+def check_config(config) -> None:
+    """The run's `algorithm_kw` against its algorithm (`checks.OptionError` naming the first bad field)."""
+    entry = _entry(config.algorithm)
+    if entry.check_config is not None:
+        entry.check_config(config)
+
+
+def moved_path(path: str) -> str | None:
+    """The replacement of a config path of the layout before 2026-12-01 (`config_options.moved_path`)."""
+    return config_options.moved_path(path, _REGISTRY)
+
+
+def upgrade_flat_config(flat: dict) -> dict:
+    """A flat config recorded before 2026-12-01 (sections `ntk`, `sketch`, ..., one per baseline) in
+    today's layout: its algorithm's values under `algorithm_kw.`, the sections it did not read dropped.
+    A flat config of today's layout is returned unchanged."""
+    if any(k.startswith(config_options.KW) for k in flat) or "algorithm" not in flat:
+        return dict(flat)
+    name = flat["algorithm"]
+    kw_keys = set(_flat_keys(_REGISTRY[name].kw)) if name in _REGISTRY else set()
+    sections = set(config_options.OLD_NTK_SECTIONS) | set(_REGISTRY)
+    out = {}
+    for k, v in flat.items():
+        section, _, key = k.partition(".")
+        if section not in sections:
+            out[k] = v
+        elif k in config_options.OLD_NTK_PATHS and config_options.OLD_NTK_PATHS[k] in kw_keys:
+            out[config_options.KW + config_options.OLD_NTK_PATHS[k]] = v
+        elif section == name and key in kw_keys:
+            out[config_options.KW + key] = v
+    return out
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    return [p for k, v in d.items() for p in (_flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict)
+                                                 else [prefix + k])]
 
 
 def make_algorithm(config, model, mesh=None) -> Algorithm:
@@ -60,21 +129,17 @@ def make_algorithm(config, model, mesh=None) -> Algorithm:
     mesh: a 'nodes' mesh (`spark_jax.parallel.node_mesh`) to split the node
     axis over devices, or None (one device; factories need not accept it).
     """
-    name = config.algorithm
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(available())}")
-    factory = _REGISTRY[name].factory
+    factory = _entry(config.algorithm).factory
     return factory(config, model) if mesh is None else factory(config, model, mesh=mesh)
 
 
-register("dfedavg", dfedavg.make, dfedavg.check_local_training("dfedavg"), dfedavg.CONFIG)
-register("ntk_dfl", ntk_dfl.from_config)  # its sections (ntk, ...) are shared: config_options.check_all
-register("spark", spark.from_config)
-register("dfedavgm", local_baselines.make_dfedavgm, dfedavg.check_local_training("dfedavgm"),
-         local_baselines.CONFIG_DFEDAVGM)
-register("dpsgd", local_baselines.make_dpsgd, dfedavg.check_local_training("dpsgd"), local_baselines.CONFIG_DPSGD)
+register("dfedavg", dfedavg.make, dfedavg.check_local_training, dfedavg.CONFIG)
+register("ntk_dfl", ntk_dfl.from_config, config_options.check_ntk_dfl, config_options.NTK_DFL_KW, family="ntk")
+register("spark", spark.from_config, config_options.check_spark, config_options.SPARK_KW, family="ntk")
+register("dfedavgm", local_baselines.make_dfedavgm, dfedavg.check_local_training, local_baselines.CONFIG_DFEDAVGM)
+register("dpsgd", local_baselines.make_dpsgd, dfedavg.check_local_training, local_baselines.CONFIG_DPSGD)
 register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam, local_baselines.CONFIG_DFEDSAM)
 register("dispfl", dispfl.make, dispfl.check_config, dispfl.CONFIG)
 
-__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "make_algorithm", "check_configs",
-           "config_sections"]
+__all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "default_kw", "with_algorithm",
+           "check_config", "make_algorithm", "moved_path", "upgrade_flat_config"]

@@ -25,7 +25,7 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
 from spark_jax.setting.models import Model, init_node_params
 
-# The run config's `dfedavg` section (`algorithms.register(..., config=CONFIG)` adds it to every config).
+# DFedAvg's default keyword arguments (`config.algorithm_kw` of a run with algorithm 'dfedavg').
 CONFIG = dict(lr=0.1, batch_size=25, local_epochs=20)
 
 
@@ -92,7 +92,7 @@ def local_sgd(apply, optimizer, params, x, y, mask, key, local_epochs: int, batc
 
 
 def make_local_training(name: str, config, model: Model, mesh, make_optimizer, value_and_grad=None) -> Algorithm:
-    """A local-training baseline `name` from `config[name]` (batch_size, local_epochs).
+    """A local-training baseline `name` from `config.algorithm_kw` (batch_size, local_epochs).
 
     Each round every node runs `local_sgd` with `make_optimizer(round_index, dtype)` (an
     optax optimizer built inside the traced round, so a decaying lr compiles
@@ -100,7 +100,7 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
     are mixed. With a 'nodes' `mesh`, each device trains its own nodes
     (`parallel.node_map`).
     """
-    cfg = config[name]
+    cfg = config.algorithm_kw
     num_nodes = config.partition.num_nodes
 
     def init(key, node_data) -> State:
@@ -128,10 +128,11 @@ def make_local_training(name: str, config, model: Model, mesh, make_optimizer, v
 
 
 def make(config, model: Model, mesh=None) -> Algorithm:
-    """DFedAvg from `config.dfedavg` (lr, batch_size, local_epochs)."""
-    return make_local_training("dfedavg", config, model, mesh, lambda r, dtype: optax.sgd(config.dfedavg.lr))
+    """DFedAvg from `config.algorithm_kw` (lr, batch_size, local_epochs)."""
+    lr = config.algorithm_kw.lr
+    return make_local_training("dfedavg", config, model, mesh, lambda r, dtype: optax.sgd(lr))
 
 
-def check_local_training(name: str):
-    """check_config(config) of a local-training baseline: `config.<name>` as `LocalTrainingOptions`."""
-    return lambda config: config_options.local_training_options(config[name], name)
+def check_local_training(config) -> None:
+    """A local-training baseline's check: `config.algorithm_kw` as `LocalTrainingOptions`."""
+    config_options.local_training_options(config.algorithm_kw)

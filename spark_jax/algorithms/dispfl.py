@@ -84,7 +84,7 @@ from spark_jax.dtypes import compute_dtype
 from spark_jax.setting.losses import masked_mean_cross_entropy
 from spark_jax.setting.models import Model, init_node_params, num_params
 
-# The run config's `dispfl` section (`algorithms.register(..., config=CONFIG)` adds it to every config):
+# DisPFL's default keyword arguments (`config.algorithm_kw` of a run with algorithm 'dispfl'):
 # the paper's values (and its code's momentum 0 and clip 10), except the batch: the paper's 128 on ~500
 # samples per client is 4 steps per epoch, and 50 keeps 4 steps per epoch (20 local steps per round) on
 # the ~200 samples per node of the NTK-DFL partition.
@@ -249,9 +249,9 @@ def apply_masks(params, masks):
 
 
 def make(config, model: Model, mesh=None) -> Algorithm:
-    """DisPFL from `config.dispfl` (lr, lr_decay, momentum, weight_decay, grad_clip, batch_size,
+    """DisPFL from `config.algorithm_kw` (lr, lr_decay, momentum, weight_decay, grad_clip, batch_size,
     local_epochs, dense_ratio, anneal_factor); R = config.rounds sets the drop schedule."""
-    cfg = config.dispfl
+    cfg = config.algorithm_kw
     num_nodes, rounds = config.partition.num_nodes, config.rounds
     one = jax.eval_shape(model.init, jax.random.key(0))
     counts = erk_counts(one, cfg.dense_ratio)
@@ -298,10 +298,10 @@ def make(config, model: Model, mesh=None) -> Algorithm:
 
 
 def check_config(config) -> None:
-    """`config.dispfl`: the local training options, then grad_clip >= 0, dense_ratio in (0, 1] and
+    """`config.algorithm_kw`: the local training options, then grad_clip >= 0, dense_ratio in (0, 1] and
     anneal_factor in [0, 1]."""
-    dp = config.dispfl
-    check_local_training("dispfl")(config)
-    checks.number(dp.grad_clip, "dispfl.grad_clip", 0.0, why=" (0 = no clipping)")
-    checks.number(dp.dense_ratio, "dispfl.dense_ratio", 0.0, 1.0, lo_open=True, why=" (overall mask density)")
-    checks.number(dp.anneal_factor, "dispfl.anneal_factor", 0.0, 1.0, why=" (the drop fraction of round 0)")
+    dp = config.algorithm_kw
+    check_local_training(config)
+    checks.number(dp.grad_clip, "algorithm_kw.grad_clip", 0.0, why=" (0 = no clipping)")
+    checks.number(dp.dense_ratio, "algorithm_kw.dense_ratio", 0.0, 1.0, lo_open=True, why=" (overall mask density)")
+    checks.number(dp.anneal_factor, "algorithm_kw.anneal_factor", 0.0, 1.0, why=" (the drop fraction of round 0)")

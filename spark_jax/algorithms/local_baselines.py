@@ -33,7 +33,7 @@ from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.dfedavg import check_local_training, make_local_training
 from spark_jax.setting.models import Model
 
-# The run config's sections (`algorithms.register(..., config=...)` adds them to every config).
+# Their default keyword arguments (`config.algorithm_kw` of a run with the algorithm).
 CONFIG_DFEDAVGM = dict(lr=0.01, momentum=0.9, batch_size=50, local_epochs=20)  # momentum: heavy ball
 CONFIG_DPSGD = dict(lr=0.1, batch_size=10, local_epochs=1)
 CONFIG_DFEDSAM = dict(lr=0.01,  # lr_r = lr * lr_decay^r
@@ -61,21 +61,22 @@ def dfedsam_optimizer(lr, momentum: float, weight_decay: float) -> optax.Gradien
 
 
 def make_dfedavgm(config, model: Model, mesh=None) -> Algorithm:
-    """DFedAvgM from `config.dfedavgm` (lr, momentum, batch_size, local_epochs)."""
-    cfg = config.dfedavgm
+    """DFedAvgM from `config.algorithm_kw` (lr, momentum, batch_size, local_epochs)."""
+    cfg = config.algorithm_kw
     return make_local_training("dfedavgm", config, model, mesh,
                                lambda r, dtype: optax.sgd(cfg.lr, momentum=cfg.momentum))
 
 
 def make_dpsgd(config, model: Model, mesh=None) -> Algorithm:
-    """D-PSGD from `config.dpsgd` (lr, batch_size, local_epochs)."""
-    cfg = config.dpsgd
+    """D-PSGD from `config.algorithm_kw` (lr, batch_size, local_epochs)."""
+    cfg = config.algorithm_kw
     return make_local_training("dpsgd", config, model, mesh, lambda r, dtype: optax.sgd(cfg.lr))
 
 
 def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
-    """DFedSAM from `config.dfedsam` (lr, lr_decay, momentum, weight_decay, rho, batch_size, local_epochs)."""
-    cfg = config.dfedsam
+    """DFedSAM from `config.algorithm_kw` (lr, lr_decay, momentum, weight_decay, rho, batch_size,
+    local_epochs)."""
+    cfg = config.algorithm_kw
 
     def make_optimizer(r, dtype):  # lr_r in the params' dtype (float32, or float64)
         lr = schedules.geometric(cfg.lr, cfg.lr_decay, r, dtype)
@@ -85,6 +86,6 @@ def make_dfedsam(config, model: Model, mesh=None) -> Algorithm:
 
 
 def check_dfedsam(config) -> None:
-    """`config.dfedsam`: the local training options and the SAM radius rho >= 0."""
-    check_local_training("dfedsam")(config)
-    checks.number(config.dfedsam.rho, "dfedsam.rho", 0.0)
+    """`config.algorithm_kw`: the local training options and the SAM radius rho >= 0."""
+    check_local_training(config)
+    checks.number(config.algorithm_kw.rho, "algorithm_kw.rho", 0.0)

@@ -20,12 +20,10 @@ from spark_jax import config_options
 from spark_jax.algorithms.base import Algorithm
 from spark_jax.algorithms.ntk_round import ntk_round
 from spark_jax.setting.models import Model
-from spark_jax.options import ComputeOptions, EvolutionOptions
-
-DEFAULT_TAUS = (100, 200, 400, 600, 800)
+from spark_jax.options import DEFAULT_DECAY, DEFAULT_ETA0, DEFAULT_TAUS, ComputeOptions, EvolutionOptions
 
 
-def ntk_dfl(model: Model, *, num_nodes: int, eta0: float = 0.01, decay: float = 0.07, taus=DEFAULT_TAUS,
+def ntk_dfl(model: Model, *, num_nodes: int, eta0: float = DEFAULT_ETA0, decay: float = DEFAULT_DECAY, taus=DEFAULT_TAUS,
             tau_criterion: str = "network", evolution: EvolutionOptions = EvolutionOptions(),
             compute: ComputeOptions = ComputeOptions(), per_node_init: bool = False, diagnostics: bool = False,
             diagnose_nodes: tuple[int, ...] = (), mesh=None) -> Algorithm:
@@ -37,5 +35,5 @@ def ntk_dfl(model: Model, *, num_nodes: int, eta0: float = 0.01, decay: float = 
 
 
 def from_config(config, model: Model, mesh=None) -> Algorithm:
-    """NTK-DFL from a run config (`config.ntk`; `spark_jax.config_options`)."""
+    """NTK-DFL from a run config (`config.algorithm_kw`, `spark_jax.config_options`)."""
     return ntk_dfl(model, mesh=mesh, **config_options.ntk_kwargs(config))

@@ -24,19 +24,16 @@ from spark_jax import config_options
 from spark_jax.algorithms import schedules
 from spark_jax.setting import comm
 from spark_jax.algorithms.base import Algorithm
-from spark_jax.algorithms.ntk_dfl import DEFAULT_TAUS
 from spark_jax.algorithms.ntk_round import distillation_targets, ntk_round  # noqa: F401  (re-exported)
 from spark_jax.algorithms.shared_sketch import share_plan  # noqa: F401  (re-exported)
 from spark_jax.setting.models import Model, num_params
-from spark_jax.options import (ComputeOptions, DistillOptions, EvolutionOptions, MomentumOptions,
-                               SketchOptions)
+from spark_jax.options import (DEFAULT_DECAY, DEFAULT_ETA0, DEFAULT_STAGES, DEFAULT_TAUS, ComputeOptions,
+                               DistillOptions, EvolutionOptions, MomentumOptions, SketchOptions)
 from spark_jax.rng import stream_key
-
-DEFAULT_STAGES = (1.0 / 3.0, 2.0 / 3.0)  # stage 2 and 3 starts, fractions of the rounds
 
 
 def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tuple[int, int] | None = None,
-          eta0: float = 0.01, decay: float = 0.07, taus=DEFAULT_TAUS, tau_criterion: str = "network",
+          eta0: float = DEFAULT_ETA0, decay: float = DEFAULT_DECAY, taus=DEFAULT_TAUS, tau_criterion: str = "network",
           sketch: SketchOptions | None = SketchOptions(), distill: DistillOptions | None = DistillOptions(),
           momentum: MomentumOptions | None = MomentumOptions(), evolution: EvolutionOptions = EvolutionOptions(),
           compute: ComputeOptions = ComputeOptions(), sketch_key: jax.Array | None = None, seed: int = 0,
@@ -76,6 +73,6 @@ def spark(model: Model, *, num_nodes: int, rounds: int | None = None, stages: tu
 
 
 def from_config(config, model: Model, mesh=None) -> Algorithm:
-    """SPARK from a run config (`config.ntk`, `.sketch`, `.distill`, `.momentum`, `.stages`;
-    `spark_jax.config_options`); P from the run's `sketch` stream."""
+    """SPARK from a run config (`config.algorithm_kw`, `spark_jax.config_options`); P from the run's
+    `sketch` stream."""
     return spark(model, mesh=mesh, seed=config.seed, **config_options.spark_kwargs(config))

@@ -110,8 +110,8 @@ def stage_ends(run: Run) -> tuple[int, int, int]:
     """Records ending stages 1, 2, 3 (the rounds the stage-2 and stage-3 starts, and the last round)."""
     c = run.config or {}
     rounds = int(c.get("rounds", len(run.records)))
-    b2, b3 = schedules.stage_boundaries(c.get("stages.boundaries", (1 / 3, 2 / 3)), c.get("stages.unit", "fraction"),
-                                        rounds)
+    b2, b3 = schedules.stage_boundaries(c.get("algorithm_kw.stages.boundaries", (1 / 3, 2 / 3)),
+                                        c.get("algorithm_kw.stages.unit", "fraction"), rounds)
     return b2, b3, rounds
 
 

@@ -149,7 +149,8 @@ def _setting_line(run) -> str:
     c = run.config or {}
     return (f"`{c.get('name')}`: the first {c.get('partition.num_nodes')} nodes of the NTK-DFL partition "
             f"files, {c.get('rounds')} rounds, dynamic {c.get('topology.degree')}-regular graph, taus "
-            f"{', '.join(str(t) for t in c.get('ntk.taus', ()))}, integrator `{c.get('ntk.integrator')}`, "
+            f"{', '.join(str(t) for t in c.get('algorithm_kw.taus', ()))}, integrator "
+            f"`{c.get('algorithm_kw.evolution.integrator')}`, "
             f"per-node accuracy on a {c.get('eval.per_node_test_subset')}-image test subset")
 
 

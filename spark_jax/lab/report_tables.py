@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spark_jax.runner.run_io import (ADDED_FIELDS, IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path,
-                                     flatten, read_metrics_checked, without_other_algorithms_sections,
+                                     flatten, read_metrics_checked, current_layout,
                                      write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
@@ -62,7 +62,7 @@ def load_run(path) -> Run:
     path = pathlib.Path(path)
     run_dir = RunDir(path)
     try:
-        config = without_other_algorithms_sections(flatten(run_dir.read_config()))
+        config = current_layout(flatten(run_dir.read_config()))
         records = read_metrics_checked(path)
         run_dir.read_summary()
     except (CorruptFileError, OSError) as e:
@@ -100,19 +100,32 @@ def sweep_setting_names(root) -> dict[str, str]:
         return {}
 
 
+def _prefixes(config: dict) -> set[str]:
+    """'a.b.' for every section holding a key 'a.b.c' of a flat config."""
+    return {k.rsplit(".", 1)[0] + "." for k in config if "." in k}
+
+
+def _kw_of_another(key: str, config: dict) -> bool:
+    """True for an `algorithm_kw.` key that this run's algorithm does not take."""
+    return key.startswith("algorithm_kw.") and key not in config
+
+
 def group_settings(runs: list[Run], root=None) -> list[Setting]:
     """Runs (with readable configs) grouped by the config keys that differ between them (seed
     excluded), in value order."""
     # a field added to the schema later reads, in an older run's config, as the value it ran under
-    configs = [{**ADDED_FIELDS, **r.config} for r in runs]
+    configs = [{**{k: v for k, v in ADDED_FIELDS.items() if k.rsplit(".", 1)[0] + "." in _prefixes(r.config)},
+                **r.config} for r in runs]
     keys = sorted(set().union(*configs)) if configs else []
-    varying = [k for k in keys if k not in IGNORED
-               and len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
+    # an algorithm's keyword argument varies only between runs that have it (`algorithm` tells the rest apart)
+    varying = [k for k in keys if k not in IGNORED and len({repr(c.get(k, _MISSING)) for c in configs
+                                                            if not _kw_of_another(k, c)}) > 1]
     groups: dict[tuple, Setting] = {}
     for run, config in zip(runs, configs):
-        values = {k: config.get(k, _MISSING) for k in varying}
-        key = tuple(repr(v) for v in values.values())
-        label = ",".join(f"{k}={_spell(v)}" for k, v in values.items()) or str(run.config.get("name", "all runs"))
+        values = {k: config.get(k, _MISSING) for k in varying if not _kw_of_another(k, config)}
+        key = tuple((k, repr(v)) for k, v in values.items())
+        label = (",".join(f"{k.removeprefix('algorithm_kw.')}={_spell(v)}" for k, v in values.items())  # as run names
+                 or str(run.config.get("name", "all runs")))
         groups.setdefault(key, Setting(label, values, [])).runs.append(run)
     names = sweep_setting_names(root) if root else {}
     for setting in groups.values():

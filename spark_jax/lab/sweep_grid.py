@@ -5,15 +5,13 @@
 
   preset settings (named override sets, `sweep_presets.PRESETS`) x `--sweep` axes x seeds.
 
-Axis syntax (`parse_axis`): `config.PATH=V1,V2,...`. Values are parsed by the
-type of the existing field: int, float (ints accepted), bool (true/false/1/0,
-any case), str. Tuple fields (`model.hidden`, `ntk.taus`, `stages.boundaries`)
-separate values with `;` and a tuple's elements with `:`, e.g.
-`config.ntk.taus=100:200;100:200:400` (quote it: `;` is special to the
-shell). A scalar axis may also use `;` instead of `,` (strings with commas).
+Axis syntax (`parse_axis`): `config.PATH=V1,V2,...`, typed like the field: int, float (ints
+accepted), bool (true/false/1/0, any case), str. Tuple fields (`model.hidden`, `algorithm_kw.taus`)
+separate values with `;` and elements with `:`: `config.algorithm_kw.taus=100:200;100:200:400`
+(quote it for the shell). A scalar axis may also use `;` (strings with commas).
 
-Layout: `SWEEP_DIR/<setting>/seed<N>/` is an ordinary run directory, where
-<setting> is the preset setting's name and the axis values, e.g.
+Layout: `SWEEP_DIR/<setting>/seed<N>/` is an ordinary run directory, where <setting> is the
+preset setting's name and the axis values (paths without `algorithm_kw.`), e.g.
 `no_sketch,sketch.k=128`, or `default` when there are neither; `sweep.json`
 lists the grid and each run's status. Re-running a sweep skips finished runs
 (summary.json), resumes interrupted runs from their last checkpoint
@@ -35,6 +33,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from spark_jax import algorithms
 from spark_jax.runner import checkpoint, run_lock, run_signals
 from spark_jax.runner.run_io import CorruptFileError, RunDir, config_differences, write_json_atomic
 from spark_jax.runner.run_signals import Interrupted, SweepInterrupted
@@ -89,6 +88,9 @@ def get_field(config, path: str):
     node, done = config, []
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            if algorithms.moved_path(path) is not None:  # the layout before 2026-12-01
+                raise SweepError(f"config.{path} is now config.{algorithms.moved_path(path)}: a run config gives "
+                                 "its algorithm's keyword arguments as config.algorithm_kw")
             where = ".".join(done) or "config"
             known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(a leaf)"
             raise SweepError(f"unknown config field {path!r}: {where} has no {part!r}; known: {known}")
@@ -100,8 +102,15 @@ def get_field(config, path: str):
 
 
 def set_field(config, path: str, value) -> None:
-    """Sets an existing field; ml_collections' type check applies (TypeError -> SweepError)."""
+    """Sets an existing field; ml_collections' type check applies (TypeError -> SweepError). 'algorithm'
+    switches the algorithm and its keyword arguments (`algorithms.with_algorithm`): set it first."""
     get_field(config, path)
+    if path == "algorithm":
+        try:
+            algorithms.with_algorithm(config, value)
+            return
+        except (ValueError, TypeError) as e:
+            raise SweepError(f"config.algorithm={value!r}: {e}") from e
     *parents, last = path.split(".")
     node = config
     for part in parents:
@@ -202,7 +211,9 @@ def format_value(value) -> str:
 
 
 def setting_name(preset_setting: str | None, axis_values: list[tuple[str, Any]]) -> str:
-    parts = ([preset_setting] if preset_setting else []) + [f"{p}={format_value(v)}" for p, v in axis_values]
+    """'PRESET,PATH=V,...' (paths without `algorithm_kw.`), or 'default'."""
+    parts = ([preset_setting] if preset_setting else []) + [f"{p.removeprefix('algorithm_kw.')}={format_value(v)}"
+                                                            for p, v in axis_values]
     return ",".join(parts) or "default"
 
 
@@ -237,7 +248,7 @@ def expand_grid(config, axes: list[Axis], seeds: list[int], preset: Preset | Non
     for seed in seeds:
         for name, overrides in settings:
             run_config = config.copy_and_resolve_references()
-            for path, value in overrides:
+            for path, value in sorted(overrides, key=lambda o: o[0] != "algorithm"):  # the algorithm first
                 set_field(run_config, path, value)
             set_field(run_config, "seed", seed)
             grid.append(RunSpec(setting=name, seed=seed, overrides=overrides, config=run_config))

@@ -24,17 +24,17 @@ PRESETS: dict[str, Preset] = {
         description="SPARK with each of sketch / distillation / momentum turned off, and all three (= NTK-DFL)",
         settings={
             "spark": {},
-            "no_sketch": {"sketch.enabled": False},
-            "no_distill": {"distill.lambda_max": 0.0},
-            "no_momentum": {"momentum.beta": 0.0},
-            "ntk_dfl": {"sketch.enabled": False, "distill.lambda_max": 0.0, "momentum.beta": 0.0},
+            "no_sketch": {"algorithm_kw.sketch.enabled": False},
+            "no_distill": {"algorithm_kw.distill.lambda_max": 0.0},
+            "no_momentum": {"algorithm_kw.momentum.beta": 0.0},
+            "ntk_dfl": {"algorithm_kw.sketch.enabled": False, "algorithm_kw.distill.lambda_max": 0.0, "algorithm_kw.momentum.beta": 0.0},
         }),
 }
 
 PRESETS["device_slice"] = Preset(
     description="the GPU suite's study slice (benchmarks/device_suite.py): NTK-DFL, SPARK (SPEC defaults), "
                 "exact-Jacobian SPARK (v2 reading) and DFedAvgM on the same partition, graphs and evaluation",
-    settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {}, "spark_exact": {"sketch.enabled": False},
+    settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {}, "spark_exact": {"algorithm_kw.sketch.enabled": False},
               "dfedavgm": {"algorithm": "dfedavgm"}})
 
 COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")
@@ -54,21 +54,21 @@ PRESETS["compare_fmnist"] = Preset(
 
 
 # The SPARK readings (docs/RESULTS.md): one row per reading of the paper's open choices (SPEC "v1/v2").
-_V2 = {"sketch.enabled": False}  # exact Jacobians: distillation + momentum are the method (paper v2)
+_V2 = {"algorithm_kw.sketch.enabled": False}  # exact Jacobians: distillation + momentum are the method (paper v2)
 READINGS: dict[str, dict[str, Any]] = {
     "ntk_dfl": {"algorithm": "ntk_dfl"},
     "spark_v2": {**_V2},
-    "spark_v2_no_momentum": {**_V2, "momentum.beta": 0.0},
-    "spark_v2_no_distill": {**_V2, "distill.lambda_max": 0.0},
+    "spark_v2_no_momentum": {**_V2, "algorithm_kw.momentum.beta": 0.0},
+    "spark_v2_no_distill": {**_V2, "algorithm_kw.distill.lambda_max": 0.0},
     "spark_v1": {},  # SPEC defaults: k = 512 per layer, back-projection, P redrawn every round
-    "spark_v1_fixed_P": {"sketch.redraw": False},
-    "spark_v1_own_exact": {"sketch.update_mode": "own_exact"},
-    "spark_v1_roundtrip": {"sketch.update_mode": "roundtrip"},
-    "spark_v1_k128": {"sketch.k": 128},
+    "spark_v1_fixed_P": {"algorithm_kw.sketch.redraw": False},
+    "spark_v1_own_exact": {"algorithm_kw.sketch.update_mode": "own_exact"},
+    "spark_v1_roundtrip": {"algorithm_kw.sketch.update_mode": "roundtrip"},
+    "spark_v1_k128": {"algorithm_kw.sketch.k": 128},
     # Per layer, k = 2,048 would exceed the output layer's 1,010 parameters: one global group instead.
-    "spark_v1_k2048_global": {"sketch.k": 2048, "sketch.grouping": "global"},
-    "spark_v1_teacher_neighbors": {"distill.teacher": "neighbors"},
-    "spark_v1_velocity_mixed": {"momentum.velocity": "mixed"},
+    "spark_v1_k2048_global": {"algorithm_kw.sketch.k": 2048, "algorithm_kw.sketch.grouping": "global"},
+    "spark_v1_teacher_neighbors": {"algorithm_kw.distill.teacher": "neighbors"},
+    "spark_v1_velocity_mixed": {"algorithm_kw.momentum.velocity": "mixed"},
     "dfedavg": {"algorithm": "dfedavg"},
     "dfedavgm": {"algorithm": "dfedavgm"},
 }

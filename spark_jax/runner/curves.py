@@ -26,7 +26,8 @@ def stage_starts(config) -> tuple[int, ...]:
         return ()
     from spark_jax.algorithms.schedules import stage_boundaries  # pylint: disable=g-import-not-at-top
 
-    b2, b3 = stage_boundaries(tuple(config.stages.boundaries), config.stages.unit, config.rounds)
+    stages = config.algorithm_kw.stages
+    b2, b3 = stage_boundaries(tuple(stages.boundaries), stages.unit, config.rounds)
     return tuple(b + 1 for b in dict.fromkeys((b2, b3)) if 0 < b < config.rounds)
 
 

@@ -3,7 +3,7 @@
 Two estimates refuse a run that could never finish, each in one line with the number:
 
 - **Evolution work** (SPEC step 7): every round each node integrates its
-  neighbourhood's function evolution over tau_max = max(ntk.taus) grid
+  neighbourhood's function evolution over tau_max = max(algorithm_kw.taus) grid
   intervals. `evolution_work` counts the `[N, N] x [N, C]` kernel products
   this takes at least, per integrator: euler 1 and rk4 4 x substeps per grid
   interval; rk4_hermite 4 per `stride` intervals; dopri5 and imex 6 per step of
@@ -40,7 +40,7 @@ GIB = 2**30
 
 
 def _per_interval(nc) -> tuple[float, str]:
-    """(kernel products per grid interval, how) of the integrator of a run config's `ntk` block."""
+    """(kernel products per grid interval, how) of an `algorithm_kw.evolution` block's integrator."""
     name = nc.integrator
     if name == "euler":
         return 1.0, "1 product per grid interval"
@@ -58,12 +58,13 @@ def evolution_work(nc, tau_max: int) -> float:
 
 
 def evolution_problem(config) -> str | None:
-    """None, or why `config.ntk.taus` asks for more evolution work than `MAX_EVOLUTION_PRODUCTS`.
+    """None, or why an NTK algorithm's `config.algorithm_kw.taus` asks for more evolution work than
+    `MAX_EVOLUTION_PRODUCTS`.
 
-    Call after the types and ranges of `config.ntk` are checked (`validation`).
+    Call after the types and ranges of `config.algorithm_kw` are checked (`validation`).
     """
-    nc = config.ntk
-    taus = tuple(nc.taus)
+    nc = config.algorithm_kw.evolution
+    taus = tuple(config.algorithm_kw.taus)
     work = evolution_work(nc, taus[-1])
     if work <= MAX_EVOLUTION_PRODUCTS:
         return None
@@ -71,8 +72,8 @@ def evolution_problem(config) -> str | None:
     largest = int(MAX_EVOLUTION_PRODUCTS / (per + 1.0 / VISITS_PER_PRODUCT))
     seconds = work * PRODUCT_SECONDS
     total = seconds * config.partition.num_nodes * config.rounds
-    return (f"ntk.taus={taus} needs about {work:,.0f} kernel products per neighbourhood and round with "
-            f"ntk.integrator={nc.integrator!r} (tau_max {taus[-1]:,} grid intervals, {how}), more than "
+    return (f"algorithm_kw.taus={taus} needs about {work:,.0f} kernel products per neighbourhood and round "
+            f"with algorithm_kw.evolution.integrator={nc.integrator!r} (tau_max {taus[-1]:,} grid intervals, {how}), more than "
             f"{MAX_EVOLUTION_PRODUCTS:,}: ~{_duration(seconds)} per node and round at ~1,200 rows, "
             f"~{_duration(total)} for {config.partition.num_nodes} nodes x {config.rounds} rounds; with this "
             f"integrator tau_max may be at most {largest:,} (the SPEC's candidates end at 800)")
@@ -161,4 +162,4 @@ def out_of_memory_line(error: Exception, round_number: int, config) -> str | Non
     size = f" allocating {int(asked.group(1)) / GIB:,.1f} GiB" if asked else ""
     return (f"round {round_number}: out of memory{size} (partition.num_nodes={config.partition.num_nodes}, "
             f"topology.kind={config.topology.kind!r}); use fewer nodes, a smaller neighbourhood or a smaller "
-            f"ntk.node_chunk / eval.node_chunk")
+            f"algorithm_kw.compute.node_chunk / eval.node_chunk")

@@ -146,11 +146,12 @@ JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_par
              "jax_platforms", "jax_compilation_cache_dir")
 
 # Config fields that do not change what a run computes (the speed knobs parallel.devices,
-# parallel.cpu_devices and ntk.product_columns at most in round-off): a run may resume, and a sweep may
-# reuse a run directory, when only these differ. (ntk.product_columns' default went from 16 to 0 on
-# 2026-11-30; parallel.cpu_devices came that night, runs before it ran on one CPU device.)
+# parallel.cpu_devices and algorithm_kw.compute.product_columns at most in round-off): a run may resume, and
+# a sweep may reuse a run directory, when only these differ. (product_columns' default went from 16 to 0
+# on 2026-11-30; parallel.cpu_devices came that night, runs before it ran on one CPU device.)
 IGNORED_IN_RESUME_CHECK = ("data.data_dir", "data.download", "data.base_url", "log.tensorboard", "progress",
-                           "parallel.devices", "parallel.cpu_devices", "checkpoint_every", "ntk.product_columns")
+                           "parallel.devices", "parallel.cpu_devices", "checkpoint_every",
+                           "algorithm_kw.compute.product_columns")
 
 
 def environment_info() -> dict:
@@ -200,34 +201,28 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def without_other_algorithms_sections(flat: dict) -> dict:
-    """A flat config without the sections of the algorithms it does not run.
+def current_layout(flat: dict) -> dict:
+    """A flat config in today's layout: one recorded before 2026-12-01 (one section per part of the NTK
+    methods and per baseline) has its algorithm's values moved under `algorithm_kw.` and the sections it
+    did not read dropped (`spark_jax.algorithms.upgrade_flat_config`), so old runs resume and compare."""
+    from spark_jax.algorithms import upgrade_flat_config  # pylint: disable=g-import-not-at-top
 
-    A section named after a registered algorithm (`dfedavg`, `dispfl`, ...) is
-    read by that algorithm alone (`spark_jax.algorithms.register`), so its
-    values change no result of any other algorithm's run; a run recorded
-    before such a section existed compares equal to today's configs.
-    """
-    from spark_jax.algorithms import available  # pylint: disable=g-import-not-at-top
-
-    others = set(available()) - {flat.get("algorithm")}
-    return {k: v for k, v in flat.items() if k.split(".", 1)[0] not in others}
+    return upgrade_flat_config(flat)
 
 
 def flatten_config(config_dict: dict) -> dict:
-    """`flatten` of a (nested) config dict without the fields that change no result (the ignored fields
-    and the sections of other algorithms)."""
-    flat = flatten(to_jsonable(config_dict))
-    return without_other_algorithms_sections({k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK})
+    """`flatten` of a (nested) config dict in today's layout (`current_layout`) without the fields that
+    change no result."""
+    flat = current_layout(flatten(to_jsonable(config_dict)))
+    return {k: v for k, v in flat.items() if k not in IGNORED_IN_RESUME_CHECK}
 
 
 # Fields added to the config schema after runs may have started, each with the value under which such a
-# run computed what it did: a saved config without the field compares as holding that value. (All runs
-# before `ntk.matmul_precision` ran on CPUs, where 'float32' is what every product computed.)
-# (data.download, data.base_url and log.tensorboard, added later, are also ignored in the resume check.)
-# A new algorithm's own section needs no entry: other algorithms' sections are left out of the comparison
-# (`without_other_algorithms_sections`).
-ADDED_FIELDS = {"ntk.matmul_precision": "float32", "data.download": True, "data.base_url": "",
+# run computed what it did: a saved config without the field compares as holding that value (when the
+# new config has it). (All runs before `matmul_precision` ran on CPUs, where 'float32' is what every
+# product computed.) (data.download, data.base_url and log.tensorboard, added later, are also ignored in
+# the resume check.)
+ADDED_FIELDS = {"algorithm_kw.compute.matmul_precision": "float32", "data.download": True, "data.base_url": "",
                 "log.tensorboard": False}
 
 

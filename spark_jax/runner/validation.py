@@ -1,18 +1,19 @@
 """Start-up checks of a run config: one clear line per problem (ConfigError).
 
-Every field of `experiments/configs/base.py` is checked, in every section
-(also sections the chosen algorithm does not read, so a typo in a sweep or a
-config file fails at once): its type, its range, its options. Cross-field
-checks (graph feasibility, sizes against the dataset, sketch k against the
-layer sizes, stage boundaries) apply to the parts the run uses; `ntk.taus` is
-bounded by the evolution work it asks of the integrator (`run_budget`). Data
+Every field of `experiments/configs/base.py` is checked: its type, its range,
+its options; the algorithm's keyword arguments (`config.algorithm_kw`) by the
+algorithm's own check (`spark_jax.algorithms.check_config`: the option
+dataclasses check themselves). Cross-field checks (graph feasibility, sizes
+against the dataset, sketch k against the layer sizes) apply to the parts the
+run uses; an NTK algorithm's `algorithm_kw.taus` is bounded by the evolution
+work it asks of the integrator (`run_budget`). Data
 files are checked where they are read (`spark_jax.setting.data`, `spark_jax.setting.partition`),
 the memory a run needs once its partition is known (`spark_jax.runner.run_data`).
 """
 
 from __future__ import annotations
 
-from spark_jax import checks, config_options
+from spark_jax import checks
 from spark_jax.runner import run_budget
 from spark_jax.setting import data
 
@@ -60,8 +61,7 @@ def _validate(config, algorithm_names) -> None:
     _validate_partition(config)
     _validate_topology(config)
     _validate_model(config.model)
-    _validate_baselines(config)
-    _validate_ntk(config)
+    _validate_algorithm(config)
     _validate_eval(config.eval, data.dataset_spec(config.data.dataset).split_sizes["test"])
 
 
@@ -113,26 +113,24 @@ def _validate_model(mc) -> None:
     _bool(mc.per_node_init, "model.per_node_init")
 
 
-def _validate_baselines(config) -> None:
-    """The baselines' own sections (each registered algorithm checks its section: `algorithms.register`'s
-    check_config), every section whichever algorithm runs."""
+def _validate_algorithm(config) -> None:
+    """The algorithm's keyword arguments (`algorithms.check_config`: its registered check), then, for the
+    NTK algorithms, what crosses sections: the taus against the integrator's work, the structured fast
+    paths against the model, sketch k against the layer sizes."""
     from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
 
-    algorithms.check_configs(config)
-
-
-def _validate_ntk(config) -> None:
-    """The NTK methods' options (every section, whichever algorithm runs: `config_options.check_all`, the
-    option dataclasses check themselves), then what crosses sections: the taus against the integrator's
-    work, the structured fast paths against the model, sketch k against the layer sizes."""
-    config_options.check_all(config)
-    nc, sc = config.ntk, config.sketch
-    problem = run_budget.evolution_problem(config)  # ntk.taus against the integrator's work (all configs)
-    _require(problem is None, problem or "")
-    if config.algorithm in ("ntk_dfl", "spark"):
-        _require_structured(config.model.name, f"ntk.kernel={nc.kernel!r}", nc.kernel == "structured")
-    if config.algorithm == "spark" and sc.enabled:
-        _require_structured(config.model.name, f"sketch.method={sc.method!r}", sc.method == "structured")
+    _one_of(config.algorithm, "algorithm", tuple(algorithms.available()))
+    algorithms.check_config(config)
+    kw = config.algorithm_kw
+    if "evolution" in kw:  # the NTK algorithms
+        problem = run_budget.evolution_problem(config)  # algorithm_kw.taus against the integrator's work
+        _require(problem is None, problem or "")
+        kernel = kw.compute.kernel
+        _require_structured(config.model.name, f"algorithm_kw.compute.kernel={kernel!r}", kernel == "structured")
+    if "sketch" in kw and kw.sketch.enabled:
+        method = kw.compute.sketch_method
+        _require_structured(config.model.name, f"algorithm_kw.compute.sketch_method={method!r}",
+                            method == "structured")
         _check_k_against_groups(config)
 
 
@@ -148,20 +146,21 @@ def _require_structured(model_name: str, what: str, asked: bool) -> None:
 
 
 def _check_k_against_groups(config) -> None:
-    """sketch.k may not exceed any group's d_l: that sketch would be larger than the exact Jacobian."""
+    """algorithm_kw.sketch.k may not exceed any group's d_l: that sketch would be larger than the exact Jacobian."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from spark_jax.ntk import sketch  # pylint: disable=g-import-not-at-top
     from spark_jax.setting import models
 
-    sc = config.sketch
+    sc = config.algorithm_kw.sketch
     model = models.model_for_run(config)
     sizes = sketch.group_sizes(jax.eval_shape(model.init, jax.random.key(0)), sc.grouping)
     g = min(range(len(sizes)), key=lambda i: sizes[i])
     _require(sc.k <= sizes[g],
-             f"sketch.k={sc.k} exceeds the {sizes[g]} parameters of sketch group {g} (grouping "
+             f"algorithm_kw.sketch.k={sc.k} exceeds the {sizes[g]} parameters of sketch group {g} (grouping "
              f"{sc.grouping!r}, group sizes {list(sizes)}): its sketch J P would be larger than the exact "
-             f"Jacobian; use sketch.k <= {sizes[g]}, another sketch.grouping, or sketch.enabled=False")
+             f"Jacobian; use algorithm_kw.sketch.k <= {sizes[g]}, another algorithm_kw.sketch.grouping, or "
+             "algorithm_kw.sketch.enabled=False")
 
 
 def _validate_eval(ec, num_test: int) -> None:
