@@ -33,7 +33,8 @@ from spark_jax import ntk
 from spark_jax.setting import data, models, partition
 
 TAUS = (100, 200, 400, 600, 800)
-# name, evolve_logits options; "+pad" = the classes of every kernel product padded to 16 (`algorithm_kw.compute.product_columns`).
+# name, evolve_logits options; "+pad" = the classes of every kernel product padded to 16
+# (`algorithm_kw.compute.product_columns`).
 INTEGRATORS = (("rk4", dict(method="rk4")),
                ("rk4 +pad", dict(method="rk4", columns=16)),
                ("rk4 2 sub-steps", dict(method="rk4", substeps=2)),
@@ -103,7 +104,7 @@ def run_neighbourhoods(data_dir, rounds, num_nodes: int = 30, degree: int = 2, c
     if data_dir:
         config.data.data_dir = data_dir
     setup = prepare_or_exit(config)
-    nc = config.ntk
+    nc = config.algorithm_kw
     state = setup.algorithm.init(stream_key(config.seed, "init"), setup.node_data)
     ph = node_phases_for(config, setup.model)
     kernel, round_fn = jax.jit(ph.kernel), jax.jit(setup.algorithm.round)

@@ -101,6 +101,7 @@ def main(argv):
     if config.algorithm != "ntk_dfl":
         sys.exit(f"error: benchmarks.round times NTK algorithms; config.algorithm is {config.algorithm!r}")
     setup = prepare_or_exit(config)
+    kw = config.algorithm_kw
     repeats = _REPEATS.value
     state, inputs = placed_round_start(setup)
     eta = schedules.learning_rate(config.algorithm_kw.eta0, config.algorithm_kw.decay, inputs.round_index)
@@ -132,8 +133,8 @@ def main(argv):
     method = resolve_kernel_method(config.algorithm_kw.compute.kernel, setup.model.structured)
     print(f"config {config.name}: {config.partition.num_nodes} nodes, topology {config.topology.kind} "
           f"(slots {slots}), n_max {nd.mask.shape[1]} -> padded neighbourhood {n_nb} rows, "
-          f"kernel {method}, integrator {config.algorithm_kw.evolution.integrator}, taus {tuple(config.algorithm_kw.taus)}, "
-          f"node_chunk {config.algorithm_kw.compute.node_chunk}, node_batching {config.algorithm_kw.compute.node_batching}")
+          f"kernel {method}, integrator {kw.evolution.integrator}, taus {tuple(kw.taus)}, "
+          f"node_chunk {kw.compute.node_chunk}, node_batching {kw.compute.node_batching}")
     how = f"median of {repeats} after warm-up" if repeats else "one run"
     print(devices_line(setup, f"{how}, compiled ahead of time"))
     total = sum(r[1] for r in rows)

@@ -50,7 +50,8 @@ def main(argv):
             round_times = [json.loads(line)["round_time"] for line in f]
     gemm_after = matmul_throughput(2048)
     print(f"config {config.name}: {config.partition.num_nodes} nodes, {full} rounds, algorithm "
-          f"{config.algorithm}, integrator {config.algorithm_kw.evolution.integrator}; device {jax.devices()[0].device_kind}")
+          f"{config.algorithm}, integrator {config.algorithm_kw.get('evolution', {}).get('integrator')}; "
+          f"device {jax.devices()[0].device_kind}")
     print(f"measured float32 GEMM 2048^3: {gemm_before / 1e9:.1f} GFLOP/s before, {gemm_after / 1e9:.1f} after")
     print("round times incl. evaluation (s): " + ", ".join(f"{t:.1f}" for t in round_times)
           + "  (the first includes compilation)")

@@ -242,7 +242,7 @@ def with_node_batching(fn, batching: str = "auto"):
       plain GEMMs, each node only its own adaptive steps. On XLA:CPU faster
       than the batched program: dopri5 evolution of the demo setting 6.9 s ->
       4.0 s (`benchmarks.round`), SPARK's sketch 1.75 -> 0.86 s per node at 300
-      nodes (`benchmarks.spark_round`; `--config.ntk.node_batching=vectorized`
+      nodes (`benchmarks.spark_round`; `--config.algorithm_kw.compute.node_batching=vectorized`
       for the other side).
     "auto": sequential on CPU, vectorized on accelerators (where batching is
       what fills the device).

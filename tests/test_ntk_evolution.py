@@ -245,13 +245,14 @@ def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     from benchmarks.evolution import stiffest_demo_neighbourhood
     from experiments.configs import base
 
-    kw = base.base_config("ntk_dfl").algorithm_kw
+    defaults = base.base_config("ntk_dfl").algorithm_kw
+    nc = defaults.evolution
     H, F0, Y, eta, _ = stiffest_demo_neighbourhood(real_data_dir)
     H, F0, Y = (np.asarray(a, np.float64) for a in (H, F0, Y))
     stiffness = eta * np.linalg.eigvalsh(H)[-1] / H.shape[0]
     assert stiffness > 3.0, stiffness
     n, c = F0.shape
-    taus = tuple(kw.taus)
+    taus = tuple(defaults.taus)
     rhs = lambda s, f: (-(H @ (_softmax(f.reshape(n, c)) - Y)) / n).ravel()
     grid = eta * np.arange(taus[-1] + 1)
     sol = solve_ivp(rhs, (0.0, grid[-1]), F0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-10)
@@ -260,7 +261,8 @@ def test_integrators_on_a_real_stiff_neighbourhood(real_data_dir):
     idx = np.asarray(taus)
     errors = {}
     for name, kw in (("rk4", dict(method="rk4", substeps=nc.substeps)), ("dopri5", dict(method="dopri5")),
-                     ("imex", config_options.evolution_options(kw.evolution).evolve_kwargs(16)), ("rk4/1", dict(method="rk4", substeps=1))):
+                     ("imex", config_options.evolution_options(nc).evolve_kwargs(16)),
+                     ("rk4/1", dict(method="rk4", substeps=1))):
         out = jax.jit(functools.partial(ntk.evolve_logits, taus=taus, **{"columns": 16, **kw}))(
             *_f32(H, F0, Y), jnp.ones(n, bool), jnp.float32(eta))
         errors[name] = max(np.max(np.abs(np.asarray(out.logits, np.float64) - F_ref[idx])),

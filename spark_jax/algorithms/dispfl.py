@@ -48,7 +48,7 @@ per node and leaf (`fold_in(fold_in(init_key, MASK_FOLD), node)`), i.e.
 personalised masks (reference `--different_initial`); the initial weights are
 the shared (or per-node) init of every algorithm times the node's mask.
 
-Defaults (`config.dispfl`, the paper's / its code's): lr 0.1, lr_decay 0.998,
+Defaults (`CONFIG`, its `config.algorithm_kw`; the paper's / its code's): lr 0.1, lr_decay 0.998,
 momentum 0, weight decay 5e-4, grad_clip 10, 5 local epochs, dense_ratio 0.5,
 anneal_factor 0.5; batch 50 instead of 128: the paper's 128 on ~500 samples
 per client is 4 steps per epoch, and 50 keeps 4 steps per epoch (20 local

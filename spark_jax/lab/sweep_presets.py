@@ -1,7 +1,8 @@
 """Sweep presets: named override sets, crossed with `--sweep` axes and seeds.
 
 Each preset maps a setting name (the run's directory under the sweep) to the
-config paths it overrides. Add a preset here as data.
+config paths it overrides (`algorithm` first: it switches the keyword arguments
+too, `algorithms.with_algorithm`). Add a preset here as data.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "spark_ablations": Preset(
         description="SPARK with each of sketch / distillation / momentum turned off, and all three (= NTK-DFL)",
-        settings={
-            "spark": {},
-            "no_sketch": {"algorithm_kw.sketch.enabled": False},
-            "no_distill": {"algorithm_kw.distill.lambda_max": 0.0},
-            "no_momentum": {"algorithm_kw.momentum.beta": 0.0},
-            "ntk_dfl": {"algorithm_kw.sketch.enabled": False, "algorithm_kw.distill.lambda_max": 0.0, "algorithm_kw.momentum.beta": 0.0},
+        settings={  # SPARK on any base config (from an NTK-DFL one it keeps taus, evolution, compute)
+            "spark": {"algorithm": "spark"},
+            "no_sketch": {"algorithm": "spark", "algorithm_kw.sketch.enabled": False},
+            "no_distill": {"algorithm": "spark", "algorithm_kw.distill.lambda_max": 0.0},
+            "no_momentum": {"algorithm": "spark", "algorithm_kw.momentum.beta": 0.0},
+            "ntk_dfl": {"algorithm": "spark", "algorithm_kw.sketch.enabled": False,
+                        "algorithm_kw.distill.lambda_max": 0.0, "algorithm_kw.momentum.beta": 0.0},
         }),
 }
 
 PRESETS["device_slice"] = Preset(
     description="the GPU suite's study slice (benchmarks/device_suite.py): NTK-DFL, SPARK (SPEC defaults), "
                 "exact-Jacobian SPARK (v2 reading) and DFedAvgM on the same partition, graphs and evaluation",
-    settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {}, "spark_exact": {"algorithm_kw.sketch.enabled": False},
+    settings={"ntk_dfl": {"algorithm": "ntk_dfl"}, "spark": {"algorithm": "spark"},
+              "spark_exact": {"algorithm": "spark", "algorithm_kw.sketch.enabled": False},
               "dfedavgm": {"algorithm": "dfedavgm"}})
 
 COMPARE_METHODS = ("spark", "ntk_dfl", "dfedavg", "dfedavgm", "dpsgd", "dfedsam", "dispfl")

@@ -130,7 +130,7 @@ def evolve_logits(H: jax.Array, F0: jax.Array, Y_hat: jax.Array, mask: jax.Array
         raise ValueError(f"need substeps >= 1, stride >= 1, warmup >= 0, max_stride >= 1, columns >= 0; got "
                          f"{substeps}, {stride}, {warmup}, {max_stride}, {columns}")
     if split_modes < 0 or split_iterations < 0 or (method == "imex" and split_modes > F0.shape[0]):
-        raise ValueError(f"need 0 <= split_modes (ntk.imex.split_modes) <= N, the neighbourhood's {F0.shape[0]} "
+        raise ValueError(f"need 0 <= split_modes (algorithm_kw.evolution.imex.split_modes) <= N, the neighbourhood's {F0.shape[0]} "
                          f"rows, and split_iterations >= 0; got {split_modes}, {split_iterations}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"need rtol > 0 and atol > 0, got {rtol}, {atol}")

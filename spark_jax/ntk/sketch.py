@@ -141,7 +141,7 @@ def group_sizes(params, grouping: str) -> tuple[int, ...]:
 
 
 def resolve_method(method: str, structured: bool) -> str:
-    """`config.sketch.method` -> a member of `METHODS`; "auto" = "structured" for a model with the
+    """`ComputeOptions.sketch_method` -> a member of `METHODS`; "auto" = "structured" for a model with the
     structured fast path (`Model.structured`, `models.supports_structured`), else "forward"."""
     if not isinstance(structured, bool):
         raise TypeError(f"resolve_method takes the model's structured capability (a bool), not {structured!r}")

@@ -1,5 +1,5 @@
 """The column-block schedule that shares SPARK's first-layer sketch products among neighbourhoods
-(SPEC step 3, `sketch.share_first_layer`).
+(SPEC step 3, `algorithm_kw.compute.share_first_layer`).
 
 The first layer's data side [1; x] P_0 does not depend on the weights, so a round can compute it once
 per sample instead of once in each of the (degree + 1) neighbourhoods holding the sample. Sketch
@@ -36,11 +36,11 @@ class SharePlan(NamedTuple):
 
 
 def check_share_mode(share) -> str:
-    """sketch.share_first_layer -> a member of `SHARE_MODES` (True / False = "on" / "off")."""
+    """algorithm_kw.compute.share_first_layer -> a member of `SHARE_MODES` (True / False = "on" / "off")."""
     if isinstance(share, bool):
         return "on" if share else "off"
     if share not in SHARE_MODES:
-        raise ValueError(f"sketch.share_first_layer must be one of {SHARE_MODES} (or a bool), got {share!r}")
+        raise ValueError(f"share_first_layer must be one of {SHARE_MODES} (or a bool), got {share!r}")
     return share
 
 

@@ -73,8 +73,8 @@ def evolution_problem(config) -> str | None:
     seconds = work * PRODUCT_SECONDS
     total = seconds * config.partition.num_nodes * config.rounds
     return (f"algorithm_kw.taus={taus} needs about {work:,.0f} kernel products per neighbourhood and round "
-            f"with algorithm_kw.evolution.integrator={nc.integrator!r} (tau_max {taus[-1]:,} grid intervals, {how}), more than "
-            f"{MAX_EVOLUTION_PRODUCTS:,}: ~{_duration(seconds)} per node and round at ~1,200 rows, "
+            f"with algorithm_kw.evolution.integrator={nc.integrator!r} (tau_max {taus[-1]:,} grid intervals, {how}), "
+            f"more than {MAX_EVOLUTION_PRODUCTS:,}: ~{_duration(seconds)} per node and round at ~1,200 rows, "
             f"~{_duration(total)} for {config.partition.num_nodes} nodes x {config.rounds} rounds; with this "
             f"integrator tau_max may be at most {largest:,} (the SPEC's candidates end at 800)")
 
