@@ -22,13 +22,13 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from benchmarks.common import benchmark_config, first_rounds, matmul_throughput, peak_memory_bytes
-from experiments.config_names import rewrite_argv
+from experiments import config_files
+from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax.runner import experiment
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=False)
+_CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
 _ROUNDS = flags.DEFINE_integer("rounds", 0, "Rounds to run (0 = all config.rounds); fewer: extrapolated.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
 
@@ -73,4 +73,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.argv = rewrite_argv(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

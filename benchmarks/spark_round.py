@@ -30,11 +30,11 @@ import sys
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
 from benchmarks.common import (benchmark_config, devices_line, node_phases_for, matmul_throughput, mlp_layer_sizes,
                                peak_memory_bytes, phase_flops, placed_round_start, prepare_or_exit, timed_compiled)
-from experiments.config_names import rewrite_argv
+from experiments import config_files
+from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax.algorithms import schedules
 from spark_jax.ntk import sketch, sketch_share
 from spark_jax import config_options, parallel
@@ -42,7 +42,7 @@ from spark_jax.algorithms.ntk_round import gather_neighbourhood
 from spark_jax.algorithms.shared_sketch import share_plan
 from spark_jax.rng import stream_key
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config NAME[:ARG] or path.", lock_config=True)
+_CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions after one warm-up; 0 = one run (paper-scale CPU runs). "
                                 "Compilation is timed apart either way.")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round on all nodes.")
@@ -186,4 +186,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.argv = rewrite_argv(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -27,7 +27,7 @@ from tests.test_sweep_report import write_synthetic_runs
 TIMING = ("round_time", "wall_time", "seconds")
 SWEEP = ["--config=tiny", "--config.rounds=3", "--config.checkpoint_every=1",
          "--sweep=config.algorithm_kw.local_epochs=1,2", "--seeds=0"]
-RUNS = ["algorithm_kw.local_epochs=1/seed0", "algorithm_kw.local_epochs=2/seed0"]
+RUNS = ["local_epochs=1/seed0", "local_epochs=2/seed0"]
 
 
 def _popen(module: str, args: list[str], data_dir: str) -> subprocess.Popen:

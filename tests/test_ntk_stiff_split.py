@@ -73,7 +73,7 @@ def test_dominant_subspace_against_numpy():
 
 def test_split_modes_are_checked():
     H, F0, Y = jnp.eye(5), jnp.zeros((5, 3)), jnp.zeros((5, 3))
-    with pytest.raises(ValueError, match=r"split_modes \(ntk.imex.split_modes\) <= N, the neighbourhood.s 5 rows"):
+    with pytest.raises(ValueError, match=r"split_modes \(algorithm_kw.evolution.imex.split_modes\) <= N, the neighbourhood.s 5 rows"):
         ntk.evolve_logits(H, F0, Y, jnp.ones(5, bool), 0.1, taus=(3,), method="imex", split_modes=6)
     with pytest.raises(ValueError, match="split_modes"):
         ntk.evolve_logits(H, F0, Y, jnp.ones(5, bool), 0.1, taus=(3,), method="imex", split_modes=-1)
