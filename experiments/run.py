@@ -118,7 +118,7 @@ def _run():
     try:
         summary = run(config, workdir, resume=_RESUME.value)
     except (Interrupted, KeyboardInterrupt) as e:  # SIGINT / SIGTERM: resumable, or nothing kept
-        args = [a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--workdir")]
+        args = [a for a in _TYPED_ARGS or sys.argv[1:] if a != "--resume" and not a.startswith("--workdir")]
         command = shlex.join(["python", "-m", "experiments.run", *args, f"--workdir={workdir}", "--resume"])
         print(run_stop_line(e, command, resumable=(pathlib.Path(workdir) / "config.json").exists()), file=sys.stderr)
         sys.exit(exit_status(e))
@@ -138,6 +138,9 @@ def _run():
     print("\n".join(summary_lines(summary, workdir, resumed)), flush=True)  # accuracies, target, curves, report
 
 
+_TYPED_ARGS: list[str] = []  # the command line as typed, for the resume hint (`rewrite_argv` resolves it)
+
 if __name__ == "__main__":
+    _TYPED_ARGS = sys.argv[1:]
     sys.argv = rewrite_argv(sys.argv)
     app.run(main, flags_parser=parse_flags)
