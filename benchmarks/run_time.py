@@ -49,9 +49,10 @@ def main(argv):
         with open(f"{workdir}/metrics.jsonl") as f:
             round_times = [json.loads(line)["round_time"] for line in f]
     gemm_after = matmul_throughput(2048)
+    evolution = config.algorithm_kw.get("evolution")
+    integrator = f", integrator {evolution.integrator}" if evolution else ""
     print(f"config {config.name}: {config.partition.num_nodes} nodes, {full} rounds, algorithm "
-          f"{config.algorithm}, integrator {config.algorithm_kw.get('evolution', {}).get('integrator')}; "
-          f"device {jax.devices()[0].device_kind}")
+          f"{config.algorithm}{integrator}; device {jax.devices()[0].device_kind}")
     print(f"measured float32 GEMM 2048^3: {gemm_before / 1e9:.1f} GFLOP/s before, {gemm_after / 1e9:.1f} after")
     print("round times incl. evaluation (s): " + ", ".join(f"{t:.1f}" for t in round_times)
           + "  (the first includes compilation)")

@@ -100,7 +100,19 @@ def _call(path: str, get_config, args: tuple):
         return get_config(*args)
     except Exception as e:  # pylint: disable=broad-except
         call = f"get_config({args[0]!r})" if args else "get_config()"
-        raise ConfigFileError(_exception_line(path, e, f"in {call}")) from None
+        raise ConfigFileError(_exception_line(path, e, f"in {call}") + _old_layout_hint(e)) from None
+
+
+def _old_layout_hint(e: Exception) -> str:
+    """For a config file of the layout before 2026-12-01 (`c.ntk.taus = ...`, `c.dfedavg.lr = ...`): where
+    those fields are now."""
+    from spark_jax import algorithms, config_options  # pylint: disable=g-import-not-at-top
+
+    name = str(e).strip("\"'") if isinstance(e, (AttributeError, KeyError)) else None
+    if name in config_options.OLD_NTK_SECTIONS or name in algorithms.available():
+        return (f"; config.{name} is now part of config.algorithm_kw, the algorithm's keyword arguments: start "
+                "from base.base_config(ALGORITHM) and set c.algorithm_kw (docs/LIBRARY.md)")
+    return ""
 
 
 def schema(algorithm: str = "dfedavg") -> ml_collections.ConfigDict:

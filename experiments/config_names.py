@@ -87,4 +87,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {e}")
     except (KeyError, AttributeError, TypeError, ValueError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"error: invalid config override {' '.join(bad)}: unknown key or wrong type ({e})")
+        hint = ("; config.algorithm_kw holds the keyword arguments of the config's algorithm (--config.algorithm="
+                "NAME switches it, docs/LIBRARY.md)") if any(a.startswith("--config.algorithm_kw.") for a in bad) else ""
+        sys.exit(f"error: invalid config override {' '.join(bad)}: unknown key or wrong type ({e}){hint}")

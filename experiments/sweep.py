@@ -1,7 +1,7 @@
 """Runs a grid of experiments, resumably: configs x `--sweep` axes x presets x seeds.
 
   python -m experiments.sweep --config=fmnist_ring:small --workdir=results/sweep_x \
-      --sweep=config.algorithm_kw.sketch.k=128,512,2048 --sweep=config.algorithm_kw.distill.lambda_max=0,0.5 \
+      --sweep=config.algorithm_kw.sketch.k=128,256,512 --sweep=config.algorithm_kw.distill.lambda_max=0,0.5 \
       --seeds=0,1,2
   python -m experiments.sweep --config=tiny --preset=spark_ablations --seeds=0,1 \
       --workdir=results/ablations --config.algorithm=spark --dry_run

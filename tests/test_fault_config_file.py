@@ -60,6 +60,9 @@ CASES = [
      "{p}:4: config.algorithm_kw does not hold the keyword arguments of algorithm 'spark' (unknown: batch_size, "
      "local_epochs, lr; missing: compute, decay, distill, eta0, evolution, momentum and 4 more); start from "
      "base.base_config('spark'), or switch with spark_jax.algorithms.with_algorithm"),
+    ("the layout before 2026-12-01", TINY + "def get_config():\n    c = tiny.get_config()\n    c.ntk.taus = (10,)\n"
+     "    return c\n", "", "{p}:4: AttributeError: \"'ntk'\" (in get_config()); config.ntk is now part of "
+     "config.algorithm_kw, the algorithm's keyword arguments"),
     ("unknown algorithm", TINY + "def get_config():\n    c = tiny.get_config()\n    c.algorithm = 'sparkle'\n"
      "    return c\n", "", "{p}:4: unknown algorithm 'sparkle'; available: dfedavg, dfedavgm, dfedsam, dispfl, "),
     ("empty file", "", "", "{p}: defines no get_config() function"),

@@ -168,3 +168,25 @@ def test_cli_prints_the_comparison(tmp_path):
     assert f"| spark | **{fmt([0.86, 0.79])}** | {fmt([0.88, 0.90])} |" in proc.stdout
     assert "| spark | 3.0 (1/2) | 2.5 (2/2) |" in proc.stdout
     assert (tmp_path / "out" / "compare_vs_bytes.png").stat().st_size > 0
+
+
+def test_keyword_arguments_of_different_algorithms_make_no_columns(tmp_path):
+    """Each baseline has its own defaults (dfedavg lr 0.1, dfedavgm 0.01): across algorithms they are told
+    apart by `algorithm`, so the columns are the setting (alpha) alone; within one algorithm a keyword
+    argument that differs still splits the settings."""
+    from spark_jax.runner.run_io import flatten
+
+    def run(name, algorithm, alpha, **kw):
+        defaults = {"dfedavg": {"lr": 0.1, "batch_size": 25, "local_epochs": 20},
+                    "dfedavgm": {"lr": 0.01, "momentum": 0.9, "batch_size": 50, "local_epochs": 20}}[algorithm]
+        config = flatten({"algorithm": algorithm, "partition": {"alpha": alpha}, "seed": 0,
+                          "algorithm_kw": {**defaults, **kw}})
+        return report_tables.Run(tmp_path / name, config, [], True)
+
+    runs = [run(f"{a}{alpha}", a, alpha) for a in ("dfedavg", "dfedavgm") for alpha in (0.1, 0.5)]
+    settings = report_tables.group_settings(runs, tmp_path)
+    assert sorted(s.label for s in settings) == [f"algorithm={a},partition.alpha={alpha}"
+                                                 for a in ("dfedavg", "dfedavgm") for alpha in (0.1, 0.5)]
+    assert report_compare.build(settings).columns == ["alpha=0.1", "alpha=0.5"]
+    settings = report_tables.group_settings(runs + [run("slow", "dfedavg", 0.1, lr=0.05)], tmp_path)
+    assert "algorithm=dfedavg,lr=0.05,partition.alpha=0.1" in [s.label for s in settings]

@@ -41,10 +41,13 @@ def test_every_reading_preset_row_builds_and_validates(arg):
 
 def test_reading_rows_set_what_their_names_say():
     r = sweep_presets.READINGS
-    assert r["spark_v1"] == {} and r["ntk_dfl"] == {"algorithm": "ntk_dfl"}
-    assert r["spark_v2"] == {"algorithm_kw.sketch.enabled": False}
-    assert r["spark_v2_no_momentum"]["algorithm_kw.momentum.beta"] == 0.0 and r["spark_v2_no_distill"]["algorithm_kw.distill.lambda_max"] == 0
-    assert r["spark_v1_roundtrip"] == {"algorithm_kw.sketch.update_mode": "roundtrip"}
+    spark = {"algorithm": "spark"}  # every spark_* row runs SPARK, whatever the base config
+    assert r["spark_v1"] == spark and r["ntk_dfl"] == {"algorithm": "ntk_dfl"}
+    assert r["spark_v2"] == {**spark, "algorithm_kw.sketch.enabled": False}
+    assert r["spark_v2_no_momentum"]["algorithm_kw.momentum.beta"] == 0.0
+    assert r["spark_v2_no_distill"]["algorithm_kw.distill.lambda_max"] == 0
+    assert r["spark_v1_roundtrip"] == {**spark, "algorithm_kw.sketch.update_mode": "roundtrip"}
+    assert all(row.get("algorithm") == "spark" for name, row in r.items() if name.startswith("spark"))
 
 
 # ---------------------------------------------------------------- a synthetic study

@@ -111,6 +111,16 @@ def test_run_names_are_deterministic_and_readable(config):
     assert sweep_grid.format_value("a b/c") == "a_b_c" and sweep_grid.format_value(1e-5) == "1e-05"
 
 
+def test_a_presets_algorithm_types_the_axes_and_a_switch_to_the_same_algorithm_keeps_the_config(dfedavg_config):
+    """tiny runs DFedAvg; spark_ablations switches every setting to SPARK, so its axes address SPARK's keyword
+    arguments; switching DFedAvg to DFedAvg keeps tiny's own values (local_epochs 1, batch_size 10)."""
+    grid = grid_of(dfedavg_config, "config.algorithm_kw.sketch.k=16,32", preset="spark_ablations")
+    assert {(s.config.algorithm, s.config.algorithm_kw.sketch.k) for s in grid} == {("spark", 16), ("spark", 32)}
+    same = grid_of(dfedavg_config, "config.algorithm=dfedavg,dfedavgm")
+    assert [(s.config.algorithm, s.config.algorithm_kw.local_epochs) for s in same] == [("dfedavg", 1),
+                                                                                        ("dfedavgm", 20)]
+
+
 def test_preset_spark_ablations_crossed_with_axes_and_seeds(config):
     grid = grid_of(config, "config.algorithm_kw.sketch.k=128,512", seeds="0,1", preset="spark_ablations")
     assert len(grid) == 5 * 2 * 2

@@ -197,7 +197,7 @@ def _assert_one_line_error(proc, message):
     (["--config.sketch.method=forward"], "--config.sketch.method is now --config.algorithm_kw.compute.sketch_method"),
     (["--config.dfedavg.lr=0.05"], "--config.dfedavg.lr is now --config.algorithm_kw.lr (with algorithm=dfedavg)"),
     (["--config.algorithm=sparkle"], "unknown algorithm 'sparkle'"),
-    (["--config.algorithm_kw.sketch.k=8"], "algorithm_kw.sketch"),  # tiny runs DFedAvg: no sketch
+    (["--config.algorithm_kw.sketch.k=8"], "(--config.algorithm=NAME switches it"),  # tiny runs DFedAvg: no sketch
     (["--resume"], "--resume needs --workdir"),
 ])
 def test_cli_bad_inputs(args, message, real_data_dir, tmp_path):

@@ -70,8 +70,10 @@ def _carried(new: dict, old: dict) -> dict:
 def with_algorithm(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """`config` (changed in place, and returned) running algorithm `name`: `algorithm_kw` becomes `name`'s
     defaults, except that within one family (spark <-> ntk_dfl) the keyword arguments both take keep their
-    values (taus, evolution, ...). ValueError if `name` is unknown."""
+    values (taus, evolution, ...); `name` already running: unchanged. ValueError if `name` is unknown."""
     entry = _entry(name)
+    if name == config.algorithm:
+        return config
     kw = default_kw(name)
     old = _REGISTRY.get(config.algorithm)
     if old is not None and entry.family is not None and old.family == entry.family:

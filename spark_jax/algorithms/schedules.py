@@ -19,7 +19,7 @@ def distill_weight(round_index: jax.Array, b2: int, b3: int, lambda_max: float, 
                    dtype=jnp.float32) -> jax.Array:
     """lambda_r (a `dtype` scalar): 0 in stage 1, ramps 0 -> lambda_max over stage 2, lambda_max in stage 3."""
     if ramp not in RAMPS:
-        raise ValueError(f"stages.ramp={ramp!r} is not one of {RAMPS}")
+        raise ValueError(f"ramp={ramp!r} is not one of {RAMPS}")
     r = jnp.asarray(round_index, dtype)
     progress = jnp.clip((r - b2) / max(b3 - b2, 1), 0.0, 1.0)
     if ramp == "cosine":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import functools
 import json
 import pathlib
 from typing import Any
@@ -105,9 +106,33 @@ def _prefixes(config: dict) -> set[str]:
     return {k.rsplit(".", 1)[0] + "." for k in config if "." in k}
 
 
+@functools.lru_cache(maxsize=None)
+def _kw_keys(name) -> frozenset | None:
+    """The flat `algorithm_kw.` keys algorithm `name` takes (None if it is not registered here)."""
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+    if name not in algorithms.available():
+        return None
+    return frozenset(flatten({"algorithm_kw": algorithms.default_kw(name)}))
+
+
 def _kw_of_another(key: str, config: dict) -> bool:
     """True for an `algorithm_kw.` key that this run's algorithm does not take."""
-    return key.startswith("algorithm_kw.") and key not in config
+    if not key.startswith("algorithm_kw."):
+        return False
+    keys = _kw_keys(config.get("algorithm"))
+    return key not in (config if keys is None else keys)
+
+
+def _varies(key: str, configs: list[dict]) -> bool:
+    """Whether `key` differs between runs; an algorithm's keyword argument only between runs of one
+    algorithm (across algorithms, `algorithm` tells them apart)."""
+    groups: dict[Any, set] = {}
+    for c in configs:
+        if not _kw_of_another(key, c):
+            groups.setdefault(c.get("algorithm") if key.startswith("algorithm_kw.") else None, set()).add(
+                repr(c.get(key, _MISSING)))
+    return any(len(values) > 1 for values in groups.values())
 
 
 def group_settings(runs: list[Run], root=None) -> list[Setting]:
@@ -117,9 +142,7 @@ def group_settings(runs: list[Run], root=None) -> list[Setting]:
     configs = [{**{k: v for k, v in ADDED_FIELDS.items() if k.rsplit(".", 1)[0] + "." in _prefixes(r.config)},
                 **r.config} for r in runs]
     keys = sorted(set().union(*configs)) if configs else []
-    # an algorithm's keyword argument varies only between runs that have it (`algorithm` tells the rest apart)
-    varying = [k for k in keys if k not in IGNORED and len({repr(c.get(k, _MISSING)) for c in configs
-                                                            if not _kw_of_another(k, c)}) > 1]
+    varying = [k for k in keys if k not in IGNORED and _varies(k, configs)]
     groups: dict[tuple, Setting] = {}
     for run, config in zip(runs, configs):
         values = {k: config.get(k, _MISSING) for k in varying if not _kw_of_another(k, config)}

@@ -12,11 +12,9 @@ separate values with `;` and elements with `:`: `config.algorithm_kw.taus=100:20
 
 Layout: `SWEEP_DIR/<setting>/seed<N>/` is an ordinary run directory, where <setting> is the
 preset setting's name and the axis values (paths without `algorithm_kw.`), e.g.
-`no_sketch,sketch.k=128`, or `default` when there are neither; `sweep.json`
-lists the grid and each run's status. Re-running a sweep skips finished runs
-(summary.json), resumes interrupted runs from their last checkpoint
-(`spark_jax.runner.checkpoint`), and re-runs from scratch an interrupted run that has
-none.
+`no_sketch,sketch.k=128`, or `default` when there are neither; `sweep.json` lists the grid and
+each run's status. Re-running a sweep skips finished runs (summary.json), resumes interrupted runs
+from their last checkpoint (`spark_jax.runner.checkpoint`), and re-runs from scratch one that has none.
 """
 
 from __future__ import annotations
@@ -89,8 +87,7 @@ def get_field(config, path: str):
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             if algorithms.moved_path(path) is not None:  # the layout before 2026-12-01
-                raise SweepError(f"config.{path} is now config.{algorithms.moved_path(path)}: a run config gives "
-                                 "its algorithm's keyword arguments as config.algorithm_kw")
+                raise SweepError(f"config.{path} is now config.{algorithms.moved_path(path)} (keyword arguments)")
             where = ".".join(done) or "config"
             known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(a leaf)"
             raise SweepError(f"unknown config field {path!r}: {where} has no {part!r}; known: {known}")
@@ -257,8 +254,12 @@ def expand_grid(config, axes: list[Axis], seeds: list[int], preset: Preset | Non
 
 def build_grid(config, sweep_specs: list[str], seeds: str | None = None, preset: str | None = None) -> list[RunSpec]:
     """Parses `--sweep`, `--seeds`, `--preset` against `config` and expands the grid."""
-    axes = [parse_axis(s, config) for s in sweep_specs]
-    return expand_grid(config, axes, parse_seeds(seeds, config.seed), resolve_preset(preset))
+    preset_ = resolve_preset(preset)
+    names = {o.get("algorithm") for o in preset_.settings.values()} if preset_ else {None}
+    typed_by = config if len(names) != 1 or None in names else algorithms.with_algorithm(  # the preset's algorithm
+        config.copy_and_resolve_references(), *names)
+    axes = [parse_axis(s, typed_by) for s in sweep_specs]
+    return expand_grid(config, axes, parse_seeds(seeds, config.seed), preset_)
 
 
 # ---------------------------------------------------------------- running

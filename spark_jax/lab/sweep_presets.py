@@ -57,21 +57,22 @@ PRESETS["compare_fmnist"] = Preset(
 
 
 # The SPARK readings (docs/RESULTS.md): one row per reading of the paper's open choices (SPEC "v1/v2").
-_V2 = {"algorithm_kw.sketch.enabled": False}  # exact Jacobians: distillation + momentum are the method (paper v2)
+_SPARK = {"algorithm": "spark"}  # every spark_* row runs SPARK, whatever the base config
+_V2 = {**_SPARK, "algorithm_kw.sketch.enabled": False}  # exact Jacobians: distillation + momentum (paper v2)
 READINGS: dict[str, dict[str, Any]] = {
     "ntk_dfl": {"algorithm": "ntk_dfl"},
     "spark_v2": {**_V2},
     "spark_v2_no_momentum": {**_V2, "algorithm_kw.momentum.beta": 0.0},
     "spark_v2_no_distill": {**_V2, "algorithm_kw.distill.lambda_max": 0.0},
-    "spark_v1": {},  # SPEC defaults: k = 512 per layer, back-projection, P redrawn every round
-    "spark_v1_fixed_P": {"algorithm_kw.sketch.redraw": False},
-    "spark_v1_own_exact": {"algorithm_kw.sketch.update_mode": "own_exact"},
-    "spark_v1_roundtrip": {"algorithm_kw.sketch.update_mode": "roundtrip"},
-    "spark_v1_k128": {"algorithm_kw.sketch.k": 128},
+    "spark_v1": {**_SPARK},  # SPEC defaults: k = 512 per layer, back-projection, P redrawn every round
+    "spark_v1_fixed_P": {**_SPARK, "algorithm_kw.sketch.redraw": False},
+    "spark_v1_own_exact": {**_SPARK, "algorithm_kw.sketch.update_mode": "own_exact"},
+    "spark_v1_roundtrip": {**_SPARK, "algorithm_kw.sketch.update_mode": "roundtrip"},
+    "spark_v1_k128": {**_SPARK, "algorithm_kw.sketch.k": 128},
     # Per layer, k = 2,048 would exceed the output layer's 1,010 parameters: one global group instead.
-    "spark_v1_k2048_global": {"algorithm_kw.sketch.k": 2048, "algorithm_kw.sketch.grouping": "global"},
-    "spark_v1_teacher_neighbors": {"algorithm_kw.distill.teacher": "neighbors"},
-    "spark_v1_velocity_mixed": {"algorithm_kw.momentum.velocity": "mixed"},
+    "spark_v1_k2048_global": {**_SPARK, "algorithm_kw.sketch.k": 2048, "algorithm_kw.sketch.grouping": "global"},
+    "spark_v1_teacher_neighbors": {**_SPARK, "algorithm_kw.distill.teacher": "neighbors"},
+    "spark_v1_velocity_mixed": {**_SPARK, "algorithm_kw.momentum.velocity": "mixed"},
     "dfedavg": {"algorithm": "dfedavg"},
     "dfedavgm": {"algorithm": "dfedavgm"},
 }

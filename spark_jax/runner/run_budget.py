@@ -160,6 +160,7 @@ def out_of_memory_line(error: Exception, round_number: int, config) -> str | Non
         return None
     asked = re.search(r"allocating (\d+) bytes", text)
     size = f" allocating {int(asked.group(1)) / GIB:,.1f} GiB" if asked else ""
+    chunk = "algorithm_kw.compute.node_chunk / " if "compute" in config.algorithm_kw else ""
     return (f"round {round_number}: out of memory{size} (partition.num_nodes={config.partition.num_nodes}, "
             f"topology.kind={config.topology.kind!r}); use fewer nodes, a smaller neighbourhood or a smaller "
-            f"algorithm_kw.compute.node_chunk / eval.node_chunk")
+            f"{chunk}eval.node_chunk")

@@ -39,7 +39,9 @@ def validate_config(config, algorithm_names) -> None:
     try:
         _validate(config, tuple(algorithm_names))
     except (AttributeError, KeyError) as e:  # a config file built without the base schema
-        raise ConfigError(f"config is missing a field ({e}); start configs from experiments/configs/base.py") from None
+        raise ConfigError(f"config is missing a field ({e}); start configs from experiments/configs/base.py "
+                          "(base_config(ALGORITHM)), and switch algorithms with spark_jax.algorithms.with_algorithm, "
+                          "which sets config.algorithm_kw to the new algorithm's keyword arguments") from None
 
 
 def _validate(config, algorithm_names) -> None:
@@ -119,7 +121,6 @@ def _validate_algorithm(config) -> None:
     paths against the model, sketch k against the layer sizes."""
     from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
 
-    _one_of(config.algorithm, "algorithm", tuple(algorithms.available()))
     algorithms.check_config(config)
     kw = config.algorithm_kw
     if "evolution" in kw:  # the NTK algorithms
