@@ -122,7 +122,7 @@ def schema(algorithm: str = "dfedavg") -> ml_collections.ConfigDict:
     return base.base_config(algorithm)
 
 
-def _algorithm_schema(path: str, get_config, config) -> ml_collections.ConfigDict:
+def _algorithm_schema(path: str, config) -> ml_collections.ConfigDict:
     """The schema for the algorithm `config` names; ConfigFileError if it names none we know."""
     from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
 
@@ -208,7 +208,7 @@ def load(spec: str, lock: bool = True, reference=None, algorithm: str | None = N
                               "get_config([arg]) returning an ml_collections.ConfigDict; see "
                               "experiments/configs/tiny.py)")
     config = _call(path, get_config, (arg,) if sep else ())
-    _check(path, get_config, config, _algorithm_schema(path, get_config, config) if reference is None else reference)
+    _check(path, get_config, config, _algorithm_schema(path, config) if reference is None else reference)
     if algorithm is not None:
         from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
 

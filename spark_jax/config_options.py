@@ -21,7 +21,7 @@ naming the config path (`algorithm_kw.evolution.imex.rtol=0.0 must be ...`).
 
 Runs and commands from before 2026-12-01 kept one config section per part (`ntk`, `sketch`, `distill`,
 `momentum`, `stages`, and one per baseline): `moved_path` names an old path's replacement, and
-`spark_jax.algorithms.upgrade_flat_config` reads a config recorded in the old layout.
+`spark_jax.runner.run_io.current_layout` reads a config recorded in the old layout.
 """
 
 from __future__ import annotations

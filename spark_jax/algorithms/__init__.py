@@ -78,12 +78,9 @@ def with_algorithm(config: ml_collections.ConfigDict, name: str) -> ml_collectio
     old = _REGISTRY.get(config.algorithm)
     if old is not None and entry.family is not None and old.family == entry.family:
         kw = _carried(kw, config.algorithm_kw.to_dict())
-    locked = config.is_locked
-    config.unlock()
-    config.algorithm = name
-    config.algorithm_kw = ml_collections.ConfigDict(kw)
-    if locked:
-        config.lock()
+    with config.unlocked():
+        config.algorithm = name
+        config.algorithm_kw = ml_collections.ConfigDict(kw)
     return config
 
 
@@ -97,32 +94,6 @@ def check_config(config) -> None:
 def moved_path(path: str) -> str | None:
     """The replacement of a config path of the layout before 2026-12-01 (`config_options.moved_path`)."""
     return config_options.moved_path(path, _REGISTRY)
-
-
-def upgrade_flat_config(flat: dict) -> dict:
-    """A flat config recorded before 2026-12-01 (sections `ntk`, `sketch`, ..., one per baseline) in
-    today's layout: its algorithm's values under `algorithm_kw.`, the sections it did not read dropped.
-    A flat config of today's layout is returned unchanged."""
-    if any(k.startswith(config_options.KW) for k in flat) or "algorithm" not in flat:
-        return dict(flat)
-    name = flat["algorithm"]
-    kw_keys = set(_flat_keys(_REGISTRY[name].kw)) if name in _REGISTRY else set()
-    sections = set(config_options.OLD_NTK_SECTIONS) | set(_REGISTRY)
-    out = {}
-    for k, v in flat.items():
-        section, _, key = k.partition(".")
-        if section not in sections:
-            out[k] = v
-        elif k in config_options.OLD_NTK_PATHS and config_options.OLD_NTK_PATHS[k] in kw_keys:
-            out[config_options.KW + config_options.OLD_NTK_PATHS[k]] = v
-        elif section == name and key in kw_keys:
-            out[config_options.KW + key] = v
-    return out
-
-
-def _flat_keys(d: dict, prefix: str = "") -> list[str]:
-    return [p for k, v in d.items() for p in (_flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict)
-                                                 else [prefix + k])]
 
 
 def make_algorithm(config, model, mesh=None) -> Algorithm:
@@ -144,4 +115,4 @@ register("dfedsam", local_baselines.make_dfedsam, local_baselines.check_dfedsam,
 register("dispfl", dispfl.make, dispfl.check_config, dispfl.CONFIG)
 
 __all__ = ["Algorithm", "RoundInputs", "mix", "register", "available", "default_kw", "with_algorithm",
-           "check_config", "make_algorithm", "moved_path", "upgrade_flat_config"]
+           "check_config", "make_algorithm", "moved_path"]

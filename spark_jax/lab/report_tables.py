@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from spark_jax.runner.run_io import (ADDED_FIELDS, IGNORED_IN_RESUME_CHECK, CorruptFileError, RunDir, atomic_path,
-                                     flatten, read_metrics_checked, current_layout,
+                                     flatten, kw_paths, read_metrics_checked, current_layout,
                                      write_atomic)
 
 IGNORED = ("seed",) + IGNORED_IN_RESUME_CHECK
@@ -101,26 +101,14 @@ def sweep_setting_names(root) -> dict[str, str]:
         return {}
 
 
-def _prefixes(config: dict) -> set[str]:
-    """'a.b.' for every section holding a key 'a.b.c' of a flat config."""
-    return {k.rsplit(".", 1)[0] + "." for k in config if "." in k}
-
-
-@functools.lru_cache(maxsize=None)
-def _kw_keys(name) -> frozenset | None:
-    """The flat `algorithm_kw.` keys algorithm `name` takes (None if it is not registered here)."""
-    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
-
-    if name not in algorithms.available():
-        return None
-    return frozenset(flatten({"algorithm_kw": algorithms.default_kw(name)}))
+_kw_paths = functools.lru_cache(maxsize=None)(kw_paths)  # once per algorithm per report
 
 
 def _kw_of_another(key: str, config: dict) -> bool:
     """True for an `algorithm_kw.` key that this run's algorithm does not take."""
     if not key.startswith("algorithm_kw."):
         return False
-    keys = _kw_keys(config.get("algorithm"))
+    keys = _kw_paths(config.get("algorithm"))
     return key not in (config if keys is None else keys)
 
 
@@ -139,8 +127,7 @@ def group_settings(runs: list[Run], root=None) -> list[Setting]:
     """Runs (with readable configs) grouped by the config keys that differ between them (seed
     excluded), in value order."""
     # a field added to the schema later reads, in an older run's config, as the value it ran under
-    configs = [{**{k: v for k, v in ADDED_FIELDS.items() if k.rsplit(".", 1)[0] + "." in _prefixes(r.config)},
-                **r.config} for r in runs]
+    configs = [{**ADDED_FIELDS, **r.config} for r in runs]
     keys = sorted(set().union(*configs)) if configs else []
     varying = [k for k in keys if k not in IGNORED and _varies(k, configs)]
     groups: dict[tuple, Setting] = {}

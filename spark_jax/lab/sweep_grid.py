@@ -86,8 +86,8 @@ def get_field(config, path: str):
     node, done = config, []
     for part in path.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            if algorithms.moved_path(path) is not None:  # the layout before 2026-12-01
-                raise SweepError(f"config.{path} is now config.{algorithms.moved_path(path)} (keyword arguments)")
+            if (moved := algorithms.moved_path(path)) is not None:  # the layout before 2026-12-01
+                raise SweepError(f"config.{path} is now config.{moved} (keyword arguments)")
             where = ".".join(done) or "config"
             known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(a leaf)"
             raise SweepError(f"unknown config field {path!r}: {where} has no {part!r}; known: {known}")

@@ -201,13 +201,30 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def current_layout(flat: dict) -> dict:
-    """A flat config in today's layout: one recorded before 2026-12-01 (one section per part of the NTK
-    methods and per baseline) has its algorithm's values moved under `algorithm_kw.` and the sections it
-    did not read dropped (`spark_jax.algorithms.upgrade_flat_config`), so old runs resume and compare."""
-    from spark_jax.algorithms import upgrade_flat_config  # pylint: disable=g-import-not-at-top
+def kw_paths(algorithm: str) -> frozenset | None:
+    """The flat `algorithm_kw.` paths algorithm `algorithm` takes (None if it is not registered here)."""
+    from spark_jax import algorithms  # pylint: disable=g-import-not-at-top
 
-    return upgrade_flat_config(flat)
+    known = algorithm in algorithms.available()
+    return frozenset(flatten({"algorithm_kw": algorithms.default_kw(algorithm)})) if known else None
+
+
+def current_layout(flat: dict) -> dict:
+    """A flat config in today's layout: one recorded before 2026-12-01 (sections `ntk`, `sketch`, ..., one
+    per baseline) has its algorithm's values moved under `algorithm_kw.` (`config_options.OLD_NTK_PATHS`,
+    `<algorithm>.key`), the sections it did not read dropped, so old runs resume and compare."""
+    from spark_jax import algorithms, config_options as co  # pylint: disable=g-import-not-at-top
+    if any(k.startswith(co.KW) for k in flat) or "algorithm" not in flat:
+        return dict(flat)  # today's layout
+    name, takes, out = flat["algorithm"], kw_paths(flat["algorithm"]) or frozenset(), {}
+    for k, v in flat.items():
+        section, _, key = k.partition(".")
+        new = co.KW + co.OLD_NTK_PATHS.get(k, key)
+        if section not in co.OLD_NTK_SECTIONS and section not in algorithms.available():
+            out[k] = v
+        elif new in takes and (section == name or k in co.OLD_NTK_PATHS):
+            out[new] = v
+    return out
 
 
 def flatten_config(config_dict: dict) -> dict:
