@@ -1,7 +1,8 @@
-"""Timing, GEMM-throughput and peak-memory helpers shared by the benchmarks (no flags defined here)."""
+"""Timing, GEMM-throughput and peak-memory helpers shared by the benchmarks (flags only through `define_gemm_flag`)."""
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 
@@ -52,9 +53,24 @@ def matmul_throughput(n: int, repeats: int = 3, precision: str | None = None) ->
     else 'float32', 'tensorfloat32', 'bfloat16' (operands stay float32).
     """
     a = jax.random.normal(jax.random.key(0), (n, n), jax.numpy.float32)
-    f = jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision=precision))
-    t, _, _ = timed(f, a, a, repeats=max(repeats, 1))
+    t, _, _ = timed(_gemm(n, precision), a, a, repeats=max(repeats, 1))
     return 2 * n**3 / t
+
+
+def define_gemm_flag():
+    """--gemm_n (default 2048): the size of the GEMM the absl benchmarks measure the machine by (the device
+    suite's dry run passes 256: at tiny sizes 2048^3 products would be most of its time)."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    return flags.DEFINE_integer("gemm_n", 2048, "Size n of the float32 [n, n] x [n, n] GEMM whose measured FLOP/s "
+                                "every rate is compared with.", lower_bound=64)
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm(n: int, precision: str | None):
+    """The [n, n] x [n, n] product, compiled once per size and precision (benchmarks measure it around
+    every phase)."""
+    a = jax.ShapeDtypeStruct((n, n), jax.numpy.float32)
+    return jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision=precision)).lower(a, a).compile()
 
 
 def peak_memory_bytes() -> int:

@@ -27,8 +27,8 @@ import sys
 import jax
 from absl import app, flags
 
-from benchmarks.common import (benchmark_config, node_phases_for, matmul_throughput, peak_memory_bytes, phase_flops,
-                               devices_line, placed_round_start, prepare_or_exit, timed_compiled)
+from benchmarks.common import (benchmark_config, define_gemm_flag, devices_line, matmul_throughput, node_phases_for,
+                               peak_memory_bytes, phase_flops, placed_round_start, prepare_or_exit, timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax import parallel
@@ -42,6 +42,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions per phase after
                                 "(for paper-scale CPU runs). Compilation is timed apart either way.")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
+_GEMM_N = define_gemm_flag()
 
 
 def phase_functions(setup):
@@ -111,9 +112,9 @@ def main(argv):
 
     def phase(name, fn, *args):
         """Times one phase between two GEMM measurements (the machine may be shared: both move)."""
-        before = matmul_throughput(2048)
+        before = matmul_throughput(_GEMM_N.value)
         t, c, out = timed_compiled(fn, *args, repeats=repeats)
-        rows.append((name, t, c, 0.5 * (before + matmul_throughput(2048))))
+        rows.append((name, t, c, 0.5 * (before + matmul_throughput(_GEMM_N.value))))
         return out
 
     w_bar, f0, y = phase("messages", messages, state.params, nd, inputs)
@@ -142,8 +143,8 @@ def main(argv):
                          num_taus=len(config.algorithm_kw.taus), slots=slots) if method == "structured" else {})
     print(f"kernel products per node in the evolution: mean {float(evo.products.mean()):.0f}, "
           f"max {int(evo.products.max())}")
-    print("'GEMM': float32 2048^3 GEMM GFLOP/s measured just before and after each phase (mean); 'of GEMM' "
-          "is the phase's FLOP rate against it")
+    print(f"'GEMM': float32 {_GEMM_N.value}^3 GEMM GFLOP/s measured just before and after each phase (mean); 'of GEMM' "
+          f"is the phase's FLOP rate against it")
     print(f"{'phase':<12}{'seconds':>10}{'share':>8}{'compile s':>11}{'GEMM':>8}{'GFLOP':>10}{'GFLOP/s':>10}"
           f"{'of GEMM':>9}")
     for name, t, c, gemm in rows:

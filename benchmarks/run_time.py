@@ -23,7 +23,8 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.common import benchmark_config, first_rounds, matmul_throughput, peak_memory_bytes
+from benchmarks.common import (benchmark_config, define_gemm_flag, first_rounds, matmul_throughput,
+                               peak_memory_bytes)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax.runner import experiment
@@ -31,6 +32,7 @@ from spark_jax.runner import experiment
 _CONFIG = config_files.define_config_flag("Config NAME[:ARG] or path.")
 _ROUNDS = flags.DEFINE_integer("rounds", 0, "Rounds to run (0 = all config.rounds); fewer: extrapolated.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
+_GEMM_N = define_gemm_flag()
 
 
 def main(argv):
@@ -41,19 +43,20 @@ def main(argv):
     rounds = _ROUNDS.value or full
     if not 0 < rounds <= full:
         sys.exit(f"error: --rounds={rounds} must be in 1..config.rounds={full}")
-    gemm_before = matmul_throughput(2048)
+    gemm_before = matmul_throughput(_GEMM_N.value)
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
         summary = experiment.run(first_rounds(config, rounds) if rounds < full else config, workdir)
         measured = time.perf_counter() - t0
         with open(f"{workdir}/metrics.jsonl") as f:
             round_times = [json.loads(line)["round_time"] for line in f]
-    gemm_after = matmul_throughput(2048)
+    gemm_after = matmul_throughput(_GEMM_N.value)
     evolution = config.algorithm_kw.get("evolution")
     integrator = f", integrator {evolution.integrator}" if evolution else ""
     print(f"config {config.name}: {config.partition.num_nodes} nodes, {full} rounds, algorithm "
           f"{config.algorithm}{integrator}; device {jax.devices()[0].device_kind}")
-    print(f"measured float32 GEMM 2048^3: {gemm_before / 1e9:.1f} GFLOP/s before, {gemm_after / 1e9:.1f} after")
+    print(f"measured float32 GEMM {_GEMM_N.value}^3: {gemm_before / 1e9:.1f} GFLOP/s before, "
+          f"{gemm_after / 1e9:.1f} after")
     print("round times incl. evaluation (s): " + ", ".join(f"{t:.1f}" for t in round_times)
           + "  (the first includes compilation)")
     print(f"final aggregated test accuracy after {rounds} rounds: {summary['final_test_accuracy']:.4f}")

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from benchmarks.common import (benchmark_config, devices_line, node_phases_for, matmul_throughput, mlp_layer_sizes,
-                               peak_memory_bytes, phase_flops, placed_round_start, prepare_or_exit, timed_compiled)
+from benchmarks.common import (benchmark_config, define_gemm_flag, devices_line, matmul_throughput, mlp_layer_sizes,
+                               node_phases_for, peak_memory_bytes, phase_flops, placed_round_start, prepare_or_exit,
+                               timed_compiled)
 from experiments import config_files
 from experiments.config_names import parse_flags, rewrite_argv
 from spark_jax.algorithms import schedules
@@ -47,6 +48,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions after one warm-
                                 "Compilation is timed apart either way.")
 _FUSED = flags.DEFINE_boolean("fused", True, "Also time the whole jitted round on all nodes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory with the IDX files.")
+_GEMM_N = define_gemm_flag()
 
 
 def sketch_flops(config, rows: int, k: int, products, shared: bool) -> dict:
@@ -162,8 +164,8 @@ def main(argv):
           f"{sc.grouping}, share_first_layer {cc.share_first_layer!r}: {share}; integrator {nc.evolution.integrator}, "
           f"taus {taus}; phases on {b} nodes on one device, scaled to {m}")
     how = (f"median of {repeats} after warm-up" if repeats else "one run") + ", compiled ahead of time"
-    peak = matmul_throughput(2048)
-    print(devices_line(setup, f"{how}; measured float32 GEMM 2048^3: {peak / 1e9:.1f} GFLOP/s; evolution "
+    peak = matmul_throughput(_GEMM_N.value)
+    print(devices_line(setup, f"{how}; measured float32 GEMM {_GEMM_N.value}^3: {peak / 1e9:.1f} GFLOP/s; evolution "
                               f"kernel products per node: mean {float(jnp.mean(evo.products)):.0f}, max "
                               f"{int(jnp.max(evo.products))}"))
     print(f"{'phase':<14}{'s/node':>9}{'s/round':>10}{'share':>8}{'compile s':>11}{'GFLOP/s':>10}{'of GEMM':>9}")

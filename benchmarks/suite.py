@@ -60,12 +60,14 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
                  "-k", "test_vmap_over_nodes_equals_loop or test_sequential_node_batching_equals_vectorized",
                  "tests/test_ntk_vmap.py", "tests/test_ntk_evolution.py"]
         repeats, gemm, caps = "--repeats=0", "--n=256", dict(tests=60, bench=60, study=90, report=30, extra=40)
+        yardstick = ["--gemm_n=256"]  # at these sizes 2048^3 GEMMs around every phase took most of the time
         extras = [("ntk_dfl node_chunk=2", "benchmarks.round",
                    [*ntk, "--config.algorithm_kw.compute.node_chunk=2", "--nofused"])]
     else:
         ntk, spark = ["--config=fmnist_ntk_dfl"], ["--config=fmnist_regular"]
         slice_ = ["--config=fmnist_regular", "--config.rounds=40"]
         tests = ["pytest", "-o", "addopts=", "-m", "device", "-q", "-ra", "-p", "no:cacheprovider"]
+        yardstick = []
         repeats, gemm, caps = "--repeats=2", "--n=8192", dict(tests=150, bench=120, study=300, report=60, extra=90)
         nr, sr = "benchmarks.round", "benchmarks.spark_round"
         precision = "--config.algorithm_kw.compute.matmul_precision=default"
@@ -79,14 +81,15 @@ def plan(work: pathlib.Path, dry_run: bool) -> list[Step]:
     steps = [
         Step("device tests", tests, caps["tests"], "tests"),
         Step("GEMM precision", ["benchmarks.precision", gemm, f"--out={work / 'precision.json'}"], 60, "benchmarks"),
-        Step("NTK-DFL round", ["benchmarks.round", *ntk, repeats], caps["bench"], "benchmarks"),
-        Step("SPARK round", ["benchmarks.spark_round", *spark, repeats], caps["bench"], "benchmarks"),
+        Step("NTK-DFL round", ["benchmarks.round", *ntk, repeats, *yardstick], caps["bench"], "benchmarks"),
+        Step("SPARK round", ["benchmarks.spark_round", *spark, repeats, *yardstick], caps["bench"], "benchmarks"),
         Step("study slice", ["experiments.sweep", *slice_, "--preset=device_slice", "--seeds=0",
                              f"--workdir={study}"], caps["study"], "study"),
         Step("study report", ["experiments.report", study], caps["report"], "study"),
     ]
     # The sweep (precision cost, node_chunk, batching): one timed run each, while the budget lasts.
-    steps += [Step(name, [module, *argv, "--repeats=0" if dry_run else "--repeats=1"], caps["extra"], "benchmarks")
+    steps += [Step(name, [module, *argv, *yardstick, "--repeats=0" if dry_run else "--repeats=1"], caps["extra"],
+                   "benchmarks")
               for name, module, argv in extras]
     return steps
 

@@ -81,7 +81,7 @@ def test_split_modes_are_checked():
 
 @pytest.mark.slow
 @pytest.mark.device
-def test_imex_on_real_neighbourhoods_of_a_real_run(real_data_dir):
+def test_imex_on_real_neighbourhoods_of_a_real_run(real_data_dir, xla_optimized):
     """The stiffest of the first 8 neighbourhoods of a real NTK-DFL run (8 nodes of fmnist300/alpha0.1,
     dynamic 2-regular, SPEC defaults) at round 0 (weights at init), 10 and 25 (trained weights, eta
     decayed, logits up to ~20): the default integrator at its config defaults agrees with float64

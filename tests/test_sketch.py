@@ -265,7 +265,7 @@ def test_sketch_vmap_over_nodes_with_shared_projection():
 
 
 @pytest.mark.slow
-def test_sketched_kernel_error_shrinks_like_inverse_sqrt_k():
+def test_sketched_kernel_error_shrinks_like_inverse_sqrt_k(xla_optimized):
     """Mean (over 10 seeds) relative Frobenius error of H~ vs the exact H: log-log slope ~ -1/2.
 
     For a Gaussian sketch Var(u^T P P^T v) = (|u|^2 |v|^2 + (u.v)^2) / k, so the

@@ -160,17 +160,15 @@ def environment_info() -> dict:
     A run is bit-reproducible (and resumable bit for bit) on the same
     versions, device kind, device count and flags (README "Checkpoints").
     """
-    import flax
-    import jaxlib
-    import optax
-    import orbax.checkpoint as ocp
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
 
     return {
         "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "orbax_checkpoint": ocp.__version__,
+        # The installed distributions' versions, read without importing them (orbax alone takes 0.3 s).
+        "jaxlib": metadata.version("jaxlib"),
+        "flax": metadata.version("flax"),
+        "optax": metadata.version("optax"),
+        "orbax_checkpoint": metadata.version("orbax-checkpoint"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "devices": [str(d) for d in jax.devices()],
