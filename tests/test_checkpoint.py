@@ -87,6 +87,14 @@ def uninterrupted(real_data_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_a_run_under_no_plots_draws_no_png(uninterrupted):
+    """The suite runs with SPARK_JAX_NO_PLOTS=1 (tests/conftest.py): everything else is written."""
+    assert os.environ["SPARK_JAX_NO_PLOTS"] == "1"
+    assert not list(uninterrupted.glob("*.png"))
+    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt"} <= {p.name for p in uninterrupted.iterdir()}
+
+
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, real_data_dir, tmp_path):
     workdir = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(SPARK, workdir), cwd=REPO, env=without_compile_cache(_env(real_data_dir)),

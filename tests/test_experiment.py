@@ -11,8 +11,9 @@ from tests.conftest import REPO, cpu_split_env
 from tests.test_run_summary import read_events
 
 
-def run_cli(args, data_dir, tmp_path):
-    env = dict(cpu_split_env(os.environ), SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")  # the default split
+def run_cli(args, data_dir, tmp_path, plots=False):
+    env = dict(cpu_split_env(os.environ), SPARK_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",  # the default split
+               SPARK_JAX_NO_PLOTS="0" if plots else "1")
     return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -21,7 +22,7 @@ def run_cli(args, data_dir, tmp_path):
 def test_tiny_run_writes_its_files(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
     proc = run_cli(["--config=tiny", f"--workdir={workdir}", "--config.rounds=3", "--config.log.tensorboard=True"],
-                   real_data_dir, tmp_path)
+                   real_data_dir, tmp_path, plots=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt", "label_histogram.png", "curves.png",
             "tensorboard"} <= {p.name for p in workdir.iterdir()}

@@ -78,7 +78,7 @@ def test_read_only_filesystem(real_data_dir, tmp_path):
 @pytest.mark.slow
 def test_disk_full_before_the_first_round_leaves_nothing(real_data_dir, tmp_path):
     with tmpfs(tmp_path / "small", "16k") as mnt:  # config.json fits, label_histogram.png (19 kB) does not
-        proc = run_cli("run", ["--config=tiny", f"--workdir={mnt}/run"], real_data_dir)
+        proc = run_cli("run", ["--config=tiny", f"--workdir={mnt}/run"], real_data_dir, SPARK_JAX_NO_PLOTS="0")
         assert_one_line_error(proc, f"error: {mnt}/run/label_histogram.png: No space left on device")
         assert not (mnt / "run").exists()
 

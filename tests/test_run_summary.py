@@ -48,6 +48,16 @@ def test_curves_png_with_spark_stages(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("value,enabled", [(None, True), ("", True), ("0", True), ("no", True), ("1", False),
+                                           ("true", False), ("yes", False)])
+def test_no_plots_environment_variable(monkeypatch, value, enabled):
+    if value is None:
+        monkeypatch.delenv(curves.NO_PLOTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(curves.NO_PLOTS_ENV, value)
+    assert curves.plots_enabled() is enabled
+
+
 def test_cost_note_names_the_small_variant_and_estimates_after_round_1(capsys, tmp_path):
     config = fmnist_ring.get_config("")
     config.progress, config.rounds = False, 40

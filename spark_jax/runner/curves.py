@@ -7,17 +7,28 @@ accuracy against the round; right panel: the same against the cumulative
 bytes sent (log scale). For SPARK, dashed lines mark where stages 2 and 3
 begin. Plotting uses matplotlib's Agg canvas directly (no pyplot state, no
 display needed).
+
+`$SPARK_JAX_NO_PLOTS=1` leaves the run's PNGs out (curves.png and label_histogram.png; `plots_enabled`):
+matplotlib's import and first figure are ~1.5 s of a seconds-long run (many-run sweeps, the test suite).
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Sequence
 
 from spark_jax.runner.run_io import atomic_path
 
+NO_PLOTS_ENV = "SPARK_JAX_NO_PLOTS"
+
 SERIES = (("test_accuracy", "aggregated model", "-"), ("node_accuracy_mean", "per-node mean", "--"),
           ("node_accuracy_min", "per-node min", ":"))
+
+
+def plots_enabled() -> bool:
+    """False when $SPARK_JAX_NO_PLOTS is set to anything but '', '0', 'false' or 'no'."""
+    return os.environ.get(NO_PLOTS_ENV, "").strip().lower() in ("", "0", "false", "no")
 
 
 def stage_starts(config) -> tuple[int, ...]:

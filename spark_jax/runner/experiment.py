@@ -78,8 +78,9 @@ def _run_locked(config, run_dir: RunDir, resume: bool) -> dict:
         if run_dir.writer:
             run_dir.write_config(config.to_dict(), setup.data_fingerprint)
             write_atomic(run_dir.path / "partition.txt", partition_report.histogram_summary(setup.label_hist) + "\n")
-            with naming(run_dir.path / "label_histogram.png"):
-                partition_report.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
+            if curves.plots_enabled():
+                with naming(run_dir.path / "label_histogram.png"):
+                    partition_report.plot_label_heatmap(setup.label_hist, run_dir.path / "label_histogram.png")
         distributed.barrier("spark_jax.run_dir")  # the other processes open its checkpoints/ next
         return {**_run_rounds(setup, run_dir), "run_status": "ran"}
     except BaseException as e:
@@ -148,8 +149,9 @@ def _run_rounds(setup: Setup, run_dir: RunDir, resume: bool = False) -> dict:
     try:
         state = _rounds(setup, run_dir, state, progress, manager)
         summary = _summary(setup, state, progress)
-        if run_dir.writer:  # accuracy vs round and vs bytes, stages marked (spark_jax/runner/curves.py); before
-            # summary.json, which marks the run finished (a resume would never draw it again)
+        if run_dir.writer and curves.plots_enabled():  # accuracy vs round and vs bytes, stages marked
+            # (spark_jax/runner/curves.py); before summary.json, which marks the run finished (a resume would
+            # never draw it again)
             curves.plot_curves(progress.history, run_dir.path / "curves.png", setup.config.name,
                                curves.stage_starts(setup.config))
         run_dir.write_summary(summary)
