@@ -97,7 +97,7 @@ def prepare(config) -> Setup:
         node_x, node_y = test_x, test_y
     model = model_for_run(config)  # config.data.dataset is the dataset `ds` loaded
     algorithm = algorithms.make_algorithm(config, model, mesh)
-    d = num_params(model.init(jax.random.key(0)))
+    d = num_params(jax.eval_shape(model.init, jax.random.key(0)))  # shapes only: no eager init ops
     place = jnp.asarray if mesh is None else lambda a: parallel.replicate(a, mesh)
     return Setup(config=config, model=model, algorithm=algorithm,
                  node_data=jax.tree.map(place, nd), test_x=place(test_x),
