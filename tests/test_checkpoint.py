@@ -91,7 +91,8 @@ def test_a_run_under_no_plots_draws_no_png(uninterrupted):
     """The suite runs with SPARK_JAX_NO_PLOTS=1 (tests/conftest.py): everything else is written."""
     assert os.environ["SPARK_JAX_NO_PLOTS"] == "1"
     assert not list(uninterrupted.glob("*.png"))
-    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt"} <= {p.name for p in uninterrupted.iterdir()}
+    written = {p.name for p in uninterrupted.iterdir()}
+    assert {"config.json", "metrics.jsonl", "summary.json", "partition.txt"} <= written
 
 
 @pytest.mark.slow
