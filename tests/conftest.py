@@ -38,7 +38,7 @@ def xla_optimized():
 # The suite never touches the network: downloads of missing data are off (in this process and the CLI
 # subprocesses it starts) unless a test turns them on against its own 127.0.0.1 server (tests/test_download.py).
 os.environ.setdefault("SPARK_JAX_NO_DOWNLOAD", "1")
-# Nor do runs draw their PNGs (curves.png, label_histogram.png: matplotlib's import and first figure are ~1.5 s
+# Nor do runs draw their PNGs (curves.png, label_histogram.png: matplotlib's import and first figure are ~0.9 s
 # of a tiny run), except where a test checks them (SPARK_JAX_NO_PLOTS=0: tests/test_experiment.py,
 # tests/test_fault_os.py); tests/test_run_summary.py and tests/test_partition.py draw them directly.
 os.environ.setdefault("SPARK_JAX_NO_PLOTS", "1")
