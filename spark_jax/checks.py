@@ -7,6 +7,7 @@ config's cross-cutting checks (`spark_jax.runner.validation`). Messages read `na
 from __future__ import annotations
 
 import math
+import os
 
 
 class OptionError(ValueError):
@@ -83,3 +84,10 @@ def ascending_taus(taus, name: str = "taus") -> None:
           and all(b > a for a, b in zip(taus, taus[1:])))
     shown = tuple(taus) if isinstance(taus, list) else taus
     _fail_unless(ok, name, shown, "must be positive integers in strictly ascending order")
+
+
+def env_switch(name: str) -> bool:
+    """Whether environment switch $name is on: set to anything but '', '0', 'false' or 'no' (any case).
+    Read by $SPARK_JAX_NO_DOWNLOAD (`setting.download.enabled`) and $SPARK_JAX_NO_PLOTS
+    (`runner.curves.plots_enabled`)."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")

@@ -32,8 +32,9 @@ def main(out_path: str):
     cross = [bool(np.any((g.neighbors // 3 != np.arange(6)[:, None] // 3) & g.mask)) for g in graphs]
     out, arrays = {"cross_shard_neighbours": cross}, {}
     for case in sorted(CASES):
-        alg = algorithms.make_algorithm(case_config(case), make_model("mlp", hidden=(8,)), mesh=mesh)
-        states, metrics, last, _ = run_rounds(lambda m, alg=alg: alg, nd, graphs, mesh, key=1)
+        make = lambda m, case=case: algorithms.make_algorithm(case_config(case), make_model("mlp", hidden=(8,)),
+                                                              mesh=m)
+        states, metrics, last, _ = run_rounds(make, nd, graphs, mesh, key=1)
         arrays.update(flat_rounds(case, states, metrics))
         out[case] = {"devices": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(last)})}
     np.savez(out_path, **arrays)

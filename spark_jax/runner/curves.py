@@ -14,10 +14,10 @@ matplotlib's import and first figure are ~0.9 s of a 5 s tiny run (many-run swee
 
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Sequence
 
+from spark_jax.checks import env_switch
 from spark_jax.runner.run_io import atomic_path
 
 NO_PLOTS_ENV = "SPARK_JAX_NO_PLOTS"
@@ -27,8 +27,8 @@ SERIES = (("test_accuracy", "aggregated model", "-"), ("node_accuracy_mean", "pe
 
 
 def plots_enabled() -> bool:
-    """False when $SPARK_JAX_NO_PLOTS is set to anything but '', '0', 'false' or 'no'."""
-    return os.environ.get(NO_PLOTS_ENV, "").strip().lower() in ("", "0", "false", "no")
+    """False when the switch $SPARK_JAX_NO_PLOTS is on (`checks.env_switch`)."""
+    return not env_switch(NO_PLOTS_ENV)
 
 
 def stage_starts(config) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
+from spark_jax.checks import env_switch
 from spark_jax.setting.data import DataError, IDX_FILES
 from spark_jax.setting import data_checksums
 from spark_jax.setting.data_checksums import CANONICAL
@@ -58,8 +59,7 @@ class DownloadError(DataError):
 
 def enabled(config_flag: bool = True) -> bool:
     """Whether to download: `config_flag` and neither $SPARK_JAX_NO_DOWNLOAD=1 nor $SPARK_JAX_REQUIRE_DATA."""
-    off = os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
-    return bool(config_flag) and not off and not os.environ.get(REQUIRE_ENV)
+    return bool(config_flag) and not env_switch(NO_DOWNLOAD_ENV) and not os.environ.get(REQUIRE_ENV)
 
 
 def cache_dir(name: str) -> pathlib.Path:
