@@ -42,9 +42,10 @@ _CPU_COUNT_FLAG = "xla_force_host_platform_device_count"
 # XLA:CPU aborts the process (SIGABRT and a C++ stack dump) when one device reaches a collective more than
 # 60 s after another: a 20 s warning, then this flag's 40 s. A busy 2-core machine made one device of a
 # 300-node round wait 43 s (BUILD.md "Multiple devices"); an hour covers any real imbalance and still ends a
-# real hang. (The 20 s warning's own flag is not registered in jaxlib 0.10: it stays.) jaxlib 0.8.0, the
-# oldest this project takes, through 0.10.2 register this one (checked); one that dropped it would stop
-# every run at start-up with XLA's 'Unknown flag in XLA_FLAGS' line, which the suite's CLI tests catch.
+# real hang. (The 20 s warning, `--xla_cpu_collective_call_warn_stuck_timeout_seconds`, is only a log
+# line: it stays.) jaxlib 0.8.0, the oldest this project takes, through 0.10.2 register this one (checked);
+# one that dropped it would stop every run at start-up with XLA's 'Unknown flag in XLA_FLAGS' line, which
+# the suite's CLI tests catch.
 COLLECTIVE_TERMINATE_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
 COLLECTIVE_TERMINATE_S = 3600
 

@@ -125,21 +125,29 @@ print("sum", float(jax.device_get(f(x))[0]))
 """
 
 
+# XLA warns about a device late at a collective after this flag's seconds (20 by default), then counts the
+# termination timeout: 1 s here, where this jaxlib registers it, instead of the 26 s lag it would take without.
+_WARN_STUCK_FLAG = "--xla_cpu_collective_call_warn_stuck_timeout_seconds"
+
+
 @pytest.mark.slow
 def test_xla_honours_the_termination_timeout_flag():
-    """The flag `split_cpu` sets is live in this jaxlib: with 3 s instead of its 3600, a device 26 s late at a
-    psum (XLA warns at 20 s, then counts this timeout) aborts the process; 1 s late it completes. (An
-    unknown XLA flag would abort every run at start-up instead.)"""
+    """The flag `split_cpu` sets is live in this jaxlib: with 3 s instead of its 3600, a device late at a
+    psum beyond XLA's warning time plus these 3 s aborts the process; 1 s late it completes. (An unknown XLA
+    flag would abort every run at start-up instead.) The warning comes after 1 s where this jaxlib registers
+    its flag (then the late device lags 10 s), after XLA's 20 s where it does not (then 26 s)."""
     environ = _bare_environ()
 
-    def run(lag):
+    def run(lag, warn):
+        flags = f"{parallel.COLLECTIVE_TERMINATE_FLAG}=3" + (f" {_WARN_STUCK_FLAG}=1" if warn else "")
         return subprocess.run([sys.executable, "-c", _LAGGING_DEVICE % {"lag": lag}], cwd=REPO, timeout=240,
-                              env=dict(environ, JAX_PLATFORMS="cpu",
-                                       XLA_FLAGS=f"{parallel.COLLECTIVE_TERMINATE_FLAG}=3"),
+                              env=dict(environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags),
                               capture_output=True, text=True)
 
-    quick = run(1)
+    quick, warn = run(1, True), True
+    if quick.returncode != 0 and f"Unknown flag in XLA_FLAGS: {_WARN_STUCK_FLAG}" in quick.stderr:
+        quick, warn = run(1, False), False
     assert quick.returncode == 0 and "sum 2.0" in quick.stdout, quick.stderr[-2000:]
-    late = run(26)
+    late = run(10 if warn else 26, warn)
     assert late.returncode != 0 and "Termination timeout" in late.stderr and "of 3 seconds" in late.stderr, \
         late.stderr[-2000:]
