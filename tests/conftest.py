@@ -17,9 +17,19 @@ jax.config.update("jax_default_matmul_precision", "float32")
 # Most XLA optimizations off: the test programs are small and compiling them dominates (measured on this
 # 2-core CPU: `-m "not slow"` 2 min 25 s -> 1 min 53 s). The CLI subprocesses inherit it through the
 # environment. SPARK_JAX_TEST_OPTIMIZE=1 keeps them on (the GPU suite does: it tests the programs users run).
+# And XLA:CPU's elemental emitters instead of its MLIR fusion emitters, which compile a round program ~3x
+# slower (measured: the contract's ntk_dfl round 5.0 s -> 1.7 s, SPARK's 7.1 s -> 2.3 s; these three files
+# 178 s -> 94 s). Both emitters compute the same values, but not always bit for bit the same float32 across
+# programs (a batched Gaussian draw differs from the eager one in the last bit): the tests of the library's
+# bitwise guarantees compile with the fusion emitters (`FUSION_EMITTERS`). Set before JAX starts its backend,
+# which reads XLA_FLAGS once; the CLI subprocesses inherit it.
+SUITE_XLA_FLAGS = "" if os.environ.get("SPARK_JAX_TEST_OPTIMIZE") else "--xla_cpu_use_fusion_emitters=false"
+FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}  # jax.jit(..., compiler_options=FUSION_EMITTERS)
 if not os.environ.get("SPARK_JAX_TEST_OPTIMIZE"):
     jax.config.update("jax_disable_most_optimizations", True)
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    if SUITE_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -65,7 +75,8 @@ jax.config.update("jax_compilation_cache_dir", None)
 def simulated_devices_env(devices: int) -> dict:
     """This environment with `devices` simulated CPU devices (XLA_FLAGS is read when jax is imported, so
     only a subprocess started with it sees them)."""
-    return dict(cpu_split_env(os.environ), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    return dict(cpu_split_env(os.environ),
+                XLA_FLAGS=f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}".strip(),
                 JAX_PLATFORMS="cpu")
 
 

@@ -16,7 +16,7 @@ from spark_jax.algorithms.spark import spark
 from spark_jax.setting.models import make_model
 from spark_jax.options import ComputeOptions, EvolutionOptions, ImexOptions, SketchOptions
 from spark_jax.setting.topology import padded_graph
-from tests.conftest import NTK_COUNTS, REPO, ntk_adjacency, ntk_config, random_node_data, round_inputs
+from tests.conftest import FUSION_EMITTERS, NTK_COUNTS, REPO, ntk_adjacency, ntk_config, random_node_data, round_inputs
 from tests.references import mixed_neighbourhood, ntk_dfl_reference_round, ntk_reference_evolution
 
 
@@ -52,7 +52,9 @@ def _one_round(alg, r, hyperparams=None):
     nd = jax.tree.map(jnp.asarray, random_node_data())
     state = alg.init(jax.random.key(0), nd)
     inputs = round_inputs(padded_graph(ntk_adjacency(), "uniform"), r)._replace(hyperparams=hyperparams)
-    return jax.jit(alg.round)(state, nd, inputs)
+    # bit for bit across two programs (the schedule's value computed inside, or given): XLA:CPU's fusion
+    # emitters, not the suite's faster-compiling ones (tests/conftest.py)
+    return jax.jit(alg.round, compiler_options=FUSION_EMITTERS)(state, nd, inputs)
 
 
 def test_hyperparameters_given_as_round_inputs_replace_the_schedules():
