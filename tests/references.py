@@ -6,6 +6,33 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
+ROWS = 16  # the JAX parts (Jacobian, logits) run on rows padded to a multiple of this: one compilation per size
+_JITTED = {}  # id(apply) -> (apply, its jitted Jacobian, its jitted logits); apply kept so its id is not reused
+
+
+def _jitted(apply):
+    if id(apply) not in _JITTED:
+        _JITTED[id(apply)] = (apply, jax.jit(lambda w, x: jax.jacrev(lambda p: apply(p, x))(w)), jax.jit(apply))
+    return _JITTED[id(apply)][1:]
+
+
+def _padded(x):
+    x = np.asarray(x)
+    return np.concatenate([x, np.zeros((-len(x) % ROWS, *x.shape[1:]), x.dtype)])
+
+
+def jacobian(apply, w, x, num_classes):
+    """J [N, C, P] float64 of the network's logits on the rows x (per-sample rows, padding rows dropped)."""
+    jac = _jitted(apply)[0](w, _padded(x))
+    n = len(x)
+    return np.concatenate([np.asarray(a, np.float64)[:n].reshape(n, num_classes, -1) for a in jax.tree.leaves(jac)],
+                          axis=-1)
+
+
+def logits(apply, w, x):
+    """The network's logits [N, C] float64 on the rows x."""
+    return np.asarray(_jitted(apply)[1](w, _padded(x)), np.float64)[:len(x)]
+
 
 def softmax(F):
     P = np.exp(F - F.max(-1, keepdims=True))
@@ -18,12 +45,11 @@ def ntk_dfl_reference_node(apply, w_bar, x, y, eta, taus, integrator="euler", nu
     integrators), Delta_tau = -(eta/N) J^T R_tau, tau* by the network's loss. Returns (w̄ + Delta_tau*
     flat float64, index of tau*)."""
     flat_w, unravel = ravel_pytree(w_bar)
-    jac = jax.jacrev(lambda p: apply(p, jnp.asarray(x)))(w_bar)  # leaves [N, C, ...]
     n, c = len(y), num_classes
-    J = np.concatenate([np.asarray(a, np.float64).reshape(n, c, -1) for a in jax.tree.leaves(jac)], axis=-1)
+    J = jacobian(apply, w_bar, x, c)
     H = np.einsum("icp,jcp->ij", J, J) / c
     Y = np.eye(c)[y]
-    F = np.asarray(apply(w_bar, jnp.asarray(x)), np.float64)
+    F = logits(apply, w_bar, x)
     R, Rs = np.zeros_like(F), {}
     if integrator == "euler":
         for t in range(max(taus) + 1):
@@ -43,8 +69,8 @@ def ntk_dfl_reference_node(apply, w_bar, x, y, eta, taus, integrator="euler", nu
     for t in taus:
         delta = -(eta / n) * np.einsum("icp,ic->p", J, Rs[t])
         w = unravel(jnp.asarray(np.asarray(flat_w, np.float64) + delta, jnp.float32))
-        logits = np.asarray(apply(w, jnp.asarray(x)), np.float64)
-        logp = logits - logits.max(1, keepdims=True)
+        out = logits(apply, w, x)
+        logp = out - out.max(1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(1, keepdims=True))
         losses.append(-np.mean(logp[np.arange(n), y]))
         cands.append(np.asarray(flat_w, np.float64) + delta)
@@ -61,8 +87,8 @@ def ntk_dfl_reference_round(apply, params, node_data, adj, eta, taus, integrator
     for i in range(m):
         closed = [i] + list(np.flatnonzero(adj[i]))
         W[i, closed] = 1.0 / len(closed)
-    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[i], params))[0], np.float64) for i in range(m)])
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], params))
+    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[i], params))[0], np.float64) for i in range(m)])
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[0], params))
     counts = np.asarray(node_data.mask).sum(1)
     expected, bests = [], []
     for i in range(m):
@@ -80,8 +106,8 @@ def mixed_neighbourhood(params, node_data, adj, i):
     """Node i's w̄_i (uniform mixing over its closed neighbourhood, float64 then float32) and its
     neighbourhood's real rows x, y (self first, then neighbours in ascending order)."""
     closed = [i] + list(np.flatnonzero(adj[i]))
-    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[j], params))[0], np.float64) for j in closed])
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], params))
+    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[j], params))[0], np.float64) for j in closed])
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[0], params))
     counts = np.asarray(node_data.mask).sum(1)
     x = np.concatenate([np.asarray(node_data.x)[j, :counts[j]] for j in closed])
     y = np.concatenate([np.asarray(node_data.y)[j, :counts[j]] for j in closed])
@@ -90,12 +116,11 @@ def mixed_neighbourhood(params, node_data, adj, i):
 
 def ntk_reference_evolution(apply, w_bar, x, y, eta, taus, num_classes=10):
     """Float64 H (explicit Jacobian), F0, one-hot Y and F(s_tau) [T, N, C] by scipy's DOP853 (rtol 1e-10)."""
-    jac = jax.jacrev(lambda p: apply(p, jnp.asarray(x)))(w_bar)
     n, c = len(y), num_classes
-    J = np.concatenate([np.asarray(a, np.float64).reshape(n, c, -1) for a in jax.tree.leaves(jac)], axis=-1)
+    J = jacobian(apply, w_bar, x, c)
     H = np.einsum("icp,jcp->ij", J, J) / c
     Y = np.eye(c)[y]
-    F0 = np.asarray(apply(w_bar, jnp.asarray(x)), np.float64)
+    F0 = logits(apply, w_bar, x)
     rhs = lambda s, f: (-(H @ (softmax(f.reshape(n, c)) - Y)) / n).ravel()
     grid = eta * np.asarray(taus, np.float64)
     sol = solve_ivp(rhs, (0.0, grid[-1]), F0.ravel(), method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
