@@ -53,7 +53,7 @@ def test_dry_run_writes_at_most_8_files_of_at_most_16_mib(dry_run):
 def test_dry_run_outputs_hold_the_measurements(dry_run):
     _, out, _ = dry_run
     tests = (out / "tests.log").read_text()
-    assert re.search(r"\n(\d+) passed, (\d+) deselected", tests) and "failed" not in tests
+    assert re.search(r"\n(\d+) passed", tests) and "failed" not in tests
     bench = (out / "benchmarks.log").read_text()
     for phase in ("messages", "kernel", "evolution", "selection", "fused round", "peak memory"):
         assert phase in bench, phase
