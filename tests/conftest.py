@@ -9,6 +9,13 @@ import sys
 import jax
 import pytest
 
+# Bytecode caches (`__pycache__`, git-ignored) are written even where PYTHONDONTWRITEBYTECODE is set, as on
+# this project's machines: otherwise every worker recompiles the test modules (pytest's assertion rewriting)
+# and every CLI subprocess the library's modules (measured: collection 10.8 s -> 5.8 s per worker, a failing
+# CLI command 2.8 s -> 2.5 s; ~150 subprocesses per suite).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Float32 products in full float32 on every backend: on NVIDIA GPUs the default
 # may be TF32 (10-bit mantissa), too coarse for the 1e-4 float64 comparisons
