@@ -23,7 +23,7 @@ from spark_jax.guard import NonFiniteError
 from spark_jax.runner.run_io import read_metrics
 from tests.conftest import REPO, cpu_split_env, without_compile_cache
 
-ROUNDS = 20
+ROUNDS = 10  # the kill comes within ~10 ms of checkpoint 4, rounds 5-10 take >= 0.5 s
 SPARK = ["--config=tiny", "--config.algorithm=spark", "--config.model.hidden=(8,)", "--config.algorithm_kw.taus=(10,20)",
          "--config.algorithm_kw.evolution.integrator=euler", "--config.algorithm_kw.sketch.k=16",
          "--config.algorithm_kw.stages.unit=round", "--config.algorithm_kw.stages.boundaries=(1.0,2.0)",

@@ -30,7 +30,7 @@ from tests.faults import assert_nothing_half_written, assert_one_line_error, cli
 @pytest.mark.slow
 def test_sigint_during_the_rounds_says_how_to_resume(real_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    args = ["--config=tiny", "--config.rounds=40", "--config.checkpoint_every=2", f"--workdir={workdir}"]
+    args = ["--config=tiny", "--config.rounds=12", "--config.checkpoint_every=2", f"--workdir={workdir}"]
     proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO,
                             env=without_compile_cache(cli_env(real_data_dir)),  # signalled (tests/conftest.py)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -51,7 +51,7 @@ def test_sigint_during_the_rounds_says_how_to_resume(real_data_dir, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = [json.loads(l)["round"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == list(range(1, 41)) and (workdir / "summary.json").exists()
+    assert rounds == list(range(1, 13)) and (workdir / "summary.json").exists()
 
 
 def test_sigint_during_a_checkpoint_save_is_delivered_after_it(tmp_path):
