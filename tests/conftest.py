@@ -63,10 +63,10 @@ os.environ.setdefault("SPARK_JAX_NO_PLOTS", "1")
 # The CLI subprocesses the suite starts (tiny runs, sweeps, the 2-process runs, the GPU suite's dry run)
 # compile the same programs again and again: they share JAX's persistent compilation cache (keyed by the
 # program, the jax version, the backend and its flags, so it never serves another program; executables are
-# the same, so results are bit-identical), (a tiny run 8.6 s -> 7.2 s, 2026-12-02: with most optimizations off, tracing and lowering
-# remain, and they are not cached). This process and the
-# xdist workers (which inherit the variables) compile in memory only: JAX writes an entry in place, without
-# a lock unless filelock is installed and a size limit set (measured: no faster). For the same reason a
+# the same, so results are bit-identical): a tiny run 8.6 s -> 7.2 s (2026-12-02; with most optimizations
+# off compiling is cheap, and tracing and lowering are not cached). This process and the xdist workers
+# (which inherit the variables) compile in memory only: JAX writes an entry in place, without a lock
+# unless filelock is installed and a size limit set (measured: no faster). For the same reason a
 # subprocess a test kills or signals runs without the cache (`without_compile_cache`): a kill mid-write
 # would leave a truncated entry that every later reader reports on stderr.
 # The CLI subprocesses run on one CPU device (`parallel.cpu_devices` would split the CPU into one per
