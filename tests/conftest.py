@@ -134,6 +134,24 @@ def real_data_dir():
     return d
 
 
+# Longest files first: the xdist workers take one file at a time in this order (`--no-loadscope-reorder`
+# in pyproject.toml keeps it; by default xdist orders files by their number of tests, which left the long
+# files of few tests, the 2-process runs, the GPU suite's dry run, the real-run integrator check, for the
+# end of the run while the other worker had finished). Seconds per file on one of the 2 workers of the
+# full suite (2026-12-02, GEMM ~100 GFLOP/s); a hint only: unlisted files follow in their usual order.
+FILE_SECONDS = {
+    "test_multiprocess.py": 100, "test_checkpoint.py": 90, "test_ntk_stiff_split.py": 70, "test_device_suite.py": 70,
+    "test_algorithm_contract.py": 70, "test_float64.py": 70, "test_fault_signal.py": 65, "test_fault_state.py": 65,
+    "test_ntk_evolution.py": 60, "test_fault_kill.py": 55, "test_spark.py": 55, "test_sharding.py": 50,
+    "test_experiment.py": 50, "test_ntk_dfl.py": 45, "test_sketch.py": 40, "test_fault_lock.py": 35,
+    "test_fault_sweep_report.py": 35, "test_fault_os.py": 30, "test_ntk_round.py": 27, "test_validation_table.py": 25,
+    "test_fault_data.py": 23, "test_sweep_report.py": 20, "test_dispfl.py": 20}
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: each file's order kept
+
+
 # Small NTK-round fixtures shared by the round tests (test_ntk_dfl, test_spark, test_float64, the contract
 # test, sharding_checks): six nodes with unequal data and unequal degrees.
 NTK_COUNTS = [5, 9, 3, 7, 6, 8]
