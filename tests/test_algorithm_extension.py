@@ -57,6 +57,7 @@ def _run(tmp_path, real_data_dir, *args):
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_a_one_file_algorithm_runs_from_the_command_line(tmp_path, real_data_dir):
     workdir = tmp_path / "run"
     out = _run(tmp_path, real_data_dir, "--config.algorithm_kw.lr=0.02", f"--workdir={workdir}")

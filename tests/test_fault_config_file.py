@@ -102,6 +102,7 @@ def test_a_good_config_file_loads_locked(tmp_path):
         config.no_such_field = 1  # locked: overrides cannot add fields
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_cli_run_and_sweep_refuse_a_bad_config_file(real_data_dir, tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(TINY + "def get_config():\n    c = tiny.get_config()\n    c.bogus = 1\n    return c\n")

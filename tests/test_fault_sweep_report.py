@@ -92,6 +92,7 @@ def test_report_skips_and_names_a_damaged_run(damage, fault, config, tmp_path):
     assert snapshot(root) == before  # the report changes no run file
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_report_cli_names_the_damaged_run(config, tmp_path):
     root = tmp_path / "runs"
     write_synthetic_runs(root, config)
@@ -149,6 +150,7 @@ def test_sweep_redoes_a_run_whose_config_json_has_the_wrong_shape(config, tmp_pa
     assert [r.status for r in results] == ["redone", "ran"] and calls == [str(bad), str(tmp_path / grid[1].name)]
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_sweep_cli_with_a_corrupt_summary_is_one_line(config, tmp_path):
     workdir = tmp_path / "sweep"
     grid = sweep_grid.build_grid(config, ["config.algorithm_kw.local_epochs=1,2"])

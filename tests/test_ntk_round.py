@@ -57,6 +57,7 @@ def _one_round(alg, r, hyperparams=None):
     return jax.jit(alg.round, compiler_options=FUSION_EMITTERS)(state, nd, inputs)
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_hyperparameters_given_as_round_inputs_replace_the_schedules():
     """Round 0 with eta (and SPARK's lambda, beta) of round 5 given as inputs is round 5, bit for bit."""
     model = make_model("mlp", hidden=(8,))
@@ -128,6 +129,7 @@ def test_the_adapter_gives_the_constructors_the_config_values():
     assert config_options.spark_kwargs(c)["sketch"] == SketchOptions(k=64)
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_diagnosed_nodes_hold_their_kernel_and_evolution():
     """`diagnose_nodes`: each chosen node's H, F0, Y and F(s_tau) against a float64 NumPy/scipy reference."""
     model = make_model("mlp", hidden=(8,))

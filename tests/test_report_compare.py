@@ -158,6 +158,7 @@ def test_column_labels():
         "alpha=0.1, algorithm_kw.lr=0.05"
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_cli_prints_the_comparison(tmp_path):
     write_fake_sweep(tmp_path / "sweep")
     proc = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "sweep"),

@@ -207,6 +207,7 @@ def test_cli_bad_inputs(args, message, real_data_dir, tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow  # 5-15 s (2026-12-02): in the full suite, not the fast loop
 def test_cli_existing_workdir_is_left_intact(real_data_dir, tmp_path):
     """A non-empty workdir without --resume, or --resume with another config: errors, nothing touched."""
     workdir = tmp_path / "run"
