@@ -34,6 +34,14 @@ def logits(apply, w, x):
     return np.asarray(_jitted(apply)[1](w, _padded(x)), np.float64)[:len(x)]
 
 
+def _flat_nodes(params, nodes):
+    """The flat float64 parameters [len(nodes), P] of `nodes` (leaves [M, ...], fetched once) and the
+    unravel of one node's flat vector."""
+    params = jax.tree.map(np.asarray, params)
+    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: a[j], params))[0], np.float64) for j in nodes])
+    return flat, ravel_pytree(jax.tree.map(lambda a: a[0], params))[1]
+
+
 def softmax(F):
     P = np.exp(F - F.max(-1, keepdims=True))
     return P / P.sum(-1, keepdims=True)
@@ -87,8 +95,7 @@ def ntk_dfl_reference_round(apply, params, node_data, adj, eta, taus, integrator
     for i in range(m):
         closed = [i] + list(np.flatnonzero(adj[i]))
         W[i, closed] = 1.0 / len(closed)
-    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[i], params))[0], np.float64) for i in range(m)])
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[0], params))
+    flat, unravel = _flat_nodes(params, range(m))
     counts = np.asarray(node_data.mask).sum(1)
     expected, bests = [], []
     for i in range(m):
@@ -106,8 +113,7 @@ def mixed_neighbourhood(params, node_data, adj, i):
     """Node i's w̄_i (uniform mixing over its closed neighbourhood, float64 then float32) and its
     neighbourhood's real rows x, y (self first, then neighbours in ascending order)."""
     closed = [i] + list(np.flatnonzero(adj[i]))
-    flat = np.stack([np.asarray(ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[j], params))[0], np.float64) for j in closed])
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: np.asarray(a)[0], params))
+    flat, unravel = _flat_nodes(params, closed)
     counts = np.asarray(node_data.mask).sum(1)
     x = np.concatenate([np.asarray(node_data.x)[j, :counts[j]] for j in closed])
     y = np.concatenate([np.asarray(node_data.y)[j, :counts[j]] for j in closed])
